@@ -1,0 +1,128 @@
+//! The `wshub` command line: flags (each also a `WSHUB_*` environment variable) mapped
+//! onto a [`Config`]. Lives in the library so `main.rs` stays a few lines.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{defaults, parse_duration, parse_size, Config};
+
+/// A WebSocket hub that holds very many connections on a few threads.
+#[derive(Debug, Parser)]
+#[command(name = "wshub", version, about)]
+pub struct Cli {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "WSHUB_LISTEN", default_value = defaults::LISTEN)]
+    pub listen: SocketAddr,
+    /// Poller threads [default: number of CPUs].
+    #[arg(long, env = "WSHUB_SHARDS")]
+    pub shards: Option<usize>,
+    /// Echo every message back to its sender (conformance tests, benchmarks).
+    #[arg(long, env = "WSHUB_ECHO", conflicts_with = "relay")]
+    pub echo: bool,
+    /// Relay every message to every connection [the default until the hub protocol lands].
+    #[arg(long, env = "WSHUB_RELAY")]
+    pub relay: bool,
+    /// Drop connections that have not completed the upgrade in this time.
+    #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value = defaults::HANDSHAKE_TIMEOUT, value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Ping a connection that has been silent this long (and again every interval).
+    #[arg(long, env = "WSHUB_PING_INTERVAL", default_value = defaults::PING_INTERVAL, value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Close a connection silent this long (close code 1001).
+    #[arg(long, env = "WSHUB_IDLE_TIMEOUT", default_value = defaults::IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long a peer has to answer our close frame.
+    #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value = defaults::CLOSE_TIMEOUT, value_parser = parse_duration)]
+    pub close_timeout: Duration,
+    /// Largest frame or message accepted (larger: close 1009). E.g. 65536, 64KiB, 1MiB.
+    #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value_t = defaults::MAX_MESSAGE_SIZE, value_parser = parse_size)]
+    pub max_message_size: usize,
+    /// Outbound bytes a connection may have queued before it is evicted (close 1008).
+    #[arg(long, env = "WSHUB_MAX_PENDING_BYTES", default_value_t = defaults::MAX_PENDING_BYTES, value_parser = parse_size)]
+    pub max_pending_bytes: usize,
+    /// Connections held at once across all shards (more are answered 503).
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long connections get to finish closing.
+    #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value = defaults::SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "WSHUB_LOG_LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+/// Which built-in handler the binary runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Echo,
+    Relay,
+}
+
+impl Cli {
+    pub fn mode(&self) -> Mode {
+        if self.echo {
+            Mode::Echo
+        } else {
+            Mode::Relay
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            listen: self.listen,
+            shards: self.shards.unwrap_or_else(|| Config::default().shards),
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            close_timeout: self.close_timeout,
+            max_message_size: self.max_message_size,
+            max_pending_bytes: self.max_pending_bytes,
+            max_connections: self.max_connections,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    /// Logs to stderr at the chosen level; tungstenite's own chatter only from warn up.
+    pub fn init_logging(&self) {
+        let _ = simple_logger::SimpleLogger::new()
+            .with_level(self.log_level)
+            .with_module_level("tungstenite", log::LevelFilter::Warn.min(self.log_level))
+            .init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_defaults_match_config_defaults() {
+        let cli = Cli::try_parse_from(["wshub", "--shards", "2"]).unwrap();
+        let config = cli.config();
+        let default = Config::default();
+        assert_eq!(config.listen, default.listen);
+        assert_eq!(config.idle_timeout, default.idle_timeout);
+        assert_eq!(config.max_pending_bytes, default.max_pending_bytes);
+        assert_eq!(config.shards, 2);
+        assert_eq!(cli.mode(), Mode::Relay);
+    }
+
+    #[test]
+    fn cli_parses_units() {
+        let cli = Cli::try_parse_from([
+            "wshub",
+            "--echo",
+            "--ping-interval",
+            "500ms",
+            "--max-message-size",
+            "1MiB",
+        ])
+        .unwrap();
+        assert_eq!(cli.mode(), Mode::Echo);
+        assert_eq!(cli.ping_interval, Duration::from_millis(500));
+        assert_eq!(cli.max_message_size, 1 << 20);
+        assert!(Cli::try_parse_from(["wshub", "--ping-interval", "soon"]).is_err());
+    }
+}

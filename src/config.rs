@@ -1,0 +1,179 @@
+//! Server settings: what an operator (through the CLI or `WSHUB_*` variables) or an
+//! embedding application chooses. Built once, validated by [`Config::validate`], then
+//! shared read-only by every shard.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a server needs to know before it starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every shard's `SO_REUSEPORT` listener binds; port 0 picks a free port once
+    /// and the other shards join it.
+    pub listen: SocketAddr,
+    /// Number of poller threads. Each owns its listener, connections and timers.
+    pub shards: usize,
+    /// A connection that has not completed its HTTP upgrade by then is dropped.
+    pub handshake_timeout: Duration,
+    /// An open connection that has been silent this long gets a WebSocket ping
+    /// (and another every interval while it stays silent).
+    pub ping_interval: Duration,
+    /// An open connection silent for this long is closed (1001, "idle timeout").
+    pub idle_timeout: Duration,
+    /// After we send a close frame, how long the peer has to answer before the socket
+    /// is dropped anyway.
+    pub close_timeout: Duration,
+    /// Largest frame and largest (reassembled) message accepted from a client;
+    /// above it the connection is closed with 1009.
+    pub max_message_size: usize,
+    /// Outbound bytes a connection may have queued; a consumer that falls further
+    /// behind is evicted with 1008.
+    pub max_pending_bytes: usize,
+    /// Open connections across all shards; more are answered `503` and closed.
+    pub max_connections: usize,
+    /// On shutdown, how long connections get to finish their close handshake.
+    pub shutdown_timeout: Duration,
+}
+
+/// Defaults shared by [`Config::default`] and the CLI, so the two never drift apart.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const PING_INTERVAL: &str = "30s";
+    pub const IDLE_TIMEOUT: &str = "75s";
+    pub const CLOSE_TIMEOUT: &str = "5s";
+    pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+    pub const MAX_PENDING_BYTES: usize = 1024 * 1024;
+    pub const MAX_CONNECTIONS: usize = 1_000_000;
+    pub const SHUTDOWN_TIMEOUT: &str = "5s";
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let duration = |text| parse_duration(text).expect("default durations parse");
+        Config {
+            listen: defaults::LISTEN.parse().expect("default address parses"),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            handshake_timeout: duration(defaults::HANDSHAKE_TIMEOUT),
+            ping_interval: duration(defaults::PING_INTERVAL),
+            idle_timeout: duration(defaults::IDLE_TIMEOUT),
+            close_timeout: duration(defaults::CLOSE_TIMEOUT),
+            max_message_size: defaults::MAX_MESSAGE_SIZE,
+            max_pending_bytes: defaults::MAX_PENDING_BYTES,
+            max_connections: defaults::MAX_CONNECTIONS,
+            shutdown_timeout: duration(defaults::SHUTDOWN_TIMEOUT),
+        }
+    }
+}
+
+impl Config {
+    /// Rejects combinations the engine cannot honour, with a message an operator can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > 256 {
+            return Err(format!("--shards must be 1..=256, got {}", self.shards));
+        }
+        if self.max_message_size < 125 {
+            return Err("--max-message-size must be at least 125 bytes".into());
+        }
+        // An echo or relay of the largest accepted message must fit the outbound queue,
+        // or every such delivery would evict its receiver.
+        if self.max_pending_bytes < self.max_message_size + 16 {
+            return Err(format!(
+                "--max-pending-bytes ({}) must exceed --max-message-size ({}) plus a frame header",
+                self.max_pending_bytes, self.max_message_size
+            ));
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return Err("--idle-timeout must be longer than a non-zero --ping-interval".into());
+        }
+        if self.handshake_timeout.is_zero() || self.close_timeout.is_zero() {
+            return Err("--handshake-timeout and --close-timeout must be non-zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 250ms, 10s, 2m"))?;
+    let millis = match unit.trim() {
+        "ms" => value,
+        "" | "s" => value.saturating_mul(1_000),
+        "m" => value.saturating_mul(60_000),
+        "h" => value.saturating_mul(3_600_000),
+        other => return Err(format!("unknown duration unit '{other}' in '{text}'")),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+/// Parses a byte size: `65536`, `64KiB`, `1MiB` (also `k`/`K`/`KB`, `m`/`M`/`MB`, as powers of 2).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 65536, 64KiB, 1MiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn pending_limit_must_hold_a_full_message() {
+        let config = Config {
+            max_message_size: 1 << 20,
+            max_pending_bytes: 1 << 20,
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--max-pending-bytes"));
+    }
+}

@@ -1,0 +1,682 @@
+//! One connection: its phase, its deadlines, and the translation between readiness
+//! events and messages. Sits inside a shard's slab; the shard calls [`Connection::ready`]
+//! on readiness, [`Connection::send`] to queue output, [`Connection::flush`] once per loop
+//! pass, and [`Connection::on_timer`] when its wheel entry fires.
+//!
+//! # Phases
+//! ```text
+//!  accept ─► Handshaking ──101 written──► Open ──close sent or received──► Closing ─► (removed)
+//!               │  └─HTTP reply written─► lingers until EOF ─► (removed)       │
+//!               └─ deadline, EOF, error ─► (removed)        deadline, EOF, close reply
+//! ```
+//! - `Handshaking`: reading the request head (at most 8 KiB), then writing our answer.
+//! - `Open`: messages flow both ways; silent peers get pings, then an idle close.
+//! - `Closing`: our close frame is queued or sent; we wait for the peer's reply or EOF
+//!   until the close deadline. Incoming data is no longer delivered.
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::config::Config;
+use crate::front_door::{self, HttpResponse, PlainRequest, Verdict, MAX_REQUEST_BYTES};
+use crate::timers::{ticks, Tick};
+use crate::wire::{inbound, FrameError, Wire};
+
+/// Recv calls one readiness event may make before the connection yields to others.
+const READ_BUDGET: usize = 16;
+/// Room granted past `--max-pending-bytes` so an evicted consumer can still be sent its
+/// close frame after everything already queued.
+const CLOSE_FRAME_ROOM: usize = 256;
+
+/// The limits and deadlines every connection on a shard shares.
+pub(crate) struct Limits {
+    pub websocket: WebSocketConfig,
+    pub max_message_size: usize,
+    pub handshake: Tick,
+    pub ping: Tick,
+    pub idle: Tick,
+    pub close: Tick,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Self {
+        let websocket = WebSocketConfig::default()
+            // Zero: reads come from the shard's inbound buffer, see `wire`.
+            .read_buffer_size(0)
+            // Frames queued in one loop pass go out in one write at its end; past this
+            // much, tungstenite writes early rather than growing the buffer.
+            .write_buffer_size((64 * 1024).min(config.max_pending_bytes / 2))
+            .max_write_buffer_size(config.max_pending_bytes)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        Limits {
+            websocket,
+            max_message_size: config.max_message_size,
+            handshake: ticks(config.handshake_timeout),
+            ping: ticks(config.ping_interval),
+            idle: ticks(config.idle_timeout),
+            close: ticks(config.close_timeout),
+        }
+    }
+}
+
+/// What happened on a connection, for the shard to pass to the handler.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Opened,
+    Message(Message),
+    Http(PlainRequest),
+    /// The peer broke the protocol after the messages before this one: the shard closes
+    /// the connection with this code once the handler has seen them (so replies to them
+    /// still go out, ahead of the close frame).
+    Failed(CloseCode, &'static str),
+}
+
+/// Everything `ready`, `flush` and `on_timer` need from the shard.
+pub(crate) struct Cx<'a> {
+    pub registry: &'a Registry,
+    pub token: Token,
+    pub limits: &'a Limits,
+    pub now: Tick,
+    pub incoming: &'a mut Vec<Incoming>,
+}
+
+/// Whether the shard keeps the connection after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Keep it; wait for the next event.
+    Keep,
+    /// Keep it, and read again next pass: the read budget ran out before the socket
+    /// was drained, and an edge-triggered poll will not report it again.
+    ReadAgain,
+    /// Remove it now.
+    Remove,
+}
+
+/// Why a queued message did not go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Queued,
+    /// The connection is not open (handshaking or closing); the message is dropped.
+    NotOpen,
+    /// The consumer's queue was full: it is now closing with 1008.
+    Evicted,
+}
+
+pub(crate) enum Phase {
+    /// Boxed: its buffers must not weigh on every open connection's slab entry.
+    Handshaking(Box<FrontDoor>),
+    Open(WebSocket<Wire>),
+    Closing(WebSocket<Wire>),
+    /// Only while a phase is being moved out; never seen between calls.
+    Moving,
+}
+
+pub(crate) struct FrontDoor {
+    wire: Wire,
+    /// The request head received so far (never more than `MAX_REQUEST_BYTES`).
+    request: Vec<u8>,
+    /// Our answer; `reply[written..]` is still to go out.
+    reply: Vec<u8>,
+    written: usize,
+    stage: DoorStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DoorStage {
+    Reading,
+    /// The handler's HTTP hook is deciding (the shard calls `respond`).
+    AwaitingHttpResponse,
+    ReplyingThenUpgrade,
+    ReplyingThenClose,
+    /// Reply sent and our side shut: discard input until EOF so the reply is not lost to a
+    /// reset.
+    Lingering,
+}
+
+// Connection flags.
+/// Output queued since the last flush.
+const NEEDS_FLUSH: u16 = 1;
+/// Already in the shard's flush list this pass.
+const LISTED: u16 = 1 << 1;
+/// Registered for WRITABLE (the last write would have blocked).
+const WANTS_WRITABLE: u16 = 1 << 2;
+/// Tungstenite holds fragments of an unfinished message.
+const MID_MESSAGE: u16 = 1 << 3;
+/// Tungstenite may hold buffers since the last recycle.
+const USED_BUFFERS: u16 = 1 << 4;
+/// The peer broke the protocol: read bytes are dropped unparsed.
+const DISCARD_INPUT: u16 = 1 << 5;
+/// We shut our write side after the final frame.
+const WRITE_SHUT: u16 = 1 << 6;
+/// What epoll holds: WRITABLE is registered (mirrors `WANTS_WRITABLE` after a sync).
+const REGISTERED_WRITABLE: u16 = 1 << 7;
+/// Entered `Closing` since the shard last looked: its close deadline needs a timer.
+const CLOSE_STARTED: u16 = 1 << 8;
+
+/// A connection's slab entry. Kept small: at 19,000 idle connections every byte here is
+/// 19 KB of resident memory.
+pub(crate) struct Connection {
+    pub phase: Phase,
+    /// Bytes of a frame whose end has not arrived; empty (unallocated) almost always.
+    stash: Vec<u8>,
+    /// The connection's user; shared with the shard's user index.
+    pub user: Option<Arc<str>>,
+    /// Distinguishes this connection from earlier ones in the same slab slot.
+    pub generation: u32,
+    /// When the current phase began: handshake and close deadlines run from here.
+    since: Tick,
+    /// Last time any byte arrived from the peer.
+    last_heard: Tick,
+    /// Last time we pinged it.
+    last_ping: Tick,
+    flags: u16,
+}
+
+impl Connection {
+    pub fn accepted(tcp: TcpStream, generation: u32, now: Tick) -> Self {
+        let door = FrontDoor {
+            wire: Wire { tcp },
+            request: Vec::new(),
+            reply: Vec::new(),
+            written: 0,
+            stage: DoorStage::Reading,
+        };
+        Connection {
+            phase: Phase::Handshaking(Box::new(door)),
+            stash: Vec::new(),
+            user: None,
+            generation,
+            since: now,
+            last_heard: now,
+            last_ping: now,
+            flags: 0,
+        }
+    }
+
+    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.phase {
+            Phase::Handshaking(door) => Some(&mut door.wire.tcp),
+            Phase::Open(ws) | Phase::Closing(ws) => Some(&mut ws.get_mut().tcp),
+            Phase::Moving => None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    /// True once the WebSocket upgrade has happened (the handler has seen `on_open`).
+    pub fn was_opened(&self) -> bool {
+        matches!(self.phase, Phase::Open(_) | Phase::Closing(_))
+    }
+
+    fn set(&mut self, flag: u16, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// True exactly once per flush cycle when output is waiting: the caller lists the
+    /// connection for the end-of-pass flush.
+    pub fn claim_flush(&mut self) -> bool {
+        let claim = self.has(NEEDS_FLUSH) && !self.has(LISTED);
+        if claim {
+            self.set(LISTED, true);
+        }
+        claim
+    }
+
+    /// The close deadline to schedule, once, after the connection started closing.
+    pub fn take_close_deadline(&mut self, limits: &Limits) -> Option<Tick> {
+        let started = self.has(CLOSE_STARTED);
+        self.set(CLOSE_STARTED, false);
+        started.then_some(self.since + limits.close)
+    }
+
+    /// Handles a readiness event.
+    pub fn ready(&mut self, readable: bool, writable: bool, cx: &mut Cx<'_>) -> Outcome {
+        if let Phase::Handshaking(_) = self.phase {
+            if writable && self.has(WANTS_WRITABLE) {
+                if let Outcome::Remove = self.door_write(cx) {
+                    return Outcome::Remove;
+                }
+            }
+            return if readable {
+                self.door_ready(cx)
+            } else {
+                Outcome::Keep
+            };
+        }
+        if writable && self.has(WANTS_WRITABLE) {
+            self.set(NEEDS_FLUSH, true);
+        }
+        if readable {
+            return self.read_frames(cx);
+        }
+        Outcome::Keep
+    }
+
+    /// Queues `message` (written out at the end of the pass).
+    pub fn send(&mut self, message: Message, now: Tick) -> Delivery {
+        let Phase::Open(ws) = &mut self.phase else {
+            return Delivery::NotOpen;
+        };
+        self.flags |= NEEDS_FLUSH | USED_BUFFERS;
+        match ws.write(message) {
+            Err(WsError::WriteBufferFull(_)) => {
+                // The consumer is `--max-pending-bytes` behind. 1008 (policy violation):
+                // it broke the server's rule on unread output, and retrying at once would
+                // not help, which 1013 would suggest. The close frame goes after what is
+                // queued, so it needs a little room past the limit.
+                ws.set_config(|config| config.max_write_buffer_size += CLOSE_FRAME_ROOM);
+                self.close(CloseCode::Policy, "slow consumer", now);
+                Delivery::Evicted
+            }
+            // Ok, or WouldBlock (queued; the flush waits for WRITABLE), or a broken socket,
+            // which the flush finds and removes.
+            _ => Delivery::Queued,
+        }
+    }
+
+    /// Writes queued output. Called once per loop pass for listed connections.
+    pub fn flush(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        self.flags &= !(NEEDS_FLUSH | LISTED);
+        let result = match &mut self.phase {
+            Phase::Handshaking(_) => return self.door_write(cx),
+            Phase::Open(ws) | Phase::Closing(ws) => ws.flush(),
+            Phase::Moving => return Outcome::Remove,
+        };
+        match result {
+            Ok(()) => {
+                self.set(WANTS_WRITABLE, false);
+                let shut_write = self.has(DISCARD_INPUT) && !self.has(WRITE_SHUT);
+                if let (Phase::Closing(ws), true) = (&mut self.phase, shut_write) {
+                    // The peer broke the protocol: after our close frame, FIN.
+                    let _ = ws.get_mut().tcp.shutdown(Shutdown::Write);
+                    self.flags |= WRITE_SHUT;
+                }
+                self.recycle(cx.limits);
+            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.set(WANTS_WRITABLE, true);
+            }
+            // ConnectionClosed: the close handshake is complete. Anything else: broken.
+            Err(_) => return Outcome::Remove,
+        }
+        self.sync_interest(cx)
+    }
+
+    /// The handler's answer to a plain HTTP request.
+    pub fn respond(&mut self, response: &HttpResponse, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        door.reply = response.to_bytes();
+        door.stage = DoorStage::ReplyingThenClose;
+        self.door_write(cx)
+    }
+
+    /// Starts a close handshake with `code` (idle, shutdown, handler request, protocol
+    /// error). A connection still handshaking is simply dropped.
+    pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Tick) -> Outcome {
+        match mem::replace(&mut self.phase, Phase::Moving) {
+            Phase::Open(mut ws) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                // Queues the frame; whether it went out now is the flush's business.
+                let _ = ws.close(Some(frame));
+                self.phase = Phase::Closing(ws);
+                self.since = now;
+                self.flags |= NEEDS_FLUSH | CLOSE_STARTED;
+                Outcome::Keep
+            }
+            closing @ Phase::Closing(_) => {
+                self.phase = closing;
+                Outcome::Keep
+            }
+            Phase::Handshaking(_) | Phase::Moving => Outcome::Remove,
+        }
+    }
+
+    /// Its wheel entry fired: acts on whatever deadline has passed and says when it is
+    /// next due (`None`: remove it).
+    pub fn on_timer(&mut self, limits: &Limits, now: Tick) -> Option<Tick> {
+        let deadline = match self.phase {
+            Phase::Handshaking(_) => self.since + limits.handshake,
+            Phase::Closing(_) => self.since + limits.close,
+            Phase::Open(_) => return Some(self.open_timer(limits, now)),
+            Phase::Moving => return None,
+        };
+        (now < deadline).then_some(deadline)
+    }
+
+    /// Pings a silent peer every ping interval; closes it once idle for the idle timeout.
+    /// A peer that talks proves it is alive, so it is never pinged.
+    fn open_timer(&mut self, limits: &Limits, now: Tick) -> Tick {
+        let silent = now - self.last_heard;
+        if silent >= limits.idle {
+            self.close(CloseCode::Away, "idle timeout", now);
+            return now + limits.close;
+        }
+        if silent >= limits.ping && now - self.last_ping >= limits.ping {
+            if let Phase::Open(ws) = &mut self.phase {
+                // A failed write shows up at the flush; WouldBlock means queued.
+                let _ = ws.write(Message::Ping(Default::default()));
+                self.last_ping = now;
+                self.flags |= NEEDS_FLUSH | USED_BUFFERS;
+            }
+        }
+        let next_ping = if silent >= limits.ping {
+            self.last_ping + limits.ping
+        } else {
+            self.last_heard + limits.ping
+        };
+        next_ping.min(self.last_heard + limits.idle)
+    }
+
+    /// Releases tungstenite's buffers when nothing is in flight, so an idle connection
+    /// owns no heap memory: rebuilding the `WebSocket` is the only way to shrink them.
+    pub fn recycle(&mut self, limits: &Limits) {
+        if !self.has(USED_BUFFERS) || self.has(MID_MESSAGE | NEEDS_FLUSH | WANTS_WRITABLE) {
+            return;
+        }
+        if let Phase::Open(ws) = &self.phase {
+            if !ws.can_write() {
+                return;
+            }
+            let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else {
+                unreachable!()
+            };
+            let wire = ws.into_inner();
+            self.phase = Phase::Open(WebSocket::from_raw_socket(
+                wire,
+                Role::Server,
+                Some(limits.websocket),
+            ));
+            self.set(USED_BUFFERS, false);
+        }
+    }
+
+    fn read_frames(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        inbound::load(&mut self.stash);
+        let mut outcome = Outcome::ReadAgain;
+        for _ in 0..READ_BUDGET {
+            if !self.has(DISCARD_INPUT) {
+                if let Err(why) = self.feed_frames(cx) {
+                    inbound::discard();
+                    return why;
+                }
+            }
+            let Some(tcp) = self.tcp() else { break };
+            match inbound::recv(tcp) {
+                Ok(0) => {
+                    inbound::discard();
+                    return Outcome::Remove;
+                }
+                Ok(_) => self.last_heard = cx.now,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome = Outcome::Keep;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    inbound::discard();
+                    return Outcome::Remove;
+                }
+            }
+            if self.has(DISCARD_INPUT) {
+                inbound::discard();
+            }
+        }
+        if outcome == Outcome::ReadAgain && !self.has(DISCARD_INPUT) {
+            // Frames completed by the last recv are handled before yielding.
+            if let Err(why) = self.feed_frames(cx) {
+                inbound::discard();
+                return why;
+            }
+        }
+        inbound::stash(&mut self.stash);
+        outcome
+    }
+
+    /// Hands every complete frame in the inbound buffer to tungstenite. `Err` carries the
+    /// outcome when the connection must stop reading.
+    fn feed_frames(&mut self, cx: &mut Cx<'_>) -> Result<(), Outcome> {
+        loop {
+            let info = match inbound::next_frame(cx.limits.max_message_size) {
+                Ok(Some(info)) => info,
+                Ok(None) => return Ok(()),
+                Err(FrameError::TooBig) => {
+                    return Err(self.fail(CloseCode::Size, "message too big", cx))
+                }
+                Err(FrameError::Malformed) => {
+                    return Err(self.fail(CloseCode::Protocol, "protocol error", cx))
+                }
+            };
+            if info.data {
+                self.set(MID_MESSAGE, !info.fin);
+            }
+            self.flags |= USED_BUFFERS;
+            let (Phase::Open(ws) | Phase::Closing(ws)) = &mut self.phase else {
+                return Err(Outcome::Remove);
+            };
+            let result = ws.read();
+            debug_assert!(inbound::frame_consumed());
+            match result {
+                Ok(Message::Text(_) | Message::Binary(_)) if !self.is_open() => {}
+                Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                    cx.incoming.push(Incoming::Message(message))
+                }
+                // Tungstenite queued the pong; our flush sends it.
+                Ok(Message::Ping(_)) => self.flags |= NEEDS_FLUSH,
+                Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => {
+                    // Our reply (or the end of our own close handshake) goes out at the flush.
+                    self.flags |= NEEDS_FLUSH;
+                    if let Phase::Open(_) = self.phase {
+                        let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else {
+                            unreachable!()
+                        };
+                        self.phase = Phase::Closing(ws);
+                        self.since = cx.now;
+                        self.flags |= CLOSE_STARTED;
+                    }
+                }
+                // A non-final fragment was absorbed; nothing to deliver yet.
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(WsError::Utf8(_)) => {
+                    return Err(self.fail(CloseCode::Invalid, "invalid UTF-8", cx))
+                }
+                Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                    return Err(self.fail(CloseCode::Size, "message too big", cx))
+                }
+                Err(WsError::Capacity(_) | WsError::Protocol(_)) => {
+                    return Err(self.fail(CloseCode::Protocol, "protocol error", cx))
+                }
+                Err(_) => return Err(Outcome::Remove),
+            }
+        }
+    }
+
+    /// The peer broke the protocol: stop parsing its bytes and ask the shard to close with
+    /// `code` after the messages that came before. Once the close frame is out, our write
+    /// side is shut and the connection goes at EOF or the close deadline.
+    fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut Cx<'_>) -> Outcome {
+        log::debug!("failing connection {:?}: {reason}", cx.token);
+        self.flags |= DISCARD_INPUT;
+        cx.incoming.push(Incoming::Failed(code, reason));
+        // Keep draining the socket (discarding) so EOF is noticed.
+        Outcome::ReadAgain
+    }
+
+    fn door_ready(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        if matches!(
+            door.stage,
+            DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse
+        ) {
+            // Bytes waiting now are WebSocket frames (or a pipelined request): leave them
+            // in the socket until the upgrade (or the reply) is done.
+            return Outcome::Keep;
+        }
+        loop {
+            let mut chunk = [0u8; 4096];
+            let limit = match door.stage {
+                DoorStage::Reading => (MAX_REQUEST_BYTES + 1 - door.request.len()).min(chunk.len()),
+                // The request is complete; later bytes (a body, a pipelined request) are
+                // read only to notice EOF.
+                _ => chunk.len(),
+            };
+            match door.wire.tcp.read(&mut chunk[..limit]) {
+                Ok(0) => return Outcome::Remove,
+                Ok(n) if door.stage == DoorStage::Reading => {
+                    door.request.extend_from_slice(&chunk[..n]);
+                    match front_door::examine(&door.request) {
+                        Verdict::Incomplete => {}
+                        Verdict::Upgrade(upgrade) => {
+                            self.stash = door.request.split_off(upgrade.head_len);
+                            door.request = Vec::new();
+                            door.reply = upgrade.response;
+                            door.stage = DoorStage::ReplyingThenUpgrade;
+                            self.user = upgrade.user.map(Into::into);
+                            return self.door_write(cx);
+                        }
+                        Verdict::Plain(request) => {
+                            door.request = Vec::new();
+                            door.stage = DoorStage::AwaitingHttpResponse;
+                            cx.incoming.push(Incoming::Http(request));
+                            return Outcome::Keep;
+                        }
+                        Verdict::Refuse(response) => {
+                            door.request = Vec::new();
+                            door.reply = response.to_bytes();
+                            door.stage = DoorStage::ReplyingThenClose;
+                            return self.door_write(cx);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Keep,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Outcome::Remove,
+            }
+        }
+    }
+
+    fn door_write(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        while door.written < door.reply.len() {
+            match door.wire.tcp.write(&door.reply[door.written..]) {
+                Ok(0) => return Outcome::Remove,
+                Ok(n) => door.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.set(WANTS_WRITABLE, true);
+                    return self.sync_interest(cx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Outcome::Remove,
+            }
+        }
+        self.flags &= !WANTS_WRITABLE;
+        match door.stage {
+            DoorStage::ReplyingThenUpgrade => self.upgrade(cx),
+            DoorStage::ReplyingThenClose => {
+                let _ = door.wire.tcp.shutdown(Shutdown::Write);
+                door.stage = DoorStage::Lingering;
+                door.reply = Vec::new();
+                if let Outcome::Remove = self.sync_interest(cx) {
+                    return Outcome::Remove;
+                }
+                // Drain what the peer already sent, so EOF is seen even without a new edge.
+                self.door_ready(cx)
+            }
+            _ => self.sync_interest(cx),
+        }
+    }
+
+    fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else {
+            unreachable!()
+        };
+        let websocket =
+            WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
+        self.phase = Phase::Open(websocket);
+        self.since = cx.now;
+        self.last_heard = cx.now;
+        self.last_ping = cx.now;
+        cx.incoming.push(Incoming::Opened);
+        if let Outcome::Remove = self.sync_interest(cx) {
+            return Outcome::Remove;
+        }
+        // Frames may have arrived with the request; the socket may hold more that no new
+        // edge will announce. Read now.
+        self.read_frames(cx)
+    }
+
+    fn sync_interest(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        // Registered READABLE at accept; WRITABLE is added only while a write is blocked.
+        // `registered` mirrors what epoll holds, so the syscall happens only on a change.
+        let wants = self.has(WANTS_WRITABLE);
+        let registered_writable = self.has(REGISTERED_WRITABLE);
+        if wants == registered_writable {
+            return Outcome::Keep;
+        }
+        let interest = if wants {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let token = cx.token;
+        let Some(tcp) = self.tcp() else {
+            return Outcome::Remove;
+        };
+        if cx.registry.reregister(tcp, token, interest).is_err() {
+            return Outcome::Remove;
+        }
+        self.set(REGISTERED_WRITABLE, wants);
+        Outcome::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_fits_its_budget() {
+        // The slab entry is the whole per-connection cost while idle (no heap); the
+        // 512-byte target also has to cover the slab's slack and the timer entry.
+        let size = mem::size_of::<slab::Slab<Connection>>();
+        let entry = mem::size_of::<Connection>();
+        eprintln!(
+            "Connection: {entry} bytes; WebSocket<Wire>: {}",
+            mem::size_of::<WebSocket<Wire>>()
+        );
+        assert!(
+            entry <= 384,
+            "Connection grew to {entry} bytes (slab header {size})"
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Cross-shard delivery: each shard's inbox (a crossbeam channel plus a mio `Waker`), and
+//! the [`Hub`] handle that reaches every shard. Sits between a handler or an embedding
+//! application (the senders) and the shard loops (the receivers).
+//!
+//! A sender wakes a shard at most once per batch: the first send after the shard last
+//! drained its inbox sets `wake_pending` and calls the waker; later sends only enqueue. The
+//! shard clears the flag *before* draining, so a message sent during the drain is either
+//! drained now or triggers a fresh wake, never stranded. A message meant for many
+//! connections crosses to each shard once, as one shared payload (`Message` clones share
+//! their bytes).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+use tungstenite::Message;
+
+/// A connection's identity, unique across shards and stable for its lifetime; a stale id
+/// (its connection closed, its slot reused) matches nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    const SLOT_BITS: u32 = 32;
+    const GENERATION_BITS: u32 = 24;
+    /// Generations wrap at this; a stale id only matches after 16M reuses of one slot.
+    pub(crate) const GENERATION_MASK: u32 = (1 << Self::GENERATION_BITS) - 1;
+
+    pub(crate) fn new(shard: usize, slot: usize, generation: u32) -> Self {
+        debug_assert!(shard < 256 && slot <= u32::MAX as usize);
+        ConnId(
+            (shard as u64) << (Self::SLOT_BITS + Self::GENERATION_BITS)
+                | (slot as u64) << Self::GENERATION_BITS
+                | (generation & Self::GENERATION_MASK) as u64,
+        )
+    }
+
+    pub fn shard(self) -> usize {
+        (self.0 >> (Self::SLOT_BITS + Self::GENERATION_BITS)) as usize
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        ((self.0 >> Self::GENERATION_BITS) & u32::MAX as u64) as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 as u32) & Self::GENERATION_MASK
+    }
+
+    /// The id as one number (for logs and the wire protocol).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_u64(raw: u64) -> Self {
+        ConnId(raw)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What one shard asks of another.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Deliver to every open connection on the shard.
+    Broadcast(Message),
+    /// Deliver to one connection, if it still exists.
+    ToConn(ConnId, Message),
+    /// Deliver to every local connection of this user.
+    ToUser(Arc<str>, Message),
+    /// Stop accepting, close every connection with 1001, exit when done or at the deadline.
+    Shutdown,
+}
+
+/// The sending side of one shard's inbox.
+#[derive(Clone)]
+pub(crate) struct ShardInbox {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+/// The shard's side: its receiver and the flag it clears before draining.
+pub(crate) struct InboxReceiver {
+    pub commands: Receiver<Command>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+pub(crate) fn inbox(waker: Waker) -> (ShardInbox, InboxReceiver) {
+    let (commands, receiver) = crossbeam_channel::unbounded();
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    let sender = ShardInbox {
+        commands,
+        waker: Arc::new(waker),
+        wake_pending: wake_pending.clone(),
+    };
+    (
+        sender,
+        InboxReceiver {
+            commands: receiver,
+            wake_pending,
+        },
+    )
+}
+
+impl ShardInbox {
+    pub fn send(&self, command: Command) {
+        // A closed inbox means the shard has exited (shutdown); nothing is left to deliver to.
+        if self.commands.send(command).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("failed to wake shard: {e}");
+            }
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.commands.len()
+    }
+}
+
+impl InboxReceiver {
+    /// Call on the waker's event, then drain with `try_recv` until empty.
+    pub fn woken(&self) {
+        self.wake_pending.store(false, Ordering::Release);
+    }
+}
+
+/// Reaches every shard: what handlers and embedding applications use to send.
+#[derive(Clone)]
+pub struct Hub {
+    shards: Arc<[ShardInbox]>,
+}
+
+impl Hub {
+    pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
+        Hub {
+            shards: shards.into(),
+        }
+    }
+
+    pub(crate) fn shard(&self, index: usize) -> &ShardInbox {
+        &self.shards[index]
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Sends `message` to every open connection on every shard.
+    pub fn broadcast(&self, message: Message) {
+        self.to_all_shards(|| Command::Broadcast(message.clone()));
+    }
+
+    /// Sends `message` to one connection; a stale id is ignored.
+    pub fn send_to(&self, conn: ConnId, message: Message) {
+        if let Some(shard) = self.shards.get(conn.shard()) {
+            shard.send(Command::ToConn(conn, message));
+        }
+    }
+
+    /// Sends `message` to every connection of `user`, on any shard.
+    pub fn send_to_user(&self, user: &str, message: Message) {
+        let user: Arc<str> = user.into();
+        self.to_all_shards(|| Command::ToUser(user.clone(), message.clone()));
+    }
+
+    /// Messages waiting in each shard's inbox.
+    pub fn inbox_depths(&self) -> Vec<usize> {
+        self.shards.iter().map(ShardInbox::depth).collect()
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.to_all_shards(|| Command::Shutdown);
+    }
+
+    fn to_all_shards(&self, command: impl Fn() -> Command) {
+        for shard in self.shards.iter() {
+            shard.send(command());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll, Token};
+    use std::time::Duration;
+
+    #[test]
+    fn conn_ids_round_trip_their_parts() {
+        let id = ConnId::new(255, u32::MAX as usize, ConnId::GENERATION_MASK);
+        assert_eq!(
+            (id.shard(), id.slot(), id.generation()),
+            (255, u32::MAX as usize, ConnId::GENERATION_MASK)
+        );
+        let id = ConnId::new(3, 17, ConnId::GENERATION_MASK + 5);
+        assert_eq!(
+            (id.shard(), id.slot(), id.generation()),
+            (3, 17, 4),
+            "generation wraps"
+        );
+        assert_eq!(ConnId::from_u64(id.as_u64()), id);
+    }
+
+    #[test]
+    fn a_batch_of_sends_wakes_the_shard_once() {
+        let mut poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), Token(0)).unwrap();
+        let (sender, receiver) = inbox(waker);
+        let mut events = Events::with_capacity(8);
+        for i in 0..100 {
+            sender.send(Command::Broadcast(Message::text(i.to_string())));
+        }
+        poll.poll(&mut events, Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(events.iter().count(), 1);
+        receiver.woken();
+        assert_eq!(receiver.commands.try_iter().count(), 100);
+
+        // Nothing sent since the drain: no further wake.
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        assert_eq!(events.iter().count(), 0);
+        // The next send wakes again.
+        sender.send(Command::Shutdown);
+        poll.poll(&mut events, Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(events.iter().count(), 1);
+    }
+}

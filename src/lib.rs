@@ -1,0 +1,38 @@
+//! wshub: a WebSocket hub that holds very many connections on a few mio poller threads
+//! and fans messages out to them.
+//!
+//! How a connection's bytes flow, one module per step:
+//!
+//! - [`server`]: binds one `SO_REUSEPORT` listener per shard, starts the shards, handles
+//!   SIGINT/SIGTERM.
+//! - `shard`: one thread per shard; accepts, dispatches readiness events, fires timers,
+//!   applies handler effects, flushes output once per loop pass.
+//! - `conn`: one connection's phases (handshaking → open → closing), reads and writes.
+//! - [`front_door`]: the first request on a connection: upgrade, plain HTTP, or refusal.
+//! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
+//!   a time, so idle connections own no heap memory.
+//! - [`handler`]: the application's hook (`on_open`, `on_message`, `on_close`, `on_http`).
+//! - [`inbox`]: routing across shards: per-shard inboxes, the [`Hub`] handle, [`ConnId`].
+//! - `timers`: per-shard timing wheel for handshake, ping, idle and close deadlines.
+//! - [`config`] and [`cli`]: settings, and the command line that fills them.
+
+pub mod cli;
+pub mod config;
+mod conn;
+pub mod error;
+pub mod front_door;
+pub mod handler;
+pub mod inbox;
+pub mod server;
+mod shard;
+mod timers;
+mod wire;
+
+pub use config::Config;
+pub use error::Error;
+pub use front_door::{HttpResponse, PlainRequest};
+pub use handler::{Context, Echo, Handler, Relay};
+pub use inbox::{ConnId, Hub};
+pub use server::{run, start, Server};
+pub use tungstenite::protocol::frame::coding::CloseCode;
+pub use tungstenite::Message;

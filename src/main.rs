@@ -1,0 +1,17 @@
+//! The `wshub` binary: parse the command line, build a `Config`, run the server.
+
+use clap::Parser;
+use wshub::cli::{Cli, Mode};
+
+fn main() {
+    let cli = Cli::parse();
+    cli.init_logging();
+    let result = match cli.mode() {
+        Mode::Echo => wshub::run(cli.config(), |_| wshub::Echo),
+        Mode::Relay => wshub::run(cli.config(), |_| wshub::Relay),
+    };
+    if let Err(e) = result {
+        eprintln!("wshub: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,164 @@
+//! Starting and stopping a server: binds one `SO_REUSEPORT` listener per shard, spawns
+//! the shard threads, and turns SIGINT/SIGTERM into a graceful shutdown. The entry point
+//! of the data flow; the binary and the tests both come through [`run`] or [`start`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use mio::{Poll, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::handler::Handler;
+use crate::inbox::{inbox, Hub};
+use crate::shard::{Shard, Shared, WAKER};
+
+/// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    hub: Hub,
+    shared: Arc<Shared>,
+    /// One per shard; each ends after shutdown.
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts a server in the background: binds, spawns the shards and returns at once.
+/// `make_handler` builds one handler per shard (it gets the shard index).
+pub fn start<H, F>(config: Config, make_handler: F) -> Result<Server, Error>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+{
+    config.validate().map_err(Error::Config)?;
+    // Port 0 is resolved by the first listener; the others join that port.
+    let first = reuseport_listener(config.listen)?;
+    let local_addr = first.local_addr().map_err(Error::Startup)?;
+    let mut listeners = vec![first];
+    for _ in 1..config.shards {
+        listeners.push(reuseport_listener(local_addr)?);
+    }
+
+    let mut polls = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..config.shards {
+        let poll = Poll::new().map_err(Error::Startup)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(Error::Startup)?;
+        let (sender, receiver) = inbox(waker);
+        polls.push(poll);
+        inboxes.push(sender);
+        receivers.push(receiver);
+    }
+    let hub = Hub::new(inboxes);
+    let shared = Arc::new(Shared {
+        config,
+        live: AtomicUsize::new(0),
+    });
+
+    let mut threads = Vec::new();
+    let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();
+    for (index, ((poll, listener), receiver)) in parts {
+        let shard = Shard::new(
+            index,
+            poll,
+            listener,
+            receiver,
+            hub.clone(),
+            make_handler(index),
+            shared.clone(),
+        )
+        .map_err(Error::Startup)?;
+        let thread = thread::Builder::new()
+            .name(format!("wshub-shard-{index}"))
+            .spawn(move || shard.run())
+            .map_err(Error::Startup)?;
+        threads.push(thread);
+    }
+    Ok(Server {
+        local_addr,
+        hub,
+        shared,
+        threads,
+    })
+}
+
+/// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully: stop accepting,
+/// close every connection with 1001, wait up to `--shutdown-timeout`.
+pub fn run<H, F>(config: Config, make_handler: F) -> Result<(), Error>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+{
+    let shards = config.shards;
+    let server = start(config, make_handler)?;
+    log::info!(
+        "wshub listening on ws://{} with {shards} shard(s)",
+        server.local_addr()
+    );
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Startup)?;
+    let signal_handle = signals.handle();
+    let hub = server.hub();
+    let watcher = thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("received signal {signal}; shutting down");
+            hub.shutdown();
+        }
+    });
+    let result = server.join();
+    signal_handle.close();
+    let _ = watcher.join();
+    result
+}
+
+impl Server {
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for sending to connections from outside the handlers.
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Connections currently held, across shards, in any phase.
+    pub fn connection_count(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Begins a graceful shutdown (as SIGTERM does); `join` waits for it to finish.
+    pub fn shutdown(&self) {
+        self.hub.shutdown();
+    }
+
+    /// Waits until every shard has stopped.
+    pub fn join(self) -> Result<(), Error> {
+        let mut result = Ok(());
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            if thread.join().is_err() {
+                result = Err(Error::ShardPanicked(index));
+            }
+        }
+        result
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> Result<mio::net::TcpListener, Error> {
+    let bind = |source| Error::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(Error::Startup)?;
+    socket.set_reuse_address(true).map_err(bind)?;
+    socket.set_reuse_port(true).map_err(bind)?;
+    socket.set_nonblocking(true).map_err(bind)?;
+    socket.bind(&addr.into()).map_err(bind)?;
+    socket.listen(BACKLOG).map_err(bind)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}

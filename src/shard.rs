@@ -1,0 +1,519 @@
+//! A shard: one poller thread that owns a `SO_REUSEPORT` listener, a slab of connections,
+//! a timer wheel and an inbox. Sits between accept (its listener) and the connections; it
+//! is where handler effects and cross-shard commands become deliveries.
+//!
+//! Each loop pass is a dispatch table over readiness events (waker → drain the inbox,
+//! listener → accept until WouldBlock, connection → `Connection::ready`), then the timers
+//! that came due, then one flush per connection that has output: frames queued anywhere
+//! in the pass leave in a single write.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+use crate::config::Config;
+use crate::conn::{Connection, Cx, Delivery, Incoming, Limits, Outcome};
+use crate::front_door::HttpResponse;
+use crate::handler::{Context, Effect, Handler};
+use crate::inbox::{Command, ConnId, Hub, InboxReceiver};
+use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
+
+pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 2);
+/// How long accepting pauses after the process runs out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// State every shard shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    /// Connections held across all shards, for `--max-connections`.
+    pub live: AtomicUsize,
+}
+
+pub(crate) struct Shard<H> {
+    index: usize,
+    poll: Poll,
+    /// `None` once shutdown has begun: no more accepts.
+    listener: Option<TcpListener>,
+    conns: Slab<Connection>,
+    inbox: InboxReceiver,
+    /// Every shard's inbox, this one's included, for deliveries that cross shards.
+    hub: Hub,
+    handler: H,
+    limits: Limits,
+    shared: Arc<Shared>,
+    clock: Clock,
+    timers: TimerWheel,
+    /// The local connections of each user (only users with an open connection here).
+    users: HashMap<Arc<str>, Vec<usize>>,
+    /// Connections with output to write at the end of this pass (each listed once).
+    flush_list: Vec<usize>,
+    /// Connections whose read budget ran out: read again next pass.
+    read_again: Vec<usize>,
+    /// Scratch for connections whose timers said "remove".
+    expired: Vec<usize>,
+    /// Scratch for connections whose timers fired and may have queued output.
+    fired: Vec<usize>,
+    incoming: Vec<Incoming>,
+    effects: Vec<Effect>,
+    next_generation: u32,
+    /// Accepting is paused (out of file descriptors) until this tick.
+    accept_paused_until: Option<Tick>,
+    /// Shutdown has begun; everything still here at this tick is dropped.
+    shutdown_deadline: Option<Tick>,
+}
+
+impl<H: Handler> Shard<H> {
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: InboxReceiver,
+        hub: Hub,
+        handler: H,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let clock = Clock::new();
+        Ok(Shard {
+            index,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            inbox,
+            hub,
+            handler,
+            limits: Limits::new(&shared.config),
+            shared,
+            timers: TimerWheel::new(clock.now()),
+            clock,
+            users: HashMap::new(),
+            flush_list: Vec::new(),
+            read_again: Vec::new(),
+            expired: Vec::new(),
+            fired: Vec::new(),
+            incoming: Vec::new(),
+            effects: Vec::new(),
+            next_generation: 0,
+            accept_paused_until: None,
+            shutdown_deadline: None,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.read_again.is_empty() {
+                self.clock.until_next_tick()
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("shard {}: poll failed, stopping: {e}", self.index);
+                break;
+            }
+            let now = self.clock.now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.drain_inbox(now),
+                    LISTENER => self.accept_until_would_block(now),
+                    Token(key) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.connection_ready(key, readable, event.is_writable(), now);
+                    }
+                }
+            }
+            for key in mem::take(&mut self.read_again) {
+                self.connection_ready(key, true, false, now);
+            }
+            self.fire_timers(now);
+            self.flush_all(now);
+            self.resume_accepting(now);
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || now >= deadline {
+                    break;
+                }
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.remove(key, self.clock.now());
+        }
+        log::debug!("shard {} stopped", self.index);
+    }
+
+    fn connection_ready(&mut self, key: usize, readable: bool, writable: bool, now: Tick) {
+        // Tolerate events for connections already gone (spurious or stale).
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut cx = Cx {
+            registry: self.poll.registry(),
+            token: Token(key),
+            limits: &self.limits,
+            now,
+            incoming: &mut self.incoming,
+        };
+        let outcome = conn.ready(readable, writable, &mut cx);
+        self.dispatch_incoming(key, now);
+        match outcome {
+            Outcome::Remove => self.remove(key, now),
+            Outcome::ReadAgain => self.read_again.push(key),
+            Outcome::Keep => {}
+        }
+        self.settle(key);
+    }
+
+    /// After anything touched a connection: list it for the flush, arm its close deadline,
+    /// or, if it is quiet, let it drop tungstenite's buffers.
+    fn settle(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(deadline) = conn.take_close_deadline(&self.limits) {
+            self.timers.schedule(
+                deadline,
+                Entry {
+                    key: key as u32,
+                    generation: conn.generation,
+                },
+            );
+        }
+        if conn.claim_flush() {
+            self.flush_list.push(key);
+        } else {
+            conn.recycle(&self.limits);
+        }
+    }
+
+    /// Runs the handler for what a connection produced, applying its effects after each call.
+    fn dispatch_incoming(&mut self, key: usize, now: Tick) {
+        let mut incoming = mem::take(&mut self.incoming);
+        for item in incoming.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                break;
+            };
+            let id = ConnId::new(self.index, key, conn.generation);
+            match item {
+                Incoming::Opened => {
+                    if let Some(user) = &conn.user {
+                        self.users.entry(user.clone()).or_default().push(key);
+                    }
+                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+                    self.handler.on_open(&mut cx);
+                }
+                Incoming::Message(message) => {
+                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+                    self.handler.on_message(&mut cx, message);
+                }
+                Incoming::Failed(code, reason) => {
+                    if conn.close(code, reason, now) == Outcome::Remove {
+                        self.remove(key, now);
+                    }
+                }
+                Incoming::Http(request) => {
+                    let response = self.handler.on_http(&request);
+                    let mut cx = Cx {
+                        registry: self.poll.registry(),
+                        token: Token(key),
+                        limits: &self.limits,
+                        now,
+                        incoming: &mut Vec::new(),
+                    };
+                    if conn.respond(&response, &mut cx) == Outcome::Remove {
+                        self.remove(key, now);
+                    }
+                }
+            }
+            self.apply_effects(key, now);
+        }
+        self.incoming = incoming;
+    }
+
+    fn apply_effects(&mut self, key: usize, now: Tick) {
+        let mut effects = mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Reply(message) => self.deliver(key, message, now),
+                Effect::ToConn(id, message) if id.shard() == self.index => {
+                    self.deliver_to_id(id, message, now)
+                }
+                Effect::ToConn(id, message) => self.hub.send_to(id, message),
+                Effect::ToUser(user, message) => {
+                    self.to_other_shards(|| Command::ToUser(user.clone(), message.clone()));
+                    self.deliver_to_user(&user, message, now);
+                }
+                Effect::Broadcast(message) => {
+                    self.to_other_shards(|| Command::Broadcast(message.clone()));
+                    self.broadcast_local(message, now);
+                }
+                Effect::Close(code, reason) => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        if conn.close(code, reason, now) == Outcome::Remove {
+                            self.remove(key, now);
+                        }
+                        self.settle(key);
+                    }
+                }
+            }
+        }
+        self.effects = effects;
+    }
+
+    fn to_other_shards(&self, command: impl Fn() -> Command) {
+        for index in (0..self.hub.shard_count()).filter(|&i| i != self.index) {
+            self.hub.shard(index).send(command());
+        }
+    }
+
+    fn drain_inbox(&mut self, now: Tick) {
+        self.inbox.woken();
+        while let Ok(command) = self.inbox.commands.try_recv() {
+            match command {
+                Command::Broadcast(message) => self.broadcast_local(message, now),
+                Command::ToConn(id, message) => self.deliver_to_id(id, message, now),
+                Command::ToUser(user, message) => self.deliver_to_user(&user, message, now),
+                Command::Shutdown => self.begin_shutdown(now),
+            }
+        }
+    }
+
+    fn deliver(&mut self, key: usize, message: Message, now: Tick) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.send(message, now) == Delivery::Evicted {
+            log::warn!(
+                "shard {}: evicting slow consumer {} (over {} bytes pending), close 1008",
+                self.index,
+                ConnId::new(self.index, key, conn.generation),
+                self.shared.config.max_pending_bytes
+            );
+        }
+        self.settle(key);
+    }
+
+    fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
+        let live = self
+            .conns
+            .get(id.slot())
+            .is_some_and(|conn| conn.generation == id.generation());
+        if live {
+            self.deliver(id.slot(), message, now);
+        }
+    }
+
+    fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
+        let Some(keys) = self.users.get(user) else {
+            return;
+        };
+        for key in keys.clone() {
+            self.deliver(key, message.clone(), now);
+        }
+    }
+
+    fn broadcast_local(&mut self, message: Message, now: Tick) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.is_open())
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.deliver(key, message.clone(), now);
+        }
+    }
+
+    /// Accepts until the listener would block (its readiness is edge-triggered).
+    fn accept_until_would_block(&mut self, now: Tick) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((tcp, _peer)) => self.admit(tcp, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if out_of_descriptors(&e) => {
+                    // Retrying now would spin: the backlog keeps the connections until a
+                    // descriptor frees up (a close) or the back-off ends.
+                    log::warn!("shard {}: accept paused: {e}", self.index);
+                    self.accept_paused_until = Some(now + timers::ticks(ACCEPT_BACKOFF));
+                    return;
+                }
+                // The peer gave up while queued (ECONNABORTED and the like).
+                Err(e) => log::debug!("shard {}: accept failed: {e}", self.index),
+            }
+        }
+    }
+
+    fn admit(&mut self, mut tcp: TcpStream, now: Tick) {
+        if self.shared.live.fetch_add(1, Ordering::AcqRel) >= self.shared.config.max_connections {
+            self.shared.live.fetch_sub(1, Ordering::AcqRel);
+            // A fresh socket's send buffer takes this whole; if not, the client sees a reset.
+            let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
+            let _ = tcp.write(&busy.to_bytes());
+            return;
+        }
+        let _ = tcp.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut tcp, Token(key), Interest::READABLE)
+        {
+            log::warn!("shard {}: cannot register connection: {e}", self.index);
+            self.shared.live.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
+        entry.insert(Connection::accepted(tcp, generation, now));
+        self.timers.schedule(
+            now + self.limits.handshake,
+            Entry {
+                key: key as u32,
+                generation,
+            },
+        );
+    }
+
+    fn fire_timers(&mut self, now: Tick) {
+        let Shard {
+            timers,
+            conns,
+            limits,
+            expired,
+            fired,
+            ..
+        } = self;
+        timers.advance(now, |wheel, entry| {
+            let Some(conn) = conns.get_mut(entry.key as usize) else {
+                return;
+            };
+            if conn.generation != entry.generation {
+                return; // the slot's earlier tenant
+            }
+            match conn.on_timer(limits, now) {
+                Some(due) => {
+                    wheel.schedule(due, entry);
+                    fired.push(entry.key as usize);
+                }
+                None => expired.push(entry.key as usize),
+            }
+        });
+        for key in mem::take(&mut self.expired) {
+            self.remove(key, now);
+        }
+        // A timer may have queued a ping or started a close.
+        for key in mem::take(&mut self.fired) {
+            self.settle(key);
+        }
+    }
+
+    /// Resumes accepting after an fd-limit pause, once the back-off ends or a close freed
+    /// a descriptor.
+    fn resume_accepting(&mut self, now: Tick) {
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.accept_until_would_block(now);
+        }
+    }
+
+    fn flush_all(&mut self, now: Tick) {
+        let mut list = mem::take(&mut self.flush_list);
+        for key in list.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let mut cx = Cx {
+                registry: self.poll.registry(),
+                token: Token(key),
+                limits: &self.limits,
+                now,
+                incoming: &mut self.incoming,
+            };
+            if conn.flush(&mut cx) == Outcome::Remove {
+                self.remove(key, now);
+            } else if let Some(deadline) = conn.take_close_deadline(&self.limits) {
+                self.timers.schedule(
+                    deadline,
+                    Entry {
+                        key: key as u32,
+                        generation: conn.generation,
+                    },
+                );
+            }
+        }
+        self.flush_list = list;
+    }
+
+    fn begin_shutdown(&mut self, now: Tick) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.listener = None;
+        self.shutdown_deadline = Some(now + timers::ticks(self.shared.config.shutdown_timeout));
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            if self.conns[key].close(CloseCode::Away, "server shutting down", now)
+                == Outcome::Remove
+            {
+                self.remove(key, now);
+            } else {
+                self.settle(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize, now: Tick) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        if let Some(user) = &conn.user {
+            if let Some(keys) = self.users.get_mut(user) {
+                keys.retain(|&k| k != key);
+                if keys.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+        if conn.was_opened() {
+            let id = ConnId::new(self.index, key, conn.generation);
+            let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+            self.handler.on_close(&mut cx);
+            self.apply_effects(key, now);
+        }
+        // A descriptor is free again: an accept paused on the fd limit may resume (at the
+        // end of this pass, not here, so no key freed in this pass is reused within it).
+        if self.accept_paused_until.is_some() {
+            self.accept_paused_until = Some(now);
+        }
+    }
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,167 @@
+//! Per-shard timers: one hashed timing wheel for every deadline a connection has
+//! (handshake, ping, idle, close). Sits beside the shard loop, which fires it once per tick.
+//!
+//! Entries are lazy: a connection has exactly one entry, and activity (a message heard)
+//! never touches the wheel. When an entry fires, the shard asks the connection what it is
+//! really due for and re-schedules it. That keeps the hot path free of timer work and the
+//! cost to about 8 bytes per connection. Deadlines past the wheel's span simply come round
+//! early and are re-scheduled.
+
+use std::time::{Duration, Instant};
+
+/// Timer resolution. Every deadline is rounded up to a tick.
+pub const TICK: Duration = Duration::from_millis(100);
+const SLOTS: usize = 1024;
+
+/// A point in time in ticks since the shard started; `u32` lasts 13 years.
+pub type Tick = u32;
+
+/// Converts a duration into whole ticks, rounding up, at least one.
+pub fn ticks(duration: Duration) -> Tick {
+    let tick = TICK.as_millis();
+    (duration.as_millis().div_ceil(tick)).clamp(1, Tick::MAX as u128) as Tick
+}
+
+/// Monotonic shard clock in ticks.
+pub struct Clock {
+    started: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            started: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Tick {
+        (self.started.elapsed().as_millis() / TICK.as_millis()) as Tick
+    }
+
+    /// How long until the next tick boundary: the poll timeout.
+    pub fn until_next_tick(&self) -> Duration {
+        let tick = TICK.as_nanos();
+        let elapsed = self.started.elapsed().as_nanos();
+        Duration::from_nanos((tick - elapsed % tick) as u64)
+    }
+}
+
+/// One timer entry: a slab key and the generation it belonged to when scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u32,
+    pub generation: u32,
+}
+
+/// The wheel: `SLOTS` buckets of entries, one bucket per tick.
+pub struct TimerWheel {
+    slots: Vec<Vec<Entry>>,
+    /// Last tick whose bucket has been fired.
+    fired_through: Tick,
+}
+
+impl TimerWheel {
+    pub fn new(now: Tick) -> Self {
+        TimerWheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            fired_through: now,
+        }
+    }
+
+    /// Schedules `entry` to fire at tick `at` (or the next tick, if `at` has passed).
+    pub fn schedule(&mut self, at: Tick, entry: Entry) {
+        let at = at.max(self.fired_through + 1);
+        self.slots[at as usize % SLOTS].push(entry);
+    }
+
+    /// Hands every entry whose bucket is due by `now` to `fire`, which may schedule again.
+    pub fn advance(&mut self, now: Tick, mut fire: impl FnMut(&mut Self, Entry)) {
+        // A stalled loop catches up by at most one full turn: that visits every bucket.
+        let first = self
+            .fired_through
+            .saturating_add(1)
+            .max(now.saturating_sub(SLOTS as Tick - 1));
+        for tick in first..=now {
+            self.fired_through = tick;
+            // Taken, not drained: the emptied bucket's memory goes back instead of staying
+            // sized for the largest burst it ever held.
+            let due = std::mem::take(&mut self.slots[tick as usize % SLOTS]);
+            for entry in due {
+                fire(self, entry);
+            }
+        }
+        self.fired_through = self.fired_through.max(now);
+    }
+
+    /// Number of entries held (live and stale).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.slots.iter().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: u32) -> Entry {
+        Entry { key, generation: 0 }
+    }
+
+    fn fired(wheel: &mut TimerWheel, now: Tick) -> Vec<u32> {
+        let mut keys = Vec::new();
+        wheel.advance(now, |_, e| keys.push(e.key));
+        keys
+    }
+
+    #[test]
+    fn fires_at_the_scheduled_tick_and_not_before() {
+        let mut wheel = TimerWheel::new(0);
+        wheel.schedule(5, entry(1));
+        wheel.schedule(3, entry(2));
+        assert!(fired(&mut wheel, 2).is_empty());
+        assert_eq!(fired(&mut wheel, 4), vec![2]);
+        assert_eq!(fired(&mut wheel, 5), vec![1]);
+        assert_eq!(wheel.len(), 0);
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_tick() {
+        let mut wheel = TimerWheel::new(10);
+        wheel.schedule(2, entry(7));
+        assert_eq!(fired(&mut wheel, 11), vec![7]);
+    }
+
+    #[test]
+    fn a_stalled_loop_catches_up_on_every_bucket_once() {
+        let mut wheel = TimerWheel::new(0);
+        for key in 1..=50 {
+            wheel.schedule(key * 7, entry(key));
+        }
+        let mut keys = fired(&mut wheel, 100_000);
+        keys.sort();
+        assert_eq!(keys, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn entries_beyond_the_span_come_round_early_and_can_reschedule() {
+        let mut wheel = TimerWheel::new(0);
+        let far = SLOTS as Tick + 10;
+        wheel.schedule(far, entry(9));
+        let mut early = 0;
+        wheel.advance(10, |wheel, e| {
+            early += 1;
+            wheel.schedule(far, e);
+        });
+        assert_eq!(early, 1, "comes round one turn early");
+        assert!(fired(&mut wheel, far - 1).is_empty());
+        assert_eq!(fired(&mut wheel, far), vec![9]);
+    }
+
+    #[test]
+    fn ticks_round_up() {
+        assert_eq!(ticks(Duration::from_millis(1)), 1);
+        assert_eq!(ticks(Duration::from_millis(250)), 3);
+        assert_eq!(ticks(Duration::from_secs(10)), 100);
+    }
+}
