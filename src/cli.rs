@@ -111,15 +111,8 @@ mod tests {
 
     #[test]
     fn cli_parses_units() {
-        let cli = Cli::try_parse_from([
-            "wshub",
-            "--echo",
-            "--ping-interval",
-            "500ms",
-            "--max-message-size",
-            "1MiB",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["wshub", "--echo", "--ping-interval", "500ms", "--max-message-size", "1MiB"]).unwrap();
         assert_eq!(cli.mode(), Mode::Echo);
         assert_eq!(cli.ping_interval, Duration::from_millis(500));
         assert_eq!(cli.max_message_size, 1 << 20);

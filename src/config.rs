@@ -99,13 +99,9 @@ impl Config {
 /// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 250ms, 10s, 2m"))?;
+    let value: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration like 250ms, 10s, 2m"))?;
     let millis = match unit.trim() {
         "ms" => value,
         "" | "s" => value.saturating_mul(1_000),
@@ -119,13 +115,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a byte size: `65536`, `64KiB`, `1MiB` (also `k`/`K`/`KB`, `m`/`M`/`MB`, as powers of 2).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size like 65536, 64KiB, 1MiB"))?;
+    let value: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 65536, 64KiB, 1MiB"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -133,9 +125,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit '{other}' in '{text}'")),
     };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("size '{text}' is too large"))
+    value.checked_mul(scale).ok_or_else(|| format!("size '{text}' is too large"))
 }
 
 #[cfg(test)]
@@ -166,14 +156,7 @@ mod tests {
 
     #[test]
     fn pending_limit_must_hold_a_full_message() {
-        let config = Config {
-            max_message_size: 1 << 20,
-            max_pending_bytes: 1 << 20,
-            ..Config::default()
-        };
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .contains("--max-pending-bytes"));
+        let config = Config { max_message_size: 1 << 20, max_pending_bytes: 1 << 20, ..Config::default() };
+        assert!(config.validate().unwrap_err().contains("--max-pending-bytes"));
     }
 }

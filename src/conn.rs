@@ -160,8 +160,8 @@ const DISCARD_INPUT: u16 = 1 << 5;
 const WRITE_SHUT: u16 = 1 << 6;
 /// What epoll holds: WRITABLE is registered (mirrors `WANTS_WRITABLE` after a sync).
 const REGISTERED_WRITABLE: u16 = 1 << 7;
-/// Entered `Closing` since the shard last looked: its close deadline needs a timer.
-const CLOSE_STARTED: u16 = 1 << 8;
+/// The phase changed since the shard last looked: the deadline needs a new timer entry.
+const RESCHEDULE: u16 = 1 << 8;
 
 /// A connection's slab entry. Kept small: at 19,000 idle connections every byte here is
 /// 19 KB of resident memory.
@@ -179,11 +179,14 @@ pub(crate) struct Connection {
     last_heard: Tick,
     /// Last time we pinged it.
     last_ping: Tick,
+    /// When its current timer entry is due; entries due at another tick are stale.
+    pub timer_at: Tick,
     flags: u16,
 }
 
 impl Connection {
-    pub fn accepted(tcp: TcpStream, generation: u32, now: Tick) -> Self {
+    /// A freshly accepted socket; its first timer entry is due at `handshake_deadline`.
+    pub fn accepted(tcp: TcpStream, generation: u32, now: Tick, handshake_deadline: Tick) -> Self {
         let door = FrontDoor {
             wire: Wire { tcp },
             request: Vec::new(),
@@ -199,6 +202,7 @@ impl Connection {
             since: now,
             last_heard: now,
             last_ping: now,
+            timer_at: handshake_deadline,
             flags: 0,
         }
     }
@@ -242,11 +246,17 @@ impl Connection {
         claim
     }
 
-    /// The close deadline to schedule, once, after the connection started closing.
-    pub fn take_close_deadline(&mut self, limits: &Limits) -> Option<Tick> {
-        let started = self.has(CLOSE_STARTED);
-        self.set(CLOSE_STARTED, false);
-        started.then_some(self.since + limits.close)
+    /// After a phase change, the new deadline to put in the wheel (once).
+    pub fn take_reschedule(&mut self, limits: &Limits) -> Option<Tick> {
+        if !self.has(RESCHEDULE) {
+            return None;
+        }
+        self.set(RESCHEDULE, false);
+        let at = self.deadline(limits);
+        (at != self.timer_at).then(|| {
+            self.timer_at = at;
+            at
+        })
     }
 
     /// Handles a readiness event.
@@ -257,11 +267,7 @@ impl Connection {
                     return Outcome::Remove;
                 }
             }
-            return if readable {
-                self.door_ready(cx)
-            } else {
-                Outcome::Keep
-            };
+            return if readable { self.door_ready(cx) } else { Outcome::Keep };
         }
         if writable && self.has(WANTS_WRITABLE) {
             self.set(NEEDS_FLUSH, true);
@@ -337,15 +343,12 @@ impl Connection {
     pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Tick) -> Outcome {
         match mem::replace(&mut self.phase, Phase::Moving) {
             Phase::Open(mut ws) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
+                let frame = CloseFrame { code, reason: reason.into() };
                 // Queues the frame; whether it went out now is the flush's business.
                 let _ = ws.close(Some(frame));
                 self.phase = Phase::Closing(ws);
                 self.since = now;
-                self.flags |= NEEDS_FLUSH | CLOSE_STARTED;
+                self.flags |= NEEDS_FLUSH | RESCHEDULE;
                 Outcome::Keep
             }
             closing @ Phase::Closing(_) => {
@@ -356,27 +359,49 @@ impl Connection {
         }
     }
 
-    /// Its wheel entry fired: acts on whatever deadline has passed and says when it is
-    /// next due (`None`: remove it).
+    /// Its wheel entry fired: acts on whatever came due (a ping, an idle close) and says
+    /// when it is next due, or `None` when a deadline has passed and it must go.
     pub fn on_timer(&mut self, limits: &Limits, now: Tick) -> Option<Tick> {
-        let deadline = match self.phase {
-            Phase::Handshaking(_) => self.since + limits.handshake,
-            Phase::Closing(_) => self.since + limits.close,
-            Phase::Open(_) => return Some(self.open_timer(limits, now)),
+        match self.phase {
+            Phase::Handshaking(_) | Phase::Closing(_) if now >= self.deadline(limits) => return None,
+            Phase::Open(_) => self.open_timer(limits, now),
             Phase::Moving => return None,
-        };
-        (now < deadline).then_some(deadline)
+            _ => {}
+        }
+        let at = self.deadline(limits);
+        self.timer_at = at;
+        self.set(RESCHEDULE, false);
+        Some(at)
     }
 
-    /// Pings a silent peer every ping interval; closes it once idle for the idle timeout.
-    /// A peer that talks proves it is alive, so it is never pinged.
-    fn open_timer(&mut self, limits: &Limits, now: Tick) -> Tick {
+    /// When this connection next needs its timer: a pure function of its state.
+    fn deadline(&self, limits: &Limits) -> Tick {
+        match self.phase {
+            Phase::Handshaking(_) => self.since + limits.handshake,
+            Phase::Closing(_) | Phase::Moving => self.since + limits.close,
+            Phase::Open(_) => {
+                let next_ping = if self.last_ping > self.last_heard {
+                    self.last_ping + limits.ping
+                } else {
+                    self.last_heard + limits.ping
+                };
+                next_ping.min(self.last_heard + limits.idle)
+            }
+        }
+    }
+
+    /// Pings a peer silent for a ping interval (again every interval while it stays
+    /// silent); closes it once silent for the idle timeout. A peer that talks proves it is
+    /// alive, so it is never pinged.
+    fn open_timer(&mut self, limits: &Limits, now: Tick) {
         let silent = now - self.last_heard;
         if silent >= limits.idle {
             self.close(CloseCode::Away, "idle timeout", now);
-            return now + limits.close;
+            return;
         }
-        if silent >= limits.ping && now - self.last_ping >= limits.ping {
+        let pinged_since_heard = self.last_ping > self.last_heard;
+        let ping_due = if pinged_since_heard { now - self.last_ping >= limits.ping } else { silent >= limits.ping };
+        if ping_due {
             if let Phase::Open(ws) = &mut self.phase {
                 // A failed write shows up at the flush; WouldBlock means queued.
                 let _ = ws.write(Message::Ping(Default::default()));
@@ -384,12 +409,6 @@ impl Connection {
                 self.flags |= NEEDS_FLUSH | USED_BUFFERS;
             }
         }
-        let next_ping = if silent >= limits.ping {
-            self.last_ping + limits.ping
-        } else {
-            self.last_heard + limits.ping
-        };
-        next_ping.min(self.last_heard + limits.idle)
     }
 
     /// Releases tungstenite's buffers when nothing is in flight, so an idle connection
@@ -402,28 +421,18 @@ impl Connection {
             if !ws.can_write() {
                 return;
             }
-            let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else {
-                unreachable!()
-            };
+            let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
             let wire = ws.into_inner();
-            self.phase = Phase::Open(WebSocket::from_raw_socket(
-                wire,
-                Role::Server,
-                Some(limits.websocket),
-            ));
+            self.phase = Phase::Open(WebSocket::from_raw_socket(wire, Role::Server, Some(limits.websocket)));
             self.set(USED_BUFFERS, false);
         }
     }
 
     fn read_frames(&mut self, cx: &mut Cx<'_>) -> Outcome {
         inbound::load(&mut self.stash);
-        let mut outcome = Outcome::ReadAgain;
         for _ in 0..READ_BUDGET {
-            if !self.has(DISCARD_INPUT) {
-                if let Err(why) = self.feed_frames(cx) {
-                    inbound::discard();
-                    return why;
-                }
+            if let Some(outcome) = self.feed_frames(cx) {
+                return outcome;
             }
             let Some(tcp) = self.tcp() else { break };
             match inbound::recv(tcp) {
@@ -433,8 +442,8 @@ impl Connection {
                 }
                 Ok(_) => self.last_heard = cx.now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    outcome = Outcome::Keep;
-                    break;
+                    inbound::stash(&mut self.stash);
+                    return Outcome::Keep;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -442,49 +451,49 @@ impl Connection {
                     return Outcome::Remove;
                 }
             }
-            if self.has(DISCARD_INPUT) {
-                inbound::discard();
-            }
         }
-        if outcome == Outcome::ReadAgain && !self.has(DISCARD_INPUT) {
-            // Frames completed by the last recv are handled before yielding.
-            if let Err(why) = self.feed_frames(cx) {
-                inbound::discard();
-                return why;
-            }
-        }
-        inbound::stash(&mut self.stash);
-        outcome
+        // Budget spent: handle what the last recv completed, then yield to others.
+        self.feed_frames(cx).unwrap_or_else(|| {
+            inbound::stash(&mut self.stash);
+            Outcome::ReadAgain
+        })
     }
 
-    /// Hands every complete frame in the inbound buffer to tungstenite. `Err` carries the
-    /// outcome when the connection must stop reading.
-    fn feed_frames(&mut self, cx: &mut Cx<'_>) -> Result<(), Outcome> {
+    /// Hands every complete frame in the inbound buffer to tungstenite. `Some` ends the
+    /// read burst with that outcome (the inbound buffer already stashed or discarded).
+    fn feed_frames(&mut self, cx: &mut Cx<'_>) -> Option<Outcome> {
+        if self.has(DISCARD_INPUT) {
+            inbound::discard();
+            return None;
+        }
         loop {
             let info = match inbound::next_frame(cx.limits.max_message_size) {
                 Ok(Some(info)) => info,
-                Ok(None) => return Ok(()),
-                Err(FrameError::TooBig) => {
-                    return Err(self.fail(CloseCode::Size, "message too big", cx))
-                }
-                Err(FrameError::Malformed) => {
-                    return Err(self.fail(CloseCode::Protocol, "protocol error", cx))
-                }
+                Ok(None) => return None,
+                Err(FrameError::TooBig) => return Some(self.fail(CloseCode::Size, "message too big", cx)),
+                Err(FrameError::Malformed) => return Some(self.fail(CloseCode::Protocol, "protocol error", cx)),
             };
+            if info.close && !cx.incoming.is_empty() {
+                // Once tungstenite sees the close it refuses to send, so the handler's
+                // answers to the messages before it would be lost. Let the handler run
+                // first; the close frame waits in the stash for the next pass.
+                inbound::defer_frame();
+                inbound::stash(&mut self.stash);
+                return Some(Outcome::ReadAgain);
+            }
             if info.data {
                 self.set(MID_MESSAGE, !info.fin);
             }
             self.flags |= USED_BUFFERS;
             let (Phase::Open(ws) | Phase::Closing(ws)) = &mut self.phase else {
-                return Err(Outcome::Remove);
+                inbound::discard();
+                return Some(Outcome::Remove);
             };
             let result = ws.read();
             debug_assert!(inbound::frame_consumed());
             match result {
                 Ok(Message::Text(_) | Message::Binary(_)) if !self.is_open() => {}
-                Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
-                    cx.incoming.push(Incoming::Message(message))
-                }
+                Ok(message @ (Message::Text(_) | Message::Binary(_))) => cx.incoming.push(Incoming::Message(message)),
                 // Tungstenite queued the pong; our flush sends it.
                 Ok(Message::Ping(_)) => self.flags |= NEEDS_FLUSH,
                 Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
@@ -492,26 +501,25 @@ impl Connection {
                     // Our reply (or the end of our own close handshake) goes out at the flush.
                     self.flags |= NEEDS_FLUSH;
                     if let Phase::Open(_) = self.phase {
-                        let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else {
-                            unreachable!()
-                        };
+                        let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
                         self.phase = Phase::Closing(ws);
                         self.since = cx.now;
-                        self.flags |= CLOSE_STARTED;
+                        self.flags |= RESCHEDULE;
                     }
                 }
                 // A non-final fragment was absorbed; nothing to deliver yet.
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(WsError::Utf8(_)) => {
-                    return Err(self.fail(CloseCode::Invalid, "invalid UTF-8", cx))
-                }
+                Err(WsError::Utf8(_)) => return Some(self.fail(CloseCode::Invalid, "invalid UTF-8", cx)),
                 Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                    return Err(self.fail(CloseCode::Size, "message too big", cx))
+                    return Some(self.fail(CloseCode::Size, "message too big", cx))
                 }
                 Err(WsError::Capacity(_) | WsError::Protocol(_)) => {
-                    return Err(self.fail(CloseCode::Protocol, "protocol error", cx))
+                    return Some(self.fail(CloseCode::Protocol, "protocol error", cx))
                 }
-                Err(_) => return Err(Outcome::Remove),
+                Err(_) => {
+                    inbound::discard();
+                    return Some(Outcome::Remove);
+                }
             }
         }
     }
@@ -521,6 +529,7 @@ impl Connection {
     /// side is shut and the connection goes at EOF or the close deadline.
     fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut Cx<'_>) -> Outcome {
         log::debug!("failing connection {:?}: {reason}", cx.token);
+        inbound::discard();
         self.flags |= DISCARD_INPUT;
         cx.incoming.push(Incoming::Failed(code, reason));
         // Keep draining the socket (discarding) so EOF is noticed.
@@ -531,10 +540,7 @@ impl Connection {
         let Phase::Handshaking(door) = &mut self.phase else {
             return Outcome::Keep;
         };
-        if matches!(
-            door.stage,
-            DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse
-        ) {
+        if matches!(door.stage, DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse) {
             // Bytes waiting now are WebSocket frames (or a pipelined request): leave them
             // in the socket until the upgrade (or the reply) is done.
             return Outcome::Keep;
@@ -617,15 +623,13 @@ impl Connection {
     }
 
     fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else {
-            unreachable!()
-        };
-        let websocket =
-            WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
+        let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
+        let websocket = WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
         self.phase = Phase::Open(websocket);
         self.since = cx.now;
         self.last_heard = cx.now;
         self.last_ping = cx.now;
+        self.flags |= RESCHEDULE;
         cx.incoming.push(Incoming::Opened);
         if let Outcome::Remove = self.sync_interest(cx) {
             return Outcome::Remove;
@@ -643,11 +647,7 @@ impl Connection {
         if wants == registered_writable {
             return Outcome::Keep;
         }
-        let interest = if wants {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+        let interest = if wants { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         let token = cx.token;
         let Some(tcp) = self.tcp() else {
             return Outcome::Remove;
@@ -670,13 +670,7 @@ mod tests {
         // 512-byte target also has to cover the slab's slack and the timer entry.
         let size = mem::size_of::<slab::Slab<Connection>>();
         let entry = mem::size_of::<Connection>();
-        eprintln!(
-            "Connection: {entry} bytes; WebSocket<Wire>: {}",
-            mem::size_of::<WebSocket<Wire>>()
-        );
-        assert!(
-            entry <= 384,
-            "Connection grew to {entry} bytes (slab header {size})"
-        );
+        eprintln!("Connection: {entry} bytes; WebSocket<Wire>: {}", mem::size_of::<WebSocket<Wire>>());
+        assert!(entry <= 384, "Connection grew to {entry} bytes (slab header {size})");
     }
 }

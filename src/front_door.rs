@@ -62,13 +62,7 @@ impl HttpResponse {
     pub fn text(status: u16, reason: &'static str, body: impl Into<String>) -> Self {
         let mut body = body.into().into_bytes();
         body.push(b'\n');
-        HttpResponse {
-            status,
-            reason,
-            headers: Vec::new(),
-            content_type: "text/plain; charset=utf-8",
-            body,
-        }
+        HttpResponse { status, reason, headers: Vec::new(), content_type: "text/plain; charset=utf-8", body }
     }
 
     pub fn not_found() -> Self {
@@ -110,13 +104,7 @@ pub fn examine(bytes: &[u8]) -> Verdict {
         }
         Ok(httparse::Status::Partial) => return Verdict::Incomplete,
         Err(httparse::Error::TooManyHeaders) => return Verdict::Refuse(too_large()),
-        Err(e) => {
-            return Verdict::Refuse(HttpResponse::text(
-                400,
-                "Bad Request",
-                format!("malformed request: {e}"),
-            ))
-        }
+        Err(e) => return Verdict::Refuse(HttpResponse::text(400, "Bad Request", format!("malformed request: {e}"))),
     };
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
@@ -137,19 +125,12 @@ pub fn examine(bytes: &[u8]) -> Verdict {
     };
 
     if !has_token("Upgrade", "websocket") {
-        return Verdict::Plain(PlainRequest {
-            method: method.to_string(),
-            target: target.to_string(),
-        });
+        return Verdict::Plain(PlainRequest { method: method.to_string(), target: target.to_string() });
     }
     if method != "GET" {
         return Verdict::Refuse(
-            HttpResponse::text(
-                405,
-                "Method Not Allowed",
-                "a WebSocket upgrade must use GET",
-            )
-            .with_header("Allow", "GET"),
+            HttpResponse::text(405, "Method Not Allowed", "a WebSocket upgrade must use GET")
+                .with_header("Allow", "GET"),
         );
     }
     if request.version != Some(1) {
@@ -160,12 +141,8 @@ pub fn examine(bytes: &[u8]) -> Verdict {
     }
     if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {
         return Verdict::Refuse(
-            HttpResponse::text(
-                426,
-                "Upgrade Required",
-                "only WebSocket version 13 is supported",
-            )
-            .with_header("Sec-WebSocket-Version", "13"),
+            HttpResponse::text(426, "Upgrade Required", "only WebSocket version 13 is supported")
+                .with_header("Sec-WebSocket-Version", "13"),
         );
     }
     let Some(key) = header("Sec-WebSocket-Key").filter(|k| is_valid_key(k.trim())) else {
@@ -185,11 +162,7 @@ pub fn examine(bytes: &[u8]) -> Verdict {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     )
     .into_bytes();
-    Verdict::Upgrade(Upgrade {
-        response,
-        user,
-        head_len,
-    })
+    Verdict::Upgrade(Upgrade { response, user, head_len })
 }
 
 fn bad_request(why: impl Into<String>) -> HttpResponse {
@@ -197,27 +170,19 @@ fn bad_request(why: impl Into<String>) -> HttpResponse {
 }
 
 fn too_large() -> HttpResponse {
-    HttpResponse::text(
-        431,
-        "Request Header Fields Too Large",
-        "request head too large",
-    )
+    HttpResponse::text(431, "Request Header Fields Too Large", "request head too large")
 }
 
 /// A key is base64 of 16 bytes: 22 significant characters and `==`.
 fn is_valid_key(key: &str) -> bool {
     key.len() == 24
         && key.ends_with("==")
-        && key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 fn is_valid_user(user: &str) -> bool {
     (1..=MAX_USER_LEN).contains(&user.len())
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+        && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }
 
 /// The percent-decoded value of `name` in the target's query string.
@@ -275,9 +240,7 @@ mod tests {
     #[test]
     fn accepts_an_upgrade_with_the_rfc_accept_key() {
         let request = upgrade_request("");
-        let Verdict::Upgrade(upgrade) = examine(request.as_bytes()) else {
-            panic!("not an upgrade")
-        };
+        let Verdict::Upgrade(upgrade) = examine(request.as_bytes()) else { panic!("not an upgrade") };
         let response = String::from_utf8(upgrade.response).unwrap();
         // The worked example from RFC 6455 section 1.3.
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -295,13 +258,7 @@ mod tests {
     #[test]
     fn plain_requests_go_to_the_http_hook() {
         let verdict = examine(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(
-            verdict,
-            Verdict::Plain(PlainRequest {
-                method: "GET".into(),
-                target: "/health".into()
-            })
-        );
+        assert_eq!(verdict, Verdict::Plain(PlainRequest { method: "GET".into(), target: "/health".into() }));
     }
 
     #[test]
@@ -321,24 +278,15 @@ mod tests {
 
     #[test]
     fn refuses_an_oversized_head() {
-        let huge = format!(
-            "GET / HTTP/1.1\r\nX-Big: {}\r\n",
-            "a".repeat(MAX_REQUEST_BYTES)
-        );
+        let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(MAX_REQUEST_BYTES));
         assert_eq!(status(examine(huge.as_bytes())), 431);
     }
 
     #[test]
     fn decodes_query_parameters() {
-        assert_eq!(
-            query_param("/ws?a=1&user=b%40c.d", "user").as_deref(),
-            Some("b@c.d")
-        );
+        assert_eq!(query_param("/ws?a=1&user=b%40c.d", "user").as_deref(), Some("b@c.d"));
         assert_eq!(query_param("/ws?user=", "user").as_deref(), Some(""));
         assert_eq!(query_param("/ws", "user"), None);
-        assert_eq!(
-            query_param("/ws?user=100%", "user").as_deref(),
-            Some("100%")
-        );
+        assert_eq!(query_param("/ws?user=100%", "user").as_deref(), Some("100%"));
     }
 }

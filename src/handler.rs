@@ -53,16 +53,8 @@ pub(crate) enum Effect {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(
-        conn: ConnId,
-        user: Option<&'a Arc<str>>,
-        effects: &'a mut Vec<Effect>,
-    ) -> Self {
-        Context {
-            conn,
-            user,
-            effects,
-        }
+    pub(crate) fn new(conn: ConnId, user: Option<&'a Arc<str>>, effects: &'a mut Vec<Effect>) -> Self {
+        Context { conn, user, effects }
     }
 
     /// The connection this call is about.

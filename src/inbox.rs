@@ -95,18 +95,8 @@ pub(crate) struct InboxReceiver {
 pub(crate) fn inbox(waker: Waker) -> (ShardInbox, InboxReceiver) {
     let (commands, receiver) = crossbeam_channel::unbounded();
     let wake_pending = Arc::new(AtomicBool::new(false));
-    let sender = ShardInbox {
-        commands,
-        waker: Arc::new(waker),
-        wake_pending: wake_pending.clone(),
-    };
-    (
-        sender,
-        InboxReceiver {
-            commands: receiver,
-            wake_pending,
-        },
-    )
+    let sender = ShardInbox { commands, waker: Arc::new(waker), wake_pending: wake_pending.clone() };
+    (sender, InboxReceiver { commands: receiver, wake_pending })
 }
 
 impl ShardInbox {
@@ -139,9 +129,7 @@ pub struct Hub {
 
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
-        Hub {
-            shards: shards.into(),
-        }
+        Hub { shards: shards.into() }
     }
 
     pub(crate) fn shard(&self, index: usize) -> &ShardInbox {
@@ -195,16 +183,9 @@ mod tests {
     #[test]
     fn conn_ids_round_trip_their_parts() {
         let id = ConnId::new(255, u32::MAX as usize, ConnId::GENERATION_MASK);
-        assert_eq!(
-            (id.shard(), id.slot(), id.generation()),
-            (255, u32::MAX as usize, ConnId::GENERATION_MASK)
-        );
+        assert_eq!((id.shard(), id.slot(), id.generation()), (255, u32::MAX as usize, ConnId::GENERATION_MASK));
         let id = ConnId::new(3, 17, ConnId::GENERATION_MASK + 5);
-        assert_eq!(
-            (id.shard(), id.slot(), id.generation()),
-            (3, 17, 4),
-            "generation wraps"
-        );
+        assert_eq!((id.shard(), id.slot(), id.generation()), (3, 17, 4), "generation wraps");
         assert_eq!(ConnId::from_u64(id.as_u64()), id);
     }
 
@@ -217,20 +198,17 @@ mod tests {
         for i in 0..100 {
             sender.send(Command::Broadcast(Message::text(i.to_string())));
         }
-        poll.poll(&mut events, Some(Duration::from_secs(1)))
-            .unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(events.iter().count(), 1);
         receiver.woken();
         assert_eq!(receiver.commands.try_iter().count(), 100);
 
         // Nothing sent since the drain: no further wake.
-        poll.poll(&mut events, Some(Duration::from_millis(50)))
-            .unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
         assert_eq!(events.iter().count(), 0);
         // The next send wakes again.
         sender.send(Command::Shutdown);
-        poll.poll(&mut events, Some(Duration::from_secs(1)))
-            .unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(events.iter().count(), 1);
     }
 }

@@ -58,36 +58,20 @@ where
         receivers.push(receiver);
     }
     let hub = Hub::new(inboxes);
-    let shared = Arc::new(Shared {
-        config,
-        live: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0) });
 
     let mut threads = Vec::new();
     let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();
     for (index, ((poll, listener), receiver)) in parts {
-        let shard = Shard::new(
-            index,
-            poll,
-            listener,
-            receiver,
-            hub.clone(),
-            make_handler(index),
-            shared.clone(),
-        )
-        .map_err(Error::Startup)?;
+        let shard = Shard::new(index, poll, listener, receiver, hub.clone(), make_handler(index), shared.clone())
+            .map_err(Error::Startup)?;
         let thread = thread::Builder::new()
             .name(format!("wshub-shard-{index}"))
             .spawn(move || shard.run())
             .map_err(Error::Startup)?;
         threads.push(thread);
     }
-    Ok(Server {
-        local_addr,
-        hub,
-        shared,
-        threads,
-    })
+    Ok(Server { local_addr, hub, shared, threads })
 }
 
 /// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully: stop accepting,
@@ -99,10 +83,7 @@ where
 {
     let shards = config.shards;
     let server = start(config, make_handler)?;
-    log::info!(
-        "wshub listening on ws://{} with {shards} shard(s)",
-        server.local_addr()
-    );
+    log::info!("wshub listening on ws://{} with {shards} shard(s)", server.local_addr());
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Startup)?;
     let signal_handle = signals.handle();
     let hub = server.hub();
@@ -153,8 +134,7 @@ impl Server {
 
 fn reuseport_listener(addr: SocketAddr) -> Result<mio::net::TcpListener, Error> {
     let bind = |source| Error::Bind { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(Error::Startup)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(Error::Startup)?;
     socket.set_reuse_address(true).map_err(bind)?;
     socket.set_reuse_port(true).map_err(bind)?;
     socket.set_nonblocking(true).map_err(bind)?;

@@ -8,7 +8,7 @@
 //! in the pass leave in a single write.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -82,8 +82,7 @@ impl<H: Handler> Shard<H> {
         handler: H,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let clock = Clock::new();
         Ok(Shard {
             index,
@@ -113,11 +112,7 @@ impl<H: Handler> Shard<H> {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.read_again.is_empty() {
-                self.clock.until_next_tick()
-            } else {
-                Duration::ZERO
-            };
+            let timeout = if self.read_again.is_empty() { self.clock.until_next_tick() } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -131,8 +126,7 @@ impl<H: Handler> Shard<H> {
                     WAKER => self.drain_inbox(now),
                     LISTENER => self.accept_until_would_block(now),
                     Token(key) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                         self.connection_ready(key, readable, event.is_writable(), now);
                     }
                 }
@@ -184,14 +178,8 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Some(deadline) = conn.take_close_deadline(&self.limits) {
-            self.timers.schedule(
-                deadline,
-                Entry {
-                    key: key as u32,
-                    generation: conn.generation,
-                },
-            );
+        if let Some(at) = conn.take_reschedule(&self.limits) {
+            self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
         }
         if conn.claim_flush() {
             self.flush_list.push(key);
@@ -249,9 +237,7 @@ impl<H: Handler> Shard<H> {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Reply(message) => self.deliver(key, message, now),
-                Effect::ToConn(id, message) if id.shard() == self.index => {
-                    self.deliver_to_id(id, message, now)
-                }
+                Effect::ToConn(id, message) if id.shard() == self.index => self.deliver_to_id(id, message, now),
                 Effect::ToConn(id, message) => self.hub.send_to(id, message),
                 Effect::ToUser(user, message) => {
                     self.to_other_shards(|| Command::ToUser(user.clone(), message.clone()));
@@ -308,10 +294,7 @@ impl<H: Handler> Shard<H> {
     }
 
     fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
-        let live = self
-            .conns
-            .get(id.slot())
-            .is_some_and(|conn| conn.generation == id.generation());
+        let live = self.conns.get(id.slot()).is_some_and(|conn| conn.generation == id.generation());
         if live {
             self.deliver(id.slot(), message, now);
         }
@@ -327,12 +310,7 @@ impl<H: Handler> Shard<H> {
     }
 
     fn broadcast_local(&mut self, message: Message, now: Tick) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| conn.is_open())
-            .map(|(key, _)| key)
-            .collect();
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key).collect();
         for key in keys {
             self.deliver(key, message.clone(), now);
         }
@@ -365,56 +343,50 @@ impl<H: Handler> Shard<H> {
     }
 
     fn admit(&mut self, mut tcp: TcpStream, now: Tick) {
-        if self.shared.live.fetch_add(1, Ordering::AcqRel) >= self.shared.config.max_connections {
-            self.shared.live.fetch_sub(1, Ordering::AcqRel);
-            // A fresh socket's send buffer takes this whole; if not, the client sees a reset.
-            let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
-            let _ = tcp.write(&busy.to_bytes());
-            return;
-        }
+        // Over the limit, the connection is still taken in, briefly: it is answered 503
+        // and lingers until the client has read that (closing at once could turn the
+        // answer into a reset). It counts toward the limit until it is gone.
+        let over_limit = self.shared.live.fetch_add(1, Ordering::AcqRel) >= self.shared.config.max_connections;
         let _ = tcp.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut tcp, Token(key), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(&mut tcp, Token(key), Interest::READABLE) {
             log::warn!("shard {}: cannot register connection: {e}", self.index);
             self.shared.live.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
-        entry.insert(Connection::accepted(tcp, generation, now));
-        self.timers.schedule(
-            now + self.limits.handshake,
-            Entry {
-                key: key as u32,
-                generation,
-            },
-        );
+        let at = now + self.limits.handshake;
+        let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
+        self.timers.schedule(Entry { key: key as u32, generation, at });
+        if over_limit {
+            let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
+            let mut cx = Cx {
+                registry: self.poll.registry(),
+                token: Token(key),
+                limits: &self.limits,
+                now,
+                incoming: &mut self.incoming,
+            };
+            if conn.respond(&busy, &mut cx) == Outcome::Remove {
+                self.remove(key, now);
+            }
+        }
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        let Shard {
-            timers,
-            conns,
-            limits,
-            expired,
-            fired,
-            ..
-        } = self;
+        let Shard { timers, conns, limits, expired, fired, .. } = self;
         timers.advance(now, |wheel, entry| {
             let Some(conn) = conns.get_mut(entry.key as usize) else {
                 return;
             };
-            if conn.generation != entry.generation {
-                return; // the slot's earlier tenant
+            if conn.generation != entry.generation || conn.timer_at != entry.at {
+                return; // the slot's earlier tenant, or superseded by a re-schedule
             }
             match conn.on_timer(limits, now) {
-                Some(due) => {
-                    wheel.schedule(due, entry);
+                Some(at) => {
+                    wheel.schedule(Entry { at, ..entry });
                     fired.push(entry.key as usize);
                 }
                 None => expired.push(entry.key as usize),
@@ -453,14 +425,8 @@ impl<H: Handler> Shard<H> {
             };
             if conn.flush(&mut cx) == Outcome::Remove {
                 self.remove(key, now);
-            } else if let Some(deadline) = conn.take_close_deadline(&self.limits) {
-                self.timers.schedule(
-                    deadline,
-                    Entry {
-                        key: key as u32,
-                        generation: conn.generation,
-                    },
-                );
+            } else if let Some(at) = conn.take_reschedule(&self.limits) {
+                self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
             }
         }
         self.flush_list = list;
@@ -474,9 +440,7 @@ impl<H: Handler> Shard<H> {
         self.shutdown_deadline = Some(now + timers::ticks(self.shared.config.shutdown_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            if self.conns[key].close(CloseCode::Away, "server shutting down", now)
-                == Outcome::Remove
-            {
+            if self.conns[key].close(CloseCode::Away, "server shutting down", now) == Outcome::Remove {
                 self.remove(key, now);
             } else {
                 self.settle(key);
@@ -512,8 +476,5 @@ impl<H: Handler> Shard<H> {
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }

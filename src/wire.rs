@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::io::{self, Cursor, Read, Write};
 
 use mio::net::TcpStream;
-use tungstenite::protocol::frame::coding::OpCode;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// The stream inside every `WebSocket`: writes go straight to the socket, reads come from
@@ -53,6 +53,8 @@ pub struct FrameInfo {
     pub fin: bool,
     /// A data or continuation frame (as opposed to ping/pong/close).
     pub data: bool,
+    /// A close frame.
+    pub close: bool,
 }
 
 /// Why the framer refused the bytes; each maps to a close code.
@@ -137,6 +139,7 @@ impl Inbound {
         Ok(Some(FrameInfo {
             fin: header.is_final,
             data: matches!(header.opcode, OpCode::Data(_)),
+            close: header.opcode == OpCode::Control(Control::Close),
         }))
     }
 
@@ -189,6 +192,14 @@ pub mod inbound {
         INBOUND.with(|cell| cell.borrow_mut().next_frame(max_payload))
     }
 
+    /// Takes back the frame `next_frame` exposed, unread: it stays for a later pass.
+    pub fn defer_frame() {
+        INBOUND.with(|cell| {
+            let mut inbound = cell.borrow_mut();
+            inbound.window_end = inbound.start;
+        })
+    }
+
     /// True when tungstenite has read every byte of the exposed frame.
     pub fn frame_consumed() -> bool {
         INBOUND.with(|cell| {
@@ -221,12 +232,7 @@ mod tests {
     fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         assert!(payload.len() < 126);
         let mut frame = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-        );
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
         frame
     }
 
@@ -259,24 +265,12 @@ mod tests {
         fill(&bytes);
 
         let info = inbound::next_frame(1024).unwrap().unwrap();
-        assert_eq!(
-            info,
-            FrameInfo {
-                fin: true,
-                data: true
-            }
-        );
+        assert_eq!(info, FrameInfo { fin: true, data: true, close: false });
         assert_eq!(drain_window(), first);
         assert!(inbound::frame_consumed());
 
         let info = inbound::next_frame(1024).unwrap().unwrap();
-        assert_eq!(
-            info,
-            FrameInfo {
-                fin: false,
-                data: true
-            }
-        );
+        assert_eq!(info, FrameInfo { fin: false, data: true, close: false });
         assert_eq!(drain_window(), second);
         assert_eq!(inbound::next_frame(1024), Ok(None));
         inbound::discard();
@@ -290,11 +284,7 @@ mod tests {
         let mut stash = Vec::new();
         inbound::stash(&mut stash);
         assert_eq!(stash, &frame[..7]);
-        assert_eq!(
-            stash.capacity(),
-            7,
-            "stash holds what arrived, nothing more"
-        );
+        assert_eq!(stash.capacity(), 7, "stash holds what arrived, nothing more");
 
         stash.extend_from_slice(&frame[7..]);
         inbound::load(&mut stash);

@@ -1,0 +1,178 @@
+//! Shared helpers for integration tests: start a real server on 127.0.0.1:0, connect
+//! real clients (tungstenite over blocking std sockets), and speak raw bytes where a test
+//! needs to break the protocol on purpose.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+use wshub::{Config, Handler, Server};
+
+pub type Client = WebSocket<TcpStream>;
+
+/// How long any single wait in a test may take before the test fails (not a speed
+/// assertion: a generous bound so a hang becomes a failure).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A config for tests: loopback, port 0, `shards` shards.
+pub fn config(shards: usize) -> Config {
+    Config { listen: "127.0.0.1:0".parse().unwrap(), shards, ..Config::default() }
+}
+
+pub fn start<H: Handler>(config: Config, make: impl Fn(usize) -> H) -> Server {
+    wshub::start(config, make).expect("server starts")
+}
+
+pub fn stop(server: Server) {
+    server.shutdown();
+    server.join().expect("shards stop cleanly");
+}
+
+/// A connected, upgraded client with a read timeout.
+pub fn connect(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let url = format!("ws://{addr}{path}");
+    let (client, response) = tungstenite::client(url.as_str(), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// Reads the next text or binary message, answering pings on the way.
+pub fn next_message(client: &mut Client) -> Message {
+    loop {
+        match client.read().expect("read a message") {
+            message @ (Message::Text(_) | Message::Binary(_)) => return message,
+            _ => continue,
+        }
+    }
+}
+
+pub fn next_text(client: &mut Client) -> String {
+    next_message(client).into_text().expect("text").to_string()
+}
+
+/// Reads until the server's close frame arrives and returns its code.
+pub fn close_code(client: &mut Client) -> CloseCode {
+    loop {
+        match client.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("close frame without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+/// Sends a raw HTTP request and returns the whole response (the server closes after it).
+pub fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("server closes after its answer");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A raw socket after a successful upgrade, for sending hand-made frames.
+pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// A client frame: `first` is FIN/RSV/opcode, masked unless `mask` is None.
+pub fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+pub const MASK: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
+
+/// Reads server frames from a raw socket until a close frame; returns its code, or None
+/// when the socket ends first.
+pub fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
+    loop {
+        let mut head = [0u8; 2];
+        if stream.read_exact(&mut head).is_err() {
+            return None;
+        }
+        let len = match head[1] & 0x7F {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).ok()?;
+                u16::from_be_bytes(ext) as usize
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).ok()?;
+                u64::from_be_bytes(ext) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).ok()?;
+        if head[0] & 0x0F == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// True once the peer has closed the socket (EOF or reset), reading and dropping data.
+pub fn wait_for_eof(stream: &mut TcpStream) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    let mut sink = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Polls `condition` until it holds or `PATIENCE` runs out.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
