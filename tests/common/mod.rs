@@ -79,7 +79,11 @@ pub fn http(addr: SocketAddr, request: &[u8]) -> String {
 
 /// A raw socket after a successful upgrade, for sending hand-made frames.
 pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    upgrade_raw(TcpStream::connect(addr).unwrap())
+}
+
+/// Upgrades an already connected socket by hand.
+pub fn upgrade_raw(mut stream: TcpStream) -> TcpStream {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream
         .write_all(

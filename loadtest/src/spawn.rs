@@ -1,0 +1,283 @@
+//! Spreading one `hold` over several processes, because each process can only hold as
+//! many sockets as its fd limit allows.
+//!
+//! The parent re-executes its own binary once per share with the hidden `--worker`
+//! flag. A worker prints its own `READY` line, then one JSON report when it is done;
+//! the parent prints the combined `READY` once every worker is ready and owns the
+//! clock: it ends the hold by writing to (or closing) the workers' stdin, so all of
+//! them hold for the same period no matter which finished ramping first.
+
+use crate::opts::{self, format_duration, SourceIps};
+use crate::stats::{Cause, Report};
+use crate::HoldArgs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// One process's part of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    pub connections: u64,
+    pub source_ips: Vec<std::net::Ipv4Addr>,
+}
+
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    share: u64,
+    /// (established, failed) from its READY line.
+    ready: Option<(u64, u64)>,
+    report: Option<Report>,
+    /// Its stdout reached EOF: it has exited or is about to.
+    done: bool,
+}
+
+impl Worker {
+    fn tell_stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            // Failing means it already exited; dropping stdin sends EOF either way.
+            let _ = stdin.write_all(b"stop\n");
+        }
+    }
+}
+
+/// Kills whatever is still running if we return early (error or panic), so a failed
+/// parent never leaves thousands of sockets held by orphans.
+struct Workers(Vec<Worker>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            if matches!(w.child.try_wait(), Ok(None)) {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            }
+        }
+    }
+}
+
+/// Worst case for one ramp: the last connect starts at N/rate and may take a full
+/// handshake timeout; plus slack for a loaded machine.
+pub fn ramp_bound(args: &HoldArgs) -> Duration {
+    Duration::from_secs_f64(args.connections as f64 / args.rate) + args.handshake_timeout + Duration::from_secs(30)
+}
+
+pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
+    let exe = std::env::current_exe()?;
+    let count = shares.len();
+    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
+    let mut workers = Workers(Vec::with_capacity(count));
+    // A worker holds until told to stop; its own --duration is only a backstop in
+    // case this parent vanishes without closing the pipe.
+    let backstop = args.duration + ramp_bound(args) + Duration::from_secs(30);
+    for (i, share) in shares.iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("hold")
+            .args(["--url", &args.url.original])
+            .args(["--connections", &share.connections.to_string()])
+            .args(["--rate", &(args.rate / count as f64).to_string()])
+            .args(["--duration", &format_duration(backstop)])
+            .args(["--handshake-timeout", &format_duration(args.handshake_timeout)])
+            .args(["--max-inflight", &(args.max_inflight / count).max(1).to_string()])
+            .args(["--worker", &i.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !share.source_ips.is_empty() {
+            cmd.args(["--source-ips", &SourceIps(share.source_ips.clone()).to_arg()]);
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let tx = tx.clone();
+        // One thread per worker process (not per connection) just to turn its blocking
+        // pipe into messages the parent can wait on with a timeout.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((i, None));
+        });
+        workers.0.push(Worker {
+            stdin: child.stdin.take(),
+            child,
+            share: share.connections,
+            ready: None,
+            report: None,
+            done: false,
+        });
+    }
+    drop(tx);
+
+    // Phase 1: wait until every worker is ready (or gone).
+    let deadline = Instant::now() + ramp_bound(args) + Duration::from_secs(15);
+    let mut stop_sent = false;
+    while !workers.0.iter().all(|w| w.ready.is_some() || w.done) {
+        if opts::stop_requested() && !stop_sent {
+            workers.0.iter_mut().for_each(Worker::tell_stop);
+            stop_sent = true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("wshub-load: workers did not all get ready in time; stopping them");
+            workers.0.iter_mut().for_each(Worker::tell_stop);
+            break;
+        }
+        receive(&rx, &mut workers.0, Duration::from_millis(100));
+    }
+    let (mut established, mut failed) = (0, 0);
+    for w in &workers.0 {
+        let (e, f) = w.ready.unwrap_or((0, w.share));
+        established += e;
+        failed += f;
+    }
+    opts::emit_line(&format!("READY established={established} failed={failed}"));
+
+    // Phase 2: hold, while noticing signals and workers that die.
+    let hold_start = Instant::now();
+    if established > 0 {
+        let end = hold_start + args.duration;
+        while !opts::stop_requested() && Instant::now() < end {
+            let left = end.saturating_duration_since(Instant::now());
+            receive(&rx, &mut workers.0, left.min(Duration::from_millis(100)));
+        }
+    }
+    let held_secs = hold_start.elapsed().as_secs_f64();
+
+    // Phase 3: end the hold everywhere and collect the reports.
+    workers.0.iter_mut().for_each(Worker::tell_stop);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers.0.iter().all(|w| w.done) && Instant::now() < deadline {
+        receive(&rx, &mut workers.0, Duration::from_millis(100));
+    }
+    let mut total = Report::default();
+    for (i, w) in workers.0.iter_mut().enumerate() {
+        if !w.done {
+            eprintln!("wshub-load: worker {i} did not finish in time; killing it");
+            let _ = w.child.kill();
+        }
+        let status = w.child.wait()?;
+        match w.report.take() {
+            Some(report) => total.merge(report),
+            None => {
+                // Its connections are unaccounted for: count them all as failed.
+                let mut lost = Report { connections: w.share, ..Report::default() };
+                lost.failed[Cause::Other as usize] = w.share;
+                lost.first_error[Cause::Other as usize] = Some(format!("worker {i} ended ({status}) without a report"));
+                total.merge(lost);
+            }
+        }
+    }
+    total.processes = count as u64;
+    total.held_secs = held_secs;
+    total.interrupted |= opts::stop_requested();
+    Ok(total)
+}
+
+/// Waits up to `timeout` for one line from any worker and records what it says.
+fn receive(rx: &mpsc::Receiver<(usize, Option<String>)>, workers: &mut [Worker], timeout: Duration) {
+    let (i, line) = match rx.recv_timeout(timeout) {
+        Ok(msg) => msg,
+        Err(RecvTimeoutError::Timeout) => return,
+        Err(RecvTimeoutError::Disconnected) => {
+            // Every reader thread has finished, so every worker has closed stdout.
+            workers.iter_mut().for_each(|w| w.done = true);
+            // Nothing more will ever arrive; avoid spinning on an empty channel.
+            thread::sleep(timeout);
+            return;
+        }
+    };
+    let w = &mut workers[i];
+    let Some(line) = line else {
+        w.done = true;
+        return;
+    };
+    if let Some(counts) = parse_ready(&line) {
+        w.ready = Some(counts);
+    } else if let Some(report) = serde_json::from_str(&line).ok().and_then(|v| Report::from_json(&v)) {
+        w.report = Some(report);
+    } else {
+        eprintln!("wshub-load: worker {i}: unexpected output: {line}");
+    }
+}
+
+fn parse_ready(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("READY established=")?;
+    let (established, failed) = rest.split_once(" failed=")?;
+    Some((established.parse().ok()?, failed.trim().parse().ok()?))
+}
+
+/// Splits `connections` into `processes` nearly equal shares and gives each its own
+/// source addresses, so two processes never compete for the same ports.
+pub fn plan(
+    connections: u64,
+    processes: u64,
+    given_ips: Option<&SourceIps>,
+    default_ips: bool,
+    per_ip: u64,
+) -> Result<Vec<Share>, String> {
+    let mut shares = Vec::new();
+    let mut next_block = 0usize;
+    for i in 0..processes {
+        let share = connections / processes + u64::from(i < connections % processes);
+        let source_ips = match given_ips {
+            Some(SourceIps(ips)) if ips.len() as u64 >= processes => {
+                // Contiguous slices, the first ones one address longer if uneven.
+                let (len, p, i) = (ips.len() as u64, processes, i);
+                let start = i * (len / p) + i.min(len % p);
+                let size = len / p + u64::from(i < len % p);
+                ips[start as usize..(start + size) as usize].to_vec()
+            }
+            // Fewer addresses than processes: they have to share.
+            Some(SourceIps(ips)) => vec![ips[i as usize % ips.len()]],
+            None if default_ips => {
+                let count = share.div_ceil(per_ip).max(1) as usize;
+                let block = SourceIps::loopback_block(next_block, count)?;
+                next_block += count;
+                block.0
+            }
+            None => Vec::new(),
+        };
+        shares.push(Share { connections: share, source_ips });
+    }
+    Ok(shares)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn ready_lines() {
+        assert_eq!(parse_ready("READY established=5 failed=2"), Some((5, 2)));
+        assert_eq!(parse_ready("{\"x\":1}"), None);
+    }
+
+    #[test]
+    fn default_plan_gives_each_process_its_own_addresses() {
+        let shares = plan(45_000, 2, None, true, 20_000).unwrap();
+        assert_eq!(shares[0].connections, 22_500);
+        assert_eq!(shares[1].connections, 22_500);
+        let ip = |d| Ipv4Addr::new(127, 0, 0, d);
+        assert_eq!(shares[0].source_ips, vec![ip(2), ip(3)]);
+        assert_eq!(shares[1].source_ips, vec![ip(4), ip(5)]);
+        assert!(plan(10, 1, None, false, 20_000).unwrap()[0].source_ips.is_empty());
+    }
+
+    #[test]
+    fn given_addresses_are_split_or_shared() {
+        let ips = crate::opts::parse_source_ips("127.0.0.2-127.0.0.6").unwrap();
+        let shares = plan(7, 2, Some(&ips), true, 20_000).unwrap();
+        assert_eq!((shares[0].connections, shares[1].connections), (4, 3));
+        assert_eq!(shares[0].source_ips.len(), 3);
+        assert_eq!(shares[1].source_ips.len(), 2);
+        assert_eq!(shares[1].source_ips[0], Ipv4Addr::new(127, 0, 0, 5));
+        let one = crate::opts::parse_source_ips("127.0.0.9").unwrap();
+        let shares = plan(7, 3, Some(&one), true, 20_000).unwrap();
+        assert!(shares.iter().all(|s| s.source_ips == one.0));
+    }
+}

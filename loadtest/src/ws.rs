@@ -1,0 +1,250 @@
+//! The client side of just enough WebSocket (RFC 6455) to hold a connection open:
+//! the upgrade request, a check of the response, answering pings and noticing a close.
+//! Everything else the server sends is skipped without being buffered, so an idle
+//! connection costs the load tool almost no memory.
+
+use crate::opts::WsUrl;
+
+/// A small xorshift generator: keys and masks must vary, not be unpredictable, and this
+/// avoids a dependency for a few random bytes per connection.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(extra: u64) -> Rng {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ extra.wrapping_mul(0x9E37);
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.next_u64() as u32).to_be_bytes()
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The HTTP/1.1 upgrade request, with a fresh 16-byte key.
+pub fn upgrade_request(url: &WsUrl, rng: &mut Rng) -> Vec<u8> {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    key[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        url.path,
+        url.host_header,
+        base64(&key)
+    )
+    .into_bytes()
+}
+
+/// Largest response head we wait for before calling the handshake bad.
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Where the response head ends (index just past "\r\n\r\n"), once it has all arrived.
+pub fn response_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Ok if the head is a 101 upgrade; otherwise its status line, for the error report.
+pub fn check_response(head: &[u8]) -> Result<(), String> {
+    if head.starts_with(b"HTTP/1.1 101") {
+        return Ok(());
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    Err(format!("server answered {:?}", String::from_utf8_lossy(line)))
+}
+
+/// A client-to-server frame: clients must mask everything they send.
+fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    debug_assert!(payload.len() <= 125, "only control frames are sent");
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.push(0x80 | opcode);
+    frame.push(0x80 | payload.len() as u8);
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+pub fn pong_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    masked_frame(0xA, payload, mask)
+}
+
+/// Close with 1000 (normal closure), sent when the hold period ends.
+pub fn close_frame(mask: [u8; 4]) -> Vec<u8> {
+    masked_frame(0x8, &1000u16.to_be_bytes(), mask)
+}
+
+/// What the connection has to react to.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Ping(Vec<u8>),
+    Close,
+}
+
+/// Incremental reader of server frames. Data frames are skipped as they stream in;
+/// only control frames (at most 125 bytes of payload) are ever held whole.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// Payload bytes of the current data frame still to be thrown away.
+    skip: u64,
+}
+
+impl FrameReader {
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) -> Result<(), &'static str> {
+        self.buf.extend_from_slice(data);
+        let mut pos = 0;
+        loop {
+            let skipped = self.skip.min((self.buf.len() - pos) as u64);
+            pos += skipped as usize;
+            self.skip -= skipped;
+            if self.skip > 0 {
+                break;
+            }
+            let Some((opcode, head_len, payload_len, mask)) = parse_head(&self.buf[pos..]) else {
+                break;
+            };
+            if opcode & 0x8 == 0 {
+                // Data or continuation frame: nobody is interested, drop it.
+                pos += head_len;
+                self.skip = payload_len;
+                continue;
+            }
+            if payload_len > 125 {
+                return Err("control frame longer than 125 bytes");
+            }
+            let end = pos + head_len + payload_len as usize;
+            if self.buf.len() < end {
+                break;
+            }
+            let mut payload = self.buf[pos + head_len..end].to_vec();
+            if let Some(mask) = mask {
+                payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
+            }
+            match opcode {
+                0x8 => events.push(Event::Close),
+                0x9 => events.push(Event::Ping(payload)),
+                _ => {} // pong or reserved: ignore
+            }
+            pos = end;
+        }
+        self.buf.drain(..pos);
+        if self.buf.is_empty() && self.buf.capacity() > 256 {
+            // Thousands of idle connections each keeping a read-sized buffer adds up.
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// (opcode, header length, payload length, masking key) once the header is complete.
+fn parse_head(buf: &[u8]) -> Option<(u8, usize, u64, Option<[u8; 4]>)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let masked = b1 & 0x80 != 0;
+    let (len, mut head) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)), 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let mask = if masked {
+        let key: [u8; 4] = buf.get(head..head + 4)?.try_into().ok()?;
+        head += 4;
+        Some(key)
+    } else {
+        None
+    };
+    Some((b0 & 0x0F, head, len, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0u8; 16]), "AAAAAAAAAAAAAAAAAAAAAA==");
+    }
+
+    #[test]
+    fn request_has_the_upgrade_headers() {
+        let url = crate::opts::parse_ws_url("ws://127.0.0.1:9/x").unwrap();
+        let req = String::from_utf8(upgrade_request(&url, &mut Rng::seeded(1))).unwrap();
+        assert!(req.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
+        assert!(req.contains("Sec-WebSocket-Version: 13\r\n"));
+        let key = req.split("Sec-WebSocket-Key: ").nth(1).unwrap();
+        assert_eq!(key.split("\r\n").next().unwrap().len(), 24);
+        assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_check() {
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x89\x00";
+        let end = response_head_end(ok).unwrap();
+        assert_eq!(&ok[end..], b"\x89\x00");
+        assert!(check_response(&ok[..end]).is_ok());
+        let err = check_response(b"HTTP/1.1 503 Busy\r\n\r\n").unwrap_err();
+        assert!(err.contains("503 Busy"));
+        assert_eq!(response_head_end(b"HTTP/1.1 101\r\n"), None);
+    }
+
+    #[test]
+    fn frames_split_anywhere() {
+        // text frame (skipped), ping "hi", 300-byte binary (skipped), close
+        let mut stream = vec![0x81, 3, b'a', b'b', b'c', 0x89, 2, b'h', b'i', 0x82, 126, 1, 44];
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        stream.extend([0x88, 2, 3, 232]);
+        for split in 1..stream.len() {
+            let mut reader = FrameReader::default();
+            let mut events = Vec::new();
+            for chunk in stream.chunks(split) {
+                reader.feed(chunk, &mut events).unwrap();
+            }
+            assert_eq!(events, vec![Event::Ping(b"hi".to_vec()), Event::Close]);
+        }
+    }
+
+    #[test]
+    fn pong_is_masked_and_echoes_payload() {
+        let frame = pong_frame(b"abc", [1, 2, 3, 4]);
+        assert_eq!(frame[..2], [0x8A, 0x83]);
+        let unmasked: Vec<u8> = frame[6..].iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]).collect();
+        assert_eq!(unmasked, b"abc");
+        assert_eq!(close_frame([0; 4]), vec![0x88, 0x82, 0, 0, 0, 0, 3, 232]);
+    }
+
+    #[test]
+    fn oversized_control_frame_is_an_error() {
+        let mut events = Vec::new();
+        let err = FrameReader::default().feed(&[0x89, 126, 0, 200], &mut events);
+        assert!(err.is_err());
+    }
+}

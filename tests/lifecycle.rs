@@ -1,0 +1,149 @@
+//! Server lifecycle over real sockets and real processes: graceful shutdown (in process
+//! and by SIGTERM to the binary), and running out of file descriptors.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+#[test]
+fn shutdown_sends_1001_to_every_connection_and_stops() {
+    let server = start(config(4), |_| wshub::Echo);
+    let mut clients: Vec<Client> = (0..20).map(|_| connect(server.local_addr(), "/")).collect();
+    server.shutdown();
+    for client in &mut clients {
+        assert_eq!(close_code(client), CloseCode::Away);
+    }
+    server.join().expect("shards stop cleanly");
+}
+
+/// Starts the real binary with `args`; returns it and the address it logged.
+#[allow(clippy::zombie_processes)] // the caller waits for the child it is handed
+fn spawn_binary(args: &[&str], limit_fds: Option<u64>) -> (Child, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    command.args(["--listen", "127.0.0.1:0", "--log-level", "info"]).args(args);
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(limit) = limit_fds {
+        let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("binary starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("binary exited before listening: {status:?}");
+        }
+        if let Some(rest) = line.split("listening on ws://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            // Keep draining the log so the child never blocks on a full pipe.
+            let log_path = std::env::temp_dir().join(format!("wshub-test-{}.log", child.id()));
+            std::thread::spawn(move || {
+                let mut log = std::fs::File::create(log_path).unwrap();
+                for line in stderr.lines().map_while(Result::ok) {
+                    let _ = writeln!(log, "{line}");
+                }
+            });
+            return (child, addr);
+        }
+    }
+}
+
+#[test]
+fn sigterm_closes_connections_with_1001_and_exits_zero() {
+    let (mut child, addr) = spawn_binary(&["--echo", "--shards", "2"], None);
+    let mut clients: Vec<Client> = (0..10).map(|_| connect(addr, "/")).collect();
+    clients[0].send(Message::text("up")).unwrap();
+    assert_eq!(next_text(&mut clients[0]), "up");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for client in &mut clients {
+        assert_eq!(close_code(client), CloseCode::Away);
+    }
+    drop(clients);
+    let status = wait_with_patience(&mut child);
+    assert_eq!(status.code(), Some(0), "graceful exit");
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_without_spinning() {
+    // 48 descriptors: a few for the process itself, the rest for connections.
+    let (mut child, addr) = spawn_binary(&["--echo", "--shards", "1"], Some(48));
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut sockets: Vec<TcpStream> = (0..80)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("the kernel queues what the server cannot take");
+            s.write_all(request).unwrap();
+            s
+        })
+        .collect();
+    let upgraded = |s: &mut TcpStream, wait: Duration| {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 101")
+    };
+    // Give the server time to take what it can; an answer by then is already buffered.
+    std::thread::sleep(Duration::from_millis(500));
+    let answered: Vec<bool> = sockets.iter_mut().map(|s| upgraded(s, Duration::from_millis(30))).collect();
+    let held = answered.iter().filter(|&&a| a).count();
+    assert!(held > 20 && held < 80, "some upgraded, the rest wait in the backlog ({held})");
+
+    // While connections wait, the server must not spin on accept.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(child.id()) - before;
+    assert!(spent < 50, "server burned {spent} of 100 clock ticks in a second waiting for descriptors");
+
+    // Freed descriptors let the waiting connections in.
+    let waiting: Vec<usize> = (0..80).filter(|&i| !answered[i]).collect();
+    for i in (0..80).filter(|&i| answered[i]).take(waiting.len().min(held)) {
+        sockets[i].shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let first_waiting = waiting[0];
+    assert!(upgraded(&mut sockets[first_waiting], PATIENCE), "a waiting connection got in once descriptors freed up");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    drop(sockets);
+    assert_eq!(wait_with_patience(&mut child).code(), Some(0));
+}
+
+/// User plus system CPU time of a process, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of stat(5); the slice starts at field 3.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn wait_with_patience(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("binary did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
