@@ -17,9 +17,15 @@ pub type Client = WebSocket<TcpStream>;
 /// assertion: a generous bound so a hang becomes a failure).
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A config for tests: loopback, port 0, `shards` shards.
+/// A config for tests: loopback, port 0, `shards` shards. The shutdown timeout is short
+/// because many tests end holding raw sockets that never answer the server's close frame.
 pub fn config(shards: usize) -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), shards, ..Config::default() }
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards,
+        shutdown_timeout: Duration::from_millis(500),
+        ..Config::default()
+    }
 }
 
 pub fn start<H: Handler>(config: Config, make: impl Fn(usize) -> H) -> Server {

@@ -1,0 +1,126 @@
+//! Fan-out cost: one server, N idle receivers, M broadcasts of S bytes.
+//!
+//! Reports delivered messages per second and, from the shard threads' own CPU counters
+//! (/proc/self/task/*/stat), the server's user-space and kernel time per delivery: the
+//! user-space figure is what wshub controls (the kernel's share is mostly the socket
+//! writes). Receivers are drained by one reader thread so the load stays bounded.
+//!
+//! `cargo bench --bench fanout` runs the full sizes; under `cargo test` it is a smoke run.
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use wshub::{Config, Message};
+
+struct Case {
+    receivers: usize,
+    messages: usize,
+    size: usize,
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let cases = if full {
+        vec![
+            Case { receivers: 1_000, messages: 1_000, size: 64 },
+            Case { receivers: 1_000, messages: 200, size: 1024 },
+            Case { receivers: 5_000, messages: 200, size: 64 },
+        ]
+    } else {
+        vec![Case { receivers: 50, messages: 20, size: 64 }]
+    };
+    for case in cases {
+        run(&case);
+    }
+}
+
+fn run(case: &Case) {
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 1, ..Config::default() };
+    let server = wshub::start(config, |_| wshub::Echo).expect("server starts");
+    let addr = server.local_addr();
+    let mut sockets: Vec<TcpStream> = (0..case.receivers)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).unwrap();
+            let (ws, _) = tungstenite::client(format!("ws://{addr}/").as_str(), stream).unwrap();
+            ws.into_inner()
+        })
+        .collect();
+    for socket in &sockets {
+        socket.set_nonblocking(true).unwrap();
+    }
+    let header = if case.size < 126 { 2 } else { 4 };
+    let expected = case.messages * (case.size + header);
+    let reader = std::thread::spawn(move || {
+        let mut received = vec![0usize; sockets.len()];
+        let mut done = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done < sockets.len() {
+            assert!(Instant::now() < deadline, "fan-out did not complete");
+            for (socket, got) in sockets.iter_mut().zip(received.iter_mut()) {
+                if *got >= expected {
+                    continue;
+                }
+                match socket.read(&mut buf) {
+                    Ok(0) => panic!("server closed a receiver"),
+                    Ok(n) => {
+                        *got += n;
+                        if *got >= expected {
+                            done += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("receiver failed: {e}"),
+                }
+            }
+        }
+        sockets
+    });
+
+    let hub = server.hub();
+    let payload = "x".repeat(case.size);
+    let (user_before, system_before) = shard_cpu();
+    let started = Instant::now();
+    for _ in 0..case.messages {
+        hub.broadcast(Message::text(payload.as_str()));
+    }
+    let sockets = reader.join().unwrap();
+    let elapsed = started.elapsed();
+    let (user_after, system_after) = shard_cpu();
+    let deliveries = (case.receivers * case.messages) as f64;
+    let tick_us = 1e6 / clock_ticks_per_second();
+    println!(
+        "fanout {} receivers x {} msgs of {} B: {:.0} deliveries/s; shard CPU per delivery: user {:.3} us, kernel {:.3} us",
+        case.receivers,
+        case.messages,
+        case.size,
+        deliveries / elapsed.as_secs_f64(),
+        (user_after - user_before) as f64 * tick_us / deliveries,
+        (system_after - system_before) as f64 * tick_us / deliveries,
+    );
+    drop(sockets);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// User and system clock ticks of this process's shard threads.
+fn shard_cpu() -> (u64, u64) {
+    let mut totals = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("wshub-shard") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        totals.0 += fields[11].parse::<u64>().unwrap();
+        totals.1 += fields[12].parse::<u64>().unwrap();
+    }
+    totals
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
