@@ -7,7 +7,9 @@
 //!   SIGINT/SIGTERM.
 //! - `shard`: one thread per shard; accepts, dispatches readiness events, fires timers,
 //!   applies handler effects, flushes output once per loop pass.
-//! - `conn`: one connection's phases (handshaking → open → closing), reads and writes.
+//! - `conn`: one connection's phases (handshaking → open → closing): `conn::door` reads
+//!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
+//!   and flushes output and runs its deadlines.
 //! - [`front_door`]: the first request on a connection: upgrade, plain HTTP, or refusal.
 //! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
 //!   a time, so idle connections own no heap memory.

@@ -39,9 +39,30 @@ pub(crate) struct Shared {
     pub live: AtomicUsize,
 }
 
+/// What a connection call borrows from its shard, kept apart from the slab so both can
+/// be borrowed at once.
+struct ShardIo {
+    poll: Poll,
+    limits: Limits,
+    /// What the connection being served produced, for the handler.
+    incoming: Vec<Incoming>,
+}
+
+impl ShardIo {
+    fn cx(&mut self, key: usize, now: Tick) -> Cx<'_> {
+        Cx {
+            registry: self.poll.registry(),
+            token: Token(key),
+            limits: &self.limits,
+            now,
+            incoming: &mut self.incoming,
+        }
+    }
+}
+
 pub(crate) struct Shard<H> {
     index: usize,
-    poll: Poll,
+    io: ShardIo,
     /// `None` once shutdown has begun: no more accepts.
     listener: Option<TcpListener>,
     conns: Slab<Connection>,
@@ -49,7 +70,6 @@ pub(crate) struct Shard<H> {
     /// Every shard's inbox, this one's included, for deliveries that cross shards.
     hub: Hub,
     handler: H,
-    limits: Limits,
     shared: Arc<Shared>,
     clock: Clock,
     timers: TimerWheel,
@@ -63,7 +83,6 @@ pub(crate) struct Shard<H> {
     expired: Vec<usize>,
     /// Scratch for connections whose timers fired and may have queued output.
     fired: Vec<usize>,
-    incoming: Vec<Incoming>,
     effects: Vec<Effect>,
     next_generation: u32,
     /// Accepting is paused (out of file descriptors) until this tick.
@@ -86,13 +105,12 @@ impl<H: Handler> Shard<H> {
         let clock = Clock::new();
         Ok(Shard {
             index,
-            poll,
+            io: ShardIo { limits: Limits::new(&shared.config), poll, incoming: Vec::new() },
             listener: Some(listener),
             conns: Slab::new(),
             inbox,
             hub,
             handler,
-            limits: Limits::new(&shared.config),
             shared,
             timers: TimerWheel::new(clock.now()),
             clock,
@@ -101,7 +119,6 @@ impl<H: Handler> Shard<H> {
             read_again: Vec::new(),
             expired: Vec::new(),
             fired: Vec::new(),
-            incoming: Vec::new(),
             effects: Vec::new(),
             next_generation: 0,
             accept_paused_until: None,
@@ -113,7 +130,7 @@ impl<H: Handler> Shard<H> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = if self.read_again.is_empty() { self.clock.until_next_tick() } else { Duration::ZERO };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.io.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -155,13 +172,7 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let mut cx = Cx {
-            registry: self.poll.registry(),
-            token: Token(key),
-            limits: &self.limits,
-            now,
-            incoming: &mut self.incoming,
-        };
+        let mut cx = self.io.cx(key, now);
         let outcome = conn.ready(readable, writable, &mut cx);
         self.dispatch_incoming(key, now);
         match outcome {
@@ -178,19 +189,19 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Some(at) = conn.take_reschedule(&self.limits) {
+        if let Some(at) = conn.take_reschedule(&self.io.limits) {
             self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
         }
         if conn.claim_flush() {
             self.flush_list.push(key);
         } else {
-            conn.recycle(&self.limits);
+            conn.recycle(&self.io.limits);
         }
     }
 
     /// Runs the handler for what a connection produced, applying its effects after each call.
     fn dispatch_incoming(&mut self, key: usize, now: Tick) {
-        let mut incoming = mem::take(&mut self.incoming);
+        let mut incoming = mem::take(&mut self.io.incoming);
         for item in incoming.drain(..) {
             let Some(conn) = self.conns.get_mut(key) else {
                 break;
@@ -215,13 +226,7 @@ impl<H: Handler> Shard<H> {
                 }
                 Incoming::Http(request) => {
                     let response = self.handler.on_http(&request);
-                    let mut cx = Cx {
-                        registry: self.poll.registry(),
-                        token: Token(key),
-                        limits: &self.limits,
-                        now,
-                        incoming: &mut Vec::new(),
-                    };
+                    let mut cx = self.io.cx(key, now);
                     if conn.respond(&response, &mut cx) == Outcome::Remove {
                         self.remove(key, now);
                     }
@@ -229,7 +234,7 @@ impl<H: Handler> Shard<H> {
             }
             self.apply_effects(key, now);
         }
-        self.incoming = incoming;
+        self.io.incoming = incoming;
     }
 
     fn apply_effects(&mut self, key: usize, now: Tick) {
@@ -350,25 +355,19 @@ impl<H: Handler> Shard<H> {
         let _ = tcp.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut tcp, Token(key), Interest::READABLE) {
+        if let Err(e) = self.io.poll.registry().register(&mut tcp, Token(key), Interest::READABLE) {
             log::warn!("shard {}: cannot register connection: {e}", self.index);
             self.shared.live.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
-        let at = now + self.limits.handshake;
+        let at = now + self.io.limits.handshake;
         let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
         if over_limit {
             let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
-            let mut cx = Cx {
-                registry: self.poll.registry(),
-                token: Token(key),
-                limits: &self.limits,
-                now,
-                incoming: &mut self.incoming,
-            };
+            let mut cx = self.io.cx(key, now);
             if conn.respond(&busy, &mut cx) == Outcome::Remove {
                 self.remove(key, now);
             }
@@ -376,7 +375,8 @@ impl<H: Handler> Shard<H> {
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        let Shard { timers, conns, limits, expired, fired, .. } = self;
+        let Shard { timers, conns, io, expired, fired, .. } = self;
+        let limits = &io.limits;
         timers.advance(now, |wheel, entry| {
             let Some(conn) = conns.get_mut(entry.key as usize) else {
                 return;
@@ -416,16 +416,10 @@ impl<H: Handler> Shard<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let mut cx = Cx {
-                registry: self.poll.registry(),
-                token: Token(key),
-                limits: &self.limits,
-                now,
-                incoming: &mut self.incoming,
-            };
+            let mut cx = self.io.cx(key, now);
             if conn.flush(&mut cx) == Outcome::Remove {
                 self.remove(key, now);
-            } else if let Some(at) = conn.take_reschedule(&self.limits) {
+            } else if let Some(at) = conn.take_reschedule(&self.io.limits) {
                 self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
             }
         }

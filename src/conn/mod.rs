@@ -14,22 +14,27 @@
 //! - `Closing`: our close frame is queued or sent; we wait for the peer's reply or EOF
 //!   until the close deadline. Incoming data is no longer delivered.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::mem;
 use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::config::Config;
-use crate::front_door::{self, HttpResponse, PlainRequest, Verdict, MAX_REQUEST_BYTES};
+use crate::front_door::{HttpResponse, PlainRequest};
 use crate::timers::{ticks, Tick};
-use crate::wire::{inbound, FrameError, Wire};
+use crate::wire::Wire;
+
+mod door;
+mod frames;
+
+use door::{DoorStage, FrontDoor};
 
 /// Recv calls one readiness event may make before the connection yields to others.
 const READ_BUDGET: usize = 16;
@@ -112,35 +117,17 @@ pub(crate) enum Delivery {
     Evicted,
 }
 
+/// Where a connection is in its life; transitions in the module docs.
 pub(crate) enum Phase {
-    /// Boxed: its buffers must not weigh on every open connection's slab entry.
+    /// Reading the request, writing our answer. Boxed: its buffers must not weigh on
+    /// every open connection's slab entry.
     Handshaking(Box<FrontDoor>),
+    /// Upgraded; messages flow both ways.
     Open(WebSocket<Wire>),
+    /// A close frame was sent or received; waiting for the handshake to finish.
     Closing(WebSocket<Wire>),
     /// Only while a phase is being moved out; never seen between calls.
     Moving,
-}
-
-pub(crate) struct FrontDoor {
-    wire: Wire,
-    /// The request head received so far (never more than `MAX_REQUEST_BYTES`).
-    request: Vec<u8>,
-    /// Our answer; `reply[written..]` is still to go out.
-    reply: Vec<u8>,
-    written: usize,
-    stage: DoorStage,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DoorStage {
-    Reading,
-    /// The handler's HTTP hook is deciding (the shard calls `respond`).
-    AwaitingHttpResponse,
-    ReplyingThenUpgrade,
-    ReplyingThenClose,
-    /// Reply sent and our side shut: discard input until EOF so the reply is not lost to a
-    /// reset.
-    Lingering,
 }
 
 // Connection flags.
@@ -426,217 +413,6 @@ impl Connection {
             self.phase = Phase::Open(WebSocket::from_raw_socket(wire, Role::Server, Some(limits.websocket)));
             self.set(USED_BUFFERS, false);
         }
-    }
-
-    fn read_frames(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        inbound::load(&mut self.stash);
-        for _ in 0..READ_BUDGET {
-            if let Some(outcome) = self.feed_frames(cx) {
-                return outcome;
-            }
-            let Some(tcp) = self.tcp() else { break };
-            match inbound::recv(tcp) {
-                Ok(0) => {
-                    inbound::discard();
-                    return Outcome::Remove;
-                }
-                Ok(_) => self.last_heard = cx.now,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    inbound::stash(&mut self.stash);
-                    return Outcome::Keep;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    inbound::discard();
-                    return Outcome::Remove;
-                }
-            }
-        }
-        // Budget spent: handle what the last recv completed, then yield to others.
-        self.feed_frames(cx).unwrap_or_else(|| {
-            inbound::stash(&mut self.stash);
-            Outcome::ReadAgain
-        })
-    }
-
-    /// Hands every complete frame in the inbound buffer to tungstenite. `Some` ends the
-    /// read burst with that outcome (the inbound buffer already stashed or discarded).
-    fn feed_frames(&mut self, cx: &mut Cx<'_>) -> Option<Outcome> {
-        if self.has(DISCARD_INPUT) {
-            inbound::discard();
-            return None;
-        }
-        loop {
-            let info = match inbound::next_frame(cx.limits.max_message_size) {
-                Ok(Some(info)) => info,
-                Ok(None) => return None,
-                Err(FrameError::TooBig) => return Some(self.fail(CloseCode::Size, "message too big", cx)),
-                Err(FrameError::Malformed) => return Some(self.fail(CloseCode::Protocol, "protocol error", cx)),
-            };
-            if info.close && !cx.incoming.is_empty() {
-                // Once tungstenite sees the close it refuses to send, so the handler's
-                // answers to the messages before it would be lost. Let the handler run
-                // first; the close frame waits in the stash for the next pass.
-                inbound::defer_frame();
-                inbound::stash(&mut self.stash);
-                return Some(Outcome::ReadAgain);
-            }
-            if info.data {
-                self.set(MID_MESSAGE, !info.fin);
-            }
-            self.flags |= USED_BUFFERS;
-            let (Phase::Open(ws) | Phase::Closing(ws)) = &mut self.phase else {
-                inbound::discard();
-                return Some(Outcome::Remove);
-            };
-            let result = ws.read();
-            debug_assert!(inbound::frame_consumed());
-            match result {
-                Ok(Message::Text(_) | Message::Binary(_)) if !self.is_open() => {}
-                Ok(message @ (Message::Text(_) | Message::Binary(_))) => cx.incoming.push(Incoming::Message(message)),
-                // Tungstenite queued the pong; our flush sends it.
-                Ok(Message::Ping(_)) => self.flags |= NEEDS_FLUSH,
-                Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
-                Ok(Message::Close(_)) => {
-                    // Our reply (or the end of our own close handshake) goes out at the flush.
-                    self.flags |= NEEDS_FLUSH;
-                    if let Phase::Open(_) = self.phase {
-                        let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-                        self.phase = Phase::Closing(ws);
-                        self.since = cx.now;
-                        self.flags |= RESCHEDULE;
-                    }
-                }
-                // A non-final fragment was absorbed; nothing to deliver yet.
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(WsError::Utf8(_)) => return Some(self.fail(CloseCode::Invalid, "invalid UTF-8", cx)),
-                Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                    return Some(self.fail(CloseCode::Size, "message too big", cx))
-                }
-                Err(WsError::Capacity(_) | WsError::Protocol(_)) => {
-                    return Some(self.fail(CloseCode::Protocol, "protocol error", cx))
-                }
-                Err(_) => {
-                    inbound::discard();
-                    return Some(Outcome::Remove);
-                }
-            }
-        }
-    }
-
-    /// The peer broke the protocol: stop parsing its bytes and ask the shard to close with
-    /// `code` after the messages that came before. Once the close frame is out, our write
-    /// side is shut and the connection goes at EOF or the close deadline.
-    fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut Cx<'_>) -> Outcome {
-        log::debug!("failing connection {:?}: {reason}", cx.token);
-        inbound::discard();
-        self.flags |= DISCARD_INPUT;
-        cx.incoming.push(Incoming::Failed(code, reason));
-        // Keep draining the socket (discarding) so EOF is noticed.
-        Outcome::ReadAgain
-    }
-
-    fn door_ready(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
-            return Outcome::Keep;
-        };
-        if matches!(door.stage, DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse) {
-            // Bytes waiting now are WebSocket frames (or a pipelined request): leave them
-            // in the socket until the upgrade (or the reply) is done.
-            return Outcome::Keep;
-        }
-        loop {
-            let mut chunk = [0u8; 4096];
-            let limit = match door.stage {
-                DoorStage::Reading => (MAX_REQUEST_BYTES + 1 - door.request.len()).min(chunk.len()),
-                // The request is complete; later bytes (a body, a pipelined request) are
-                // read only to notice EOF.
-                _ => chunk.len(),
-            };
-            match door.wire.tcp.read(&mut chunk[..limit]) {
-                Ok(0) => return Outcome::Remove,
-                Ok(n) if door.stage == DoorStage::Reading => {
-                    door.request.extend_from_slice(&chunk[..n]);
-                    match front_door::examine(&door.request) {
-                        Verdict::Incomplete => {}
-                        Verdict::Upgrade(upgrade) => {
-                            self.stash = door.request.split_off(upgrade.head_len);
-                            door.request = Vec::new();
-                            door.reply = upgrade.response;
-                            door.stage = DoorStage::ReplyingThenUpgrade;
-                            self.user = upgrade.user.map(Into::into);
-                            return self.door_write(cx);
-                        }
-                        Verdict::Plain(request) => {
-                            door.request = Vec::new();
-                            door.stage = DoorStage::AwaitingHttpResponse;
-                            cx.incoming.push(Incoming::Http(request));
-                            return Outcome::Keep;
-                        }
-                        Verdict::Refuse(response) => {
-                            door.request = Vec::new();
-                            door.reply = response.to_bytes();
-                            door.stage = DoorStage::ReplyingThenClose;
-                            return self.door_write(cx);
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Keep,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Outcome::Remove,
-            }
-        }
-    }
-
-    fn door_write(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
-            return Outcome::Keep;
-        };
-        while door.written < door.reply.len() {
-            match door.wire.tcp.write(&door.reply[door.written..]) {
-                Ok(0) => return Outcome::Remove,
-                Ok(n) => door.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.set(WANTS_WRITABLE, true);
-                    return self.sync_interest(cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Outcome::Remove,
-            }
-        }
-        self.flags &= !WANTS_WRITABLE;
-        match door.stage {
-            DoorStage::ReplyingThenUpgrade => self.upgrade(cx),
-            DoorStage::ReplyingThenClose => {
-                let _ = door.wire.tcp.shutdown(Shutdown::Write);
-                door.stage = DoorStage::Lingering;
-                door.reply = Vec::new();
-                if let Outcome::Remove = self.sync_interest(cx) {
-                    return Outcome::Remove;
-                }
-                // Drain what the peer already sent, so EOF is seen even without a new edge.
-                self.door_ready(cx)
-            }
-            _ => self.sync_interest(cx),
-        }
-    }
-
-    fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-        let websocket = WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
-        self.phase = Phase::Open(websocket);
-        self.since = cx.now;
-        self.last_heard = cx.now;
-        self.last_ping = cx.now;
-        self.flags |= RESCHEDULE;
-        cx.incoming.push(Incoming::Opened);
-        if let Outcome::Remove = self.sync_interest(cx) {
-            return Outcome::Remove;
-        }
-        // Frames may have arrived with the request; the socket may hold more that no new
-        // edge will announce. Read now.
-        self.read_frames(cx)
     }
 
     fn sync_interest(&mut self, cx: &mut Cx<'_>) -> Outcome {
