@@ -83,6 +83,8 @@ pub(crate) struct Shard<H> {
     expired: Vec<usize>,
     /// Scratch for connections whose timers fired and may have queued output.
     fired: Vec<usize>,
+    /// Scratch for the receivers of one broadcast or user send (reused, never shrunk).
+    targets: Vec<usize>,
     effects: Vec<Effect>,
     next_generation: u32,
     /// Accepting is paused (out of file descriptors) until this tick.
@@ -119,6 +121,7 @@ impl<H: Handler> Shard<H> {
             read_again: Vec::new(),
             expired: Vec::new(),
             fired: Vec::new(),
+            targets: Vec::new(),
             effects: Vec::new(),
             next_generation: 0,
             accept_paused_until: None,
@@ -306,17 +309,22 @@ impl<H: Handler> Shard<H> {
     }
 
     fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
-        let Some(keys) = self.users.get(user) else {
-            return;
-        };
-        for key in keys.clone() {
-            self.deliver(key, message.clone(), now);
-        }
+        let mut keys = mem::take(&mut self.targets);
+        keys.extend(self.users.get(user).into_iter().flatten());
+        self.deliver_to_all(&mut keys, message, now);
+        self.targets = keys;
     }
 
     fn broadcast_local(&mut self, message: Message, now: Tick) {
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key).collect();
-        for key in keys {
+        let mut keys = mem::take(&mut self.targets);
+        keys.extend(self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key));
+        self.deliver_to_all(&mut keys, message, now);
+        self.targets = keys;
+    }
+
+    /// Delivers one shared payload to every key in `keys` (left empty afterwards).
+    fn deliver_to_all(&mut self, keys: &mut Vec<usize>, message: Message, now: Tick) {
+        for key in keys.drain(..) {
             self.deliver(key, message.clone(), now);
         }
     }
