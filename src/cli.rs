@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::batch::BatchRule;
 use crate::config::{defaults, parse_duration, parse_size, Config};
 
 /// A WebSocket hub that holds very many connections on a few threads.
@@ -18,10 +19,11 @@ pub struct Cli {
     /// Poller threads [default: number of CPUs].
     #[arg(long, env = "WSHUB_SHARDS")]
     pub shards: Option<usize>,
-    /// Echo every message back to its sender (conformance tests, benchmarks).
+    /// Instead of the hub protocol: echo every message back to its sender (conformance
+    /// tests, benchmarks).
     #[arg(long, env = "WSHUB_ECHO", conflicts_with = "relay")]
     pub echo: bool,
-    /// Relay every message to every connection [the default until the hub protocol lands].
+    /// Instead of the hub protocol: relay every message, as it is, to every connection.
     #[arg(long, env = "WSHUB_RELAY")]
     pub relay: bool,
     /// Drop connections that have not completed the upgrade in this time.
@@ -48,6 +50,16 @@ pub struct Cli {
     /// On SIGINT/SIGTERM, how long connections get to finish closing.
     #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value = defaults::SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Topics one connection may subscribe to at once.
+    #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = defaults::MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+    /// Deliver topics matching PATTERN in batches every INTERVAL, e.g. 'ticker.*=100ms'
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(long, env = "WSHUB_BATCH", value_delimiter = ',')]
+    pub batch: Vec<BatchRule>,
+    /// Threads for application handlers that may block (the hub protocol's requests).
+    #[arg(long, env = "WSHUB_WORKERS", default_value_t = 4)]
+    pub workers: usize,
     /// error, warn, info, debug or trace.
     #[arg(long, env = "WSHUB_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -56,16 +68,18 @@ pub struct Cli {
 /// Which built-in handler the binary runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// The JSON hub protocol (`docs/PROTOCOL.md`).
+    Hub,
     Echo,
     Relay,
 }
 
 impl Cli {
     pub fn mode(&self) -> Mode {
-        if self.echo {
-            Mode::Echo
-        } else {
-            Mode::Relay
+        match (self.echo, self.relay) {
+            (true, _) => Mode::Echo,
+            (_, true) => Mode::Relay,
+            _ => Mode::Hub,
         }
     }
 
@@ -81,6 +95,8 @@ impl Cli {
             max_pending_bytes: self.max_pending_bytes,
             max_connections: self.max_connections,
             shutdown_timeout: self.shutdown_timeout,
+            max_subscriptions: self.max_subscriptions,
+            batch: self.batch.clone(),
         }
     }
 
@@ -106,7 +122,7 @@ mod tests {
         assert_eq!(config.idle_timeout, default.idle_timeout);
         assert_eq!(config.max_pending_bytes, default.max_pending_bytes);
         assert_eq!(config.shards, 2);
-        assert_eq!(cli.mode(), Mode::Relay);
+        assert_eq!(cli.mode(), Mode::Hub);
     }
 
     #[test]
@@ -117,5 +133,8 @@ mod tests {
         assert_eq!(cli.ping_interval, Duration::from_millis(500));
         assert_eq!(cli.max_message_size, 1 << 20);
         assert!(Cli::try_parse_from(["wshub", "--ping-interval", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["wshub", "--batch", "ticker.*=100ms", "--batch", "news=1s"]).unwrap();
+        assert_eq!(cli.config().batch.len(), 2);
+        assert!(Cli::try_parse_from(["wshub", "--batch", "nonsense"]).is_err());
     }
 }

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::batch::BatchRule;
+
 /// Everything a server needs to know before it starts.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,6 +35,10 @@ pub struct Config {
     pub max_connections: usize,
     /// On shutdown, how long connections get to finish their close handshake.
     pub shutdown_timeout: Duration,
+    /// Topics one connection may subscribe to at once.
+    pub max_subscriptions: usize,
+    /// Topics whose publications are delivered in batches, and how often.
+    pub batch: Vec<BatchRule>,
 }
 
 /// Defaults shared by [`Config::default`] and the CLI, so the two never drift apart.
@@ -46,6 +52,7 @@ pub mod defaults {
     pub const MAX_PENDING_BYTES: usize = 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 1_000_000;
     pub const SHUTDOWN_TIMEOUT: &str = "5s";
+    pub const MAX_SUBSCRIPTIONS: usize = 100;
 }
 
 impl Default for Config {
@@ -62,6 +69,8 @@ impl Default for Config {
             max_pending_bytes: defaults::MAX_PENDING_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
             shutdown_timeout: duration(defaults::SHUTDOWN_TIMEOUT),
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
+            batch: Vec::new(),
         }
     }
 }

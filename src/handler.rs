@@ -12,7 +12,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::front_door::{HttpResponse, PlainRequest};
-use crate::inbox::ConnId;
+use crate::inbox::{lock, ConnId, Filter, Hub, Publication};
+use crate::routing::{Routes, SubscribeError};
 
 /// One instance per shard, called on that shard's thread only, so it may keep
 /// shard-local state (indexes, caches) without locks.
@@ -40,21 +41,44 @@ pub struct Context<'a> {
     conn: ConnId,
     user: Option<&'a Arc<str>>,
     effects: &'a mut Vec<Effect>,
+    routing: &'a mut ShardRouting,
+}
+
+/// A shard's routing state that handlers act on directly (subscriptions must be answered
+/// at once), owned by the shard.
+pub(crate) struct ShardRouting {
+    pub index: usize,
+    pub hub: Hub,
+    pub routes: Routes,
+    pub max_subscriptions: usize,
+}
+
+impl ShardRouting {
+    /// The name a connection goes by: its user, or its connection id in open mode.
+    pub fn identity(conn: ConnId, user: Option<&Arc<str>>) -> Arc<str> {
+        user.cloned().unwrap_or_else(|| conn.to_string().into())
+    }
 }
 
 /// A handler's request, applied by the shard after the handler returns.
-#[derive(Debug)]
 pub(crate) enum Effect {
     Reply(Message),
     ToConn(ConnId, Message),
     ToUser(Arc<str>, Message),
     Broadcast(Message),
+    Publish(Publication),
+    Filtered(Filter, Message),
     Close(CloseCode, &'static str),
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(conn: ConnId, user: Option<&'a Arc<str>>, effects: &'a mut Vec<Effect>) -> Self {
-        Context { conn, user, effects }
+    pub(crate) fn new(
+        conn: ConnId,
+        user: Option<&'a Arc<str>>,
+        effects: &'a mut Vec<Effect>,
+        routing: &'a mut ShardRouting,
+    ) -> Self {
+        Context { conn, user, effects, routing }
     }
 
     /// The connection this call is about.
@@ -65,6 +89,72 @@ impl<'a> Context<'a> {
     /// The connection's user, if it has one (`?user=` in open mode).
     pub fn user(&self) -> Option<&str> {
         self.user.map(|user| &**user)
+    }
+
+    /// The name the connection goes by: its user, or else its connection id.
+    pub fn identity(&self) -> Arc<str> {
+        ShardRouting::identity(self.conn, self.user)
+    }
+
+    /// Topics one connection may subscribe to at once.
+    pub fn max_subscriptions(&self) -> usize {
+        self.routing.max_subscriptions
+    }
+
+    /// Reaches every shard (presence, stats, sends from outside this call).
+    pub fn hub(&self) -> &Hub {
+        &self.routing.hub
+    }
+
+    /// Subscribes this connection to `topic` now: `Ok(false)` if it already was.
+    pub fn subscribe(&mut self, topic: &str) -> Result<bool, SubscribeError> {
+        let topic: Arc<str> = topic.into();
+        let routing = &mut *self.routing;
+        let added = routing.routes.subscribe(self.conn.slot(), &topic, routing.max_subscriptions)?;
+        if added {
+            let identity = ShardRouting::identity(self.conn, self.user);
+            lock(&routing.hub.shared(routing.index).directory).add(&topic, &identity);
+        }
+        Ok(added)
+    }
+
+    /// Unsubscribes this connection from `topic` now; `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        let routing = &mut *self.routing;
+        let removed = routing.routes.unsubscribe(self.conn.slot(), topic);
+        if removed {
+            let identity = ShardRouting::identity(self.conn, self.user);
+            lock(&routing.hub.shared(routing.index).directory).remove(topic, &identity);
+        }
+        removed
+    }
+
+    /// Sends a publication to the topic's subscribers on every shard.
+    pub fn publish(&mut self, publication: Publication) {
+        self.effects.push(Effect::Publish(publication));
+    }
+
+    /// Sends `message` to every open connection whose session data satisfies `filter`.
+    pub fn send_filtered(&mut self, filter: Filter, message: Message) {
+        self.effects.push(Effect::Filtered(filter, message));
+    }
+
+    /// One value of this connection's session data.
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        self.routing.hub.session_get(self.conn, key)
+    }
+
+    /// Stores one value in this connection's session data.
+    pub fn set(&mut self, key: &str, value: serde_json::Value) {
+        self.ensure_session();
+        self.routing.hub.session_set(self.conn, key, value);
+    }
+
+    /// Creates this connection's (empty) session if it has none, so handlers on other
+    /// threads can store data in it; the shard frees it when the connection goes.
+    pub fn ensure_session(&mut self) {
+        let shared = self.routing.hub.shared(self.routing.index);
+        lock(&shared.sessions).entry(self.conn).or_default();
     }
 
     /// Sends `message` back on this connection.
@@ -123,11 +213,31 @@ mod tests {
     fn handlers_record_effects_without_io() {
         let mut effects = Vec::new();
         let user: Arc<str> = "ann".into();
-        let mut cx = Context::new(ConnId::new(1, 2, 3), Some(&user), &mut effects);
+        let mut routing =
+            ShardRouting { index: 0, hub: Hub::detached(1), routes: Routes::default(), max_subscriptions: 8 };
+        let mut cx = Context::new(ConnId::new(0, 2, 3), Some(&user), &mut effects, &mut routing);
         Echo.on_message(&mut cx, Message::text("hi"));
         Relay.on_message(&mut cx, Message::text("all"));
         assert_eq!(cx.user(), Some("ann"));
         assert!(matches!(&effects[0], Effect::Reply(m) if m.to_text().unwrap() == "hi"));
         assert!(matches!(&effects[1], Effect::Broadcast(m) if m.to_text().unwrap() == "all"));
+    }
+
+    #[test]
+    fn subscriptions_update_routes_and_the_directory_at_once() {
+        let mut effects = Vec::new();
+        let hub = Hub::detached(1);
+        let mut routing = ShardRouting { index: 0, hub: hub.clone(), routes: Routes::default(), max_subscriptions: 1 };
+        let mut cx = Context::new(ConnId::new(0, 5, 1), None, &mut effects, &mut routing);
+        assert_eq!(cx.subscribe("room"), Ok(true));
+        assert_eq!(cx.subscribe("room"), Ok(false));
+        assert_eq!(cx.subscribe("other"), Err(SubscribeError::TooMany));
+        let id = ConnId::new(0, 5, 1).to_string();
+        assert_eq!(hub.presence("room").users, vec![id]);
+        cx.set("lang", serde_json::json!("fi"));
+        assert_eq!(cx.get("lang"), Some(serde_json::json!("fi")));
+        assert!(cx.unsubscribe("room"));
+        assert_eq!(hub.presence("room").count, 0);
+        assert_eq!(routing.routes.topic_count(), 0);
     }
 }

@@ -9,13 +9,19 @@
 //! connections crosses to each shard once, as one shared payload (`Message` clones share
 //! their bytes).
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tungstenite::Message;
+
+use crate::protocol;
+use crate::routing::Directory;
 
 /// A connection's identity, unique across shards and stable for its lifetime; a stale id
 /// (its connection closed, its slot reused) matches nothing.
@@ -65,17 +71,52 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// A connection's session data: whatever the application stores with `set`.
+pub type Session = serde_json::Map<String, serde_json::Value>;
+
+/// A predicate over session data, for `send_filtered`; runs on each shard's thread.
+pub type Filter = Arc<dyn Fn(&Session) -> bool + Send + Sync>;
+
+/// A message published to a topic: the outbound frame, serialized once, and the raw
+/// `data` it carries (for shards that hold the topic's messages in batches).
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: Arc<str>,
+    pub frame: Message,
+    pub data: Arc<str>,
+}
+
 /// What one shard asks of another.
-#[derive(Debug)]
 pub(crate) enum Command {
     /// Deliver to every open connection on the shard.
     Broadcast(Message),
+    /// Deliver to the shard's subscribers of a topic (or hold it for their next batch).
+    Publish(Publication),
+    /// Deliver to every open connection whose session matches.
+    Filtered(Filter, Message),
     /// Deliver to one connection, if it still exists.
     ToConn(ConnId, Message),
     /// Deliver to every local connection of this user.
     ToUser(Arc<str>, Message),
     /// Stop accepting, close every connection with 1001, exit when done or at the deadline.
     Shutdown,
+}
+
+/// What other threads may read or change of a shard: its topic directory, its
+/// connections' session data, its connection count. Each lock is taken by the shard's
+/// own thread for its own work and only briefly by others (presence, stats, handlers
+/// on the worker pool).
+#[derive(Default)]
+pub(crate) struct ShardShared {
+    pub directory: Mutex<Directory>,
+    pub sessions: Mutex<HashMap<ConnId, Session>>,
+    pub connections: AtomicUsize,
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the data is plain maps whose
+/// invariants hold between statements.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The sending side of one shard's inbox.
@@ -125,15 +166,129 @@ impl InboxReceiver {
 #[derive(Clone)]
 pub struct Hub {
     shards: Arc<[ShardInbox]>,
+    shared: Arc<[ShardShared]>,
+}
+
+/// Who is subscribed to a topic, across all shards.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    /// Distinct users subscribed.
+    pub count: usize,
+    /// Their names, sorted; at most `PRESENCE_LIST_LIMIT` of them.
+    pub users: Vec<String>,
+    /// True when `users` was cut at the limit.
+    pub truncated: bool,
+}
+
+/// Longest user list a presence answer carries.
+pub const PRESENCE_LIST_LIMIT: usize = 1000;
+
+/// A snapshot of the server's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub connections_per_shard: Vec<usize>,
+    /// Distinct topics with at least one subscriber.
+    pub topics: usize,
+    /// Connections holding session data.
+    pub sessions: usize,
+    pub inbox_depths: Vec<usize>,
 }
 
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
-        Hub { shards: shards.into() }
+        let shared = (0..shards.len()).map(|_| ShardShared::default()).collect();
+        Hub { shards: shards.into(), shared }
+    }
+
+    /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
+    /// takes a `Hub`.
+    #[cfg(test)]
+    pub(crate) fn detached(shards: usize) -> Self {
+        let poll = mio::Poll::new().expect("poll");
+        let inboxes =
+            (0..shards).map(|i| inbox(Waker::new(poll.registry(), mio::Token(i)).expect("waker")).0).collect();
+        Hub::new(inboxes)
     }
 
     pub(crate) fn shard(&self, index: usize) -> &ShardInbox {
         &self.shards[index]
+    }
+
+    pub(crate) fn shared(&self, index: usize) -> &ShardShared {
+        &self.shared[index]
+    }
+
+    /// Publishes `data` to `topic` as `from`: the frame is serialized here, once, and
+    /// crosses only to shards that have a subscriber.
+    pub fn publish(&self, topic: &str, from: &str, data: &RawValue) {
+        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
+        let publication = Publication { topic: topic.into(), frame: Message::text(frame), data: Arc::from(data.get()) };
+        for index in 0..self.shards.len() {
+            self.publish_to_shard(index, &publication);
+        }
+    }
+
+    pub(crate) fn publish_to_shard(&self, index: usize, publication: &Publication) {
+        // A subscriber acknowledged before this check is in the directory (the shard
+        // records it before queueing the ack), so skipping cannot lose its messages.
+        if lock(&self.shared[index].directory).has_topic(&publication.topic) {
+            self.shards[index].send(Command::Publish(publication.clone()));
+        }
+    }
+
+    /// Sends `message` to every open connection whose session data satisfies `filter`.
+    pub fn send_filtered(&self, filter: Filter, message: Message) {
+        self.to_all_shards(|| Command::Filtered(filter.clone(), message.clone()));
+    }
+
+    /// Users subscribed to `topic`, across shards.
+    pub fn presence(&self, topic: &str) -> Presence {
+        let mut users = BTreeSet::new();
+        for shared in self.shared.iter() {
+            users.extend(lock(&shared.directory).users(topic).map(|user| user.to_string()));
+        }
+        let count = users.len();
+        let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
+        Presence { count, truncated: users.len() < count, users }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut topics = BTreeSet::new();
+        let mut sessions = 0;
+        for shared in self.shared.iter() {
+            topics.extend(lock(&shared.directory).topics().cloned());
+            sessions += lock(&shared.sessions).len();
+        }
+        let connections_per_shard: Vec<usize> =
+            self.shared.iter().map(|s| s.connections.load(Ordering::Acquire)).collect();
+        Stats {
+            connections: connections_per_shard.iter().sum(),
+            connections_per_shard,
+            topics: topics.len(),
+            sessions,
+            inbox_depths: self.inbox_depths(),
+        }
+    }
+
+    /// Reads one value of a connection's session data.
+    pub fn session_get(&self, conn: ConnId, key: &str) -> Option<serde_json::Value> {
+        let shared = self.shared.get(conn.shard())?;
+        lock(&shared.sessions).get(&conn).and_then(|session| session.get(key).cloned())
+    }
+
+    /// Stores one value in a connection's session data. Only a connection's own shard
+    /// creates its session (while it is alive), so a write for a connection that is gone
+    /// changes nothing and returns `false`, rather than leaving data no one frees.
+    pub fn session_set(&self, conn: ConnId, key: &str, value: serde_json::Value) -> bool {
+        let Some(shared) = self.shared.get(conn.shard()) else { return false };
+        match lock(&shared.sessions).get_mut(&conn) {
+            Some(session) => {
+                session.insert(key.to_string(), value);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn shard_count(&self) -> usize {

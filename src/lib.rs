@@ -18,6 +18,8 @@
 //! - `timers`: per-shard timing wheel for handshake, ping, idle and close deadlines.
 //! - [`config`] and [`cli`]: settings, and the command line that fills them.
 
+pub mod app;
+mod batch;
 pub mod cli;
 pub mod config;
 mod conn;
@@ -25,16 +27,22 @@ pub mod error;
 pub mod front_door;
 pub mod handler;
 pub mod inbox;
+pub mod messaging;
+pub mod protocol;
+mod routing;
 pub mod server;
 mod shard;
 mod timers;
 mod wire;
 
+pub use app::{App, AppError, Ctx};
+pub use batch::BatchRule;
 pub use config::Config;
 pub use error::Error;
 pub use front_door::{HttpResponse, PlainRequest};
 pub use handler::{Context, Echo, Handler, Relay};
-pub use inbox::{ConnId, Hub};
+pub use inbox::{ConnId, Filter, Hub, Presence, Publication, Session, Stats};
+pub use routing::SubscribeError;
 pub use server::{run, start, Server};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -7,6 +7,7 @@ fn main() {
     let cli = Cli::parse();
     cli.init_logging();
     let result = match cli.mode() {
+        Mode::Hub => wshub::App::new().workers(cli.workers).run(cli.config()),
         Mode::Echo => wshub::run(cli.config(), |_| wshub::Echo),
         Mode::Relay => wshub::run(cli.config(), |_| wshub::Relay),
     };

@@ -20,11 +20,13 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
+use crate::batch::Batcher;
 use crate::config::Config;
 use crate::conn::{Connection, Cx, Delivery, Incoming, Limits, Outcome};
 use crate::front_door::HttpResponse;
-use crate::handler::{Context, Effect, Handler};
-use crate::inbox::{Command, ConnId, Hub, InboxReceiver};
+use crate::handler::{Context, Effect, Handler, ShardRouting};
+use crate::inbox::{lock, Command, ConnId, Filter, Hub, InboxReceiver, Publication};
+use crate::routing::Routes;
 use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
 
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
@@ -67,8 +69,10 @@ pub(crate) struct Shard<H> {
     listener: Option<TcpListener>,
     conns: Slab<Connection>,
     inbox: InboxReceiver,
-    /// Every shard's inbox, this one's included, for deliveries that cross shards.
-    hub: Hub,
+    /// Topic subscriptions and the hub (every shard's inbox and shared state).
+    routing: ShardRouting,
+    /// Publications held for batch delivery.
+    batcher: Batcher,
     handler: H,
     shared: Arc<Shared>,
     clock: Clock,
@@ -105,13 +109,16 @@ impl<H: Handler> Shard<H> {
     ) -> io::Result<Self> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let clock = Clock::new();
+        let routing =
+            ShardRouting { index, hub, routes: Routes::default(), max_subscriptions: shared.config.max_subscriptions };
         Ok(Shard {
             index,
             io: ShardIo { limits: Limits::new(&shared.config), poll, incoming: Vec::new() },
             listener: Some(listener),
             conns: Slab::new(),
             inbox,
-            hub,
+            routing,
+            batcher: Batcher::new(&shared.config.batch),
             handler,
             shared,
             timers: TimerWheel::new(clock.now()),
@@ -155,6 +162,7 @@ impl<H: Handler> Shard<H> {
                 self.connection_ready(key, true, false, now);
             }
             self.fire_timers(now);
+            self.deliver_batches(now);
             self.flush_all(now);
             self.resume_accepting(now);
             if let Some(deadline) = self.shutdown_deadline {
@@ -215,11 +223,11 @@ impl<H: Handler> Shard<H> {
                     if let Some(user) = &conn.user {
                         self.users.entry(user.clone()).or_default().push(key);
                     }
-                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
                     self.handler.on_open(&mut cx);
                 }
                 Incoming::Message(message) => {
-                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
                     self.handler.on_message(&mut cx, message);
                 }
                 Incoming::Failed(code, reason) => {
@@ -246,7 +254,7 @@ impl<H: Handler> Shard<H> {
             match effect {
                 Effect::Reply(message) => self.deliver(key, message, now),
                 Effect::ToConn(id, message) if id.shard() == self.index => self.deliver_to_id(id, message, now),
-                Effect::ToConn(id, message) => self.hub.send_to(id, message),
+                Effect::ToConn(id, message) => self.routing.hub.send_to(id, message),
                 Effect::ToUser(user, message) => {
                     self.to_other_shards(|| Command::ToUser(user.clone(), message.clone()));
                     self.deliver_to_user(&user, message, now);
@@ -254,6 +262,16 @@ impl<H: Handler> Shard<H> {
                 Effect::Broadcast(message) => {
                     self.to_other_shards(|| Command::Broadcast(message.clone()));
                     self.broadcast_local(message, now);
+                }
+                Effect::Publish(publication) => {
+                    for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
+                        self.routing.hub.publish_to_shard(index, &publication);
+                    }
+                    self.publish_local(publication, now);
+                }
+                Effect::Filtered(filter, message) => {
+                    self.to_other_shards(|| Command::Filtered(filter.clone(), message.clone()));
+                    self.filtered_local(&filter, message, now);
                 }
                 Effect::Close(code, reason) => {
                     if let Some(conn) = self.conns.get_mut(key) {
@@ -269,8 +287,8 @@ impl<H: Handler> Shard<H> {
     }
 
     fn to_other_shards(&self, command: impl Fn() -> Command) {
-        for index in (0..self.hub.shard_count()).filter(|&i| i != self.index) {
-            self.hub.shard(index).send(command());
+        for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
+            self.routing.hub.shard(index).send(command());
         }
     }
 
@@ -281,6 +299,8 @@ impl<H: Handler> Shard<H> {
                 Command::Broadcast(message) => self.broadcast_local(message, now),
                 Command::ToConn(id, message) => self.deliver_to_id(id, message, now),
                 Command::ToUser(user, message) => self.deliver_to_user(&user, message, now),
+                Command::Publish(publication) => self.publish_local(publication, now),
+                Command::Filtered(filter, message) => self.filtered_local(&filter, message, now),
                 Command::Shutdown => self.begin_shutdown(now),
             }
         }
@@ -310,7 +330,11 @@ impl<H: Handler> Shard<H> {
 
     fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
-        keys.extend(self.users.get(user).into_iter().flatten());
+        match self.users.get(user) {
+            Some(local) => keys.extend(local),
+            // In open mode a connection without a user goes by its connection id.
+            None => keys.extend(self.anonymous_conn(user)),
+        }
         self.deliver_to_all(&mut keys, message, now);
         self.targets = keys;
     }
@@ -318,6 +342,50 @@ impl<H: Handler> Shard<H> {
     fn broadcast_local(&mut self, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend(self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key));
+        self.deliver_to_all(&mut keys, message, now);
+        self.targets = keys;
+    }
+
+    /// The local connection whose id is `name`, if it has no user of its own.
+    fn anonymous_conn(&self, name: &str) -> Option<usize> {
+        let id = ConnId::from_u64(name.parse().ok()?);
+        let conn = self.conns.get(id.slot())?;
+        (id.shard() == self.index && conn.generation == id.generation() && conn.user.is_none()).then_some(id.slot())
+    }
+
+    fn publish_local(&mut self, publication: Publication, now: Tick) {
+        if self.batcher.hold(&publication, now) {
+            return;
+        }
+        let mut keys = mem::take(&mut self.targets);
+        keys.extend_from_slice(self.routing.routes.subscribers(&publication.topic));
+        self.deliver_to_all(&mut keys, publication.frame, now);
+        self.targets = keys;
+    }
+
+    /// Sends the batches whose interval has ended to their topics' local subscribers.
+    fn deliver_batches(&mut self, now: Tick) {
+        let mut due = Vec::new();
+        self.batcher.take_due(now, &mut due);
+        for (topic, frame) in due {
+            let mut keys = mem::take(&mut self.targets);
+            keys.extend_from_slice(self.routing.routes.subscribers(&topic));
+            self.deliver_to_all(&mut keys, frame, now);
+            self.targets = keys;
+        }
+    }
+
+    fn filtered_local(&mut self, filter: &Filter, message: Message, now: Tick) {
+        let mut keys = mem::take(&mut self.targets);
+        {
+            let sessions = lock(&self.routing.hub.shared(self.index).sessions);
+            for (id, session) in sessions.iter() {
+                let live = self.conns.get(id.slot()).is_some_and(|c| c.generation == id.generation() && c.is_open());
+                if live && filter(session) {
+                    keys.push(id.slot());
+                }
+            }
+        }
         self.deliver_to_all(&mut keys, message, now);
         self.targets = keys;
     }
@@ -370,6 +438,7 @@ impl<H: Handler> Shard<H> {
         }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
+        self.routing.hub.shared(self.index).connections.fetch_add(1, Ordering::AcqRel);
         let at = now + self.io.limits.handshake;
         let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
@@ -455,6 +524,7 @@ impl<H: Handler> Shard<H> {
             return;
         };
         self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        let id = ConnId::new(self.index, key, conn.generation);
         if let Some(user) = &conn.user {
             if let Some(keys) = self.users.get_mut(user) {
                 keys.retain(|&k| k != key);
@@ -464,11 +534,22 @@ impl<H: Handler> Shard<H> {
             }
         }
         if conn.was_opened() {
-            let id = ConnId::new(self.index, key, conn.generation);
-            let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects);
+            let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
             self.handler.on_close(&mut cx);
             self.apply_effects(key, now);
         }
+        // After on_close, which may still read the session or the subscriptions.
+        let shared = self.routing.hub.shared(self.index);
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let topics = self.routing.routes.remove_conn(key);
+        if !topics.is_empty() {
+            let identity = ShardRouting::identity(id, conn.user.as_ref());
+            let mut directory = lock(&shared.directory);
+            for topic in &topics {
+                directory.remove(topic, &identity);
+            }
+        }
+        lock(&shared.sessions).remove(&id);
         // A descriptor is free again: an accept paused on the fd limit may resume (at the
         // end of this pass, not here, so no key freed in this pass is reused within it).
         if self.accept_paused_until.is_some() {

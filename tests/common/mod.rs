@@ -186,3 +186,41 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A hub-protocol client: connected, with its `welcome` frame read.
+pub struct JsonClient {
+    pub ws: Client,
+    pub welcome: serde_json::Value,
+}
+
+impl JsonClient {
+    pub fn connect(addr: SocketAddr, path: &str) -> Self {
+        let mut ws = connect(addr, path);
+        let welcome: serde_json::Value = serde_json::from_str(&next_text(&mut ws)).unwrap();
+        assert_eq!(welcome["type"], "welcome");
+        JsonClient { ws, welcome }
+    }
+
+    /// The connection's identity as the server reported it.
+    pub fn user(&self) -> String {
+        self.welcome["user"].as_str().unwrap().to_string()
+    }
+
+    pub fn send(&mut self, frame: serde_json::Value) {
+        self.ws.send(Message::text(frame.to_string())).unwrap();
+    }
+
+    /// The next frame from the server, as JSON.
+    pub fn next(&mut self) -> serde_json::Value {
+        serde_json::from_str(&next_text(&mut self.ws)).unwrap()
+    }
+
+    /// Sends `frame` with `id` and returns the answer (ack, error or response).
+    pub fn call(&mut self, mut frame: serde_json::Value, id: u64) -> serde_json::Value {
+        frame["id"] = id.into();
+        self.send(frame);
+        let answer = self.next();
+        assert_eq!(answer["id"], id, "answer to frame {id}: {answer}");
+        answer
+    }
+}

@@ -1,0 +1,322 @@
+//! The application API: an [`App`] registers handlers for custom event types (`on`) and
+//! request methods (`on_request`), and runs the hub protocol with them. Handlers may block
+//! (a database call), so they run on a small worker pool, never on a shard thread; what
+//! they send goes back through the shards' inboxes. Sits beside the messaging handler,
+//! which decodes frames and submits [`Job`]s here.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tungstenite::Message;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::handler::Context;
+use crate::inbox::{ConnId, Filter, Hub, Session};
+use crate::messaging::{Messaging, BUILT_IN_METHODS};
+use crate::protocol::{self, ErrorCode};
+use crate::server::{self, Server};
+
+type EventHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<(), AppError> + Send + Sync>;
+type RequestHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<Value, AppError> + Send + Sync>;
+
+/// Client frame types the protocol defines; an application cannot take these names.
+const BUILT_IN_TYPES: [&str; 10] =
+    ["subscribe", "join", "unsubscribe", "leave", "publish", "message", "broadcast", "send", "request", "ping"];
+
+/// An application's handlers, to run with the hub protocol.
+///
+/// ```no_run
+/// use wshub::{App, AppError, Config};
+/// use serde_json::json;
+///
+/// App::new()
+///     .on("typing", |ctx, data| {
+///         ctx.publish("room.typing", &json!({ "user": ctx.user(), "typing": data }))?;
+///         Ok(())
+///     })
+///     .on_request("add", |_ctx, params| {
+///         let a = params["a"].as_i64().ok_or_else(|| AppError::invalid("a must be a number"))?;
+///         let b = params["b"].as_i64().ok_or_else(|| AppError::invalid("b must be a number"))?;
+///         Ok(json!(a + b))
+///     })
+///     .run(Config::default())
+///     .unwrap();
+/// ```
+pub struct App {
+    events: HashMap<String, EventHandler>,
+    requests: HashMap<String, RequestHandler>,
+    workers: usize,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        App::new()
+    }
+}
+
+impl App {
+    pub fn new() -> Self {
+        App { events: HashMap::new(), requests: HashMap::new(), workers: 4 }
+    }
+
+    /// Handles client frames of type `event` (`{"type": event, "data": ...}`). With an
+    /// `id`, the client gets an `ack` on `Ok` and an `error` on `Err`.
+    ///
+    /// # Panics
+    /// If `event` is a built-in type such as `subscribe`.
+    pub fn on<F>(mut self, event: &str, handler: F) -> Self
+    where
+        F: Fn(&mut Ctx<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
+    {
+        assert!(!BUILT_IN_TYPES.contains(&event), "\"{event}\" is a built-in frame type");
+        self.events.insert(event.to_string(), Arc::new(handler));
+        self
+    }
+
+    /// Answers `{"type":"request","method": method, ...}` with the handler's result.
+    ///
+    /// # Panics
+    /// If `method` is built in (`presence`, `stats`).
+    pub fn on_request<F>(mut self, method: &str, handler: F) -> Self
+    where
+        F: Fn(&mut Ctx<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
+    {
+        assert!(!BUILT_IN_METHODS.contains(&method), "\"{method}\" is a built-in request method");
+        self.requests.insert(method.to_string(), Arc::new(handler));
+        self
+    }
+
+    /// Worker threads for the handlers (default 4).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Starts the server in the background (see [`server::start`]).
+    pub fn start(self, config: Config) -> Result<Server, Error> {
+        let core = self.into_core();
+        server::start(config, move |_| Messaging::new(core.clone()))
+    }
+
+    /// Runs the server until SIGINT or SIGTERM (see [`server::run`]).
+    pub fn run(self, config: Config) -> Result<(), Error> {
+        let core = self.into_core();
+        server::run(config, move |_| Messaging::new(core.clone()))
+    }
+
+    fn into_core(self) -> Arc<AppCore> {
+        let (jobs, queue) = crossbeam_channel::unbounded();
+        let core = Arc::new(AppCore { events: self.events, requests: self.requests, jobs });
+        if core.has_worker_handlers() {
+            for index in 0..self.workers {
+                let queue: Receiver<Job> = queue.clone();
+                let core = core.clone();
+                thread::Builder::new()
+                    .name(format!("wshub-worker-{index}"))
+                    .spawn(move || work(&core, &queue))
+                    .expect("worker thread starts");
+            }
+        }
+        core
+    }
+}
+
+/// The registered handlers and the queue to the workers; shared by every shard.
+pub(crate) struct AppCore {
+    events: HashMap<String, EventHandler>,
+    requests: HashMap<String, RequestHandler>,
+    jobs: Sender<Job>,
+}
+
+impl AppCore {
+    pub fn has_worker_handlers(&self) -> bool {
+        !self.events.is_empty() || !self.requests.is_empty()
+    }
+
+    pub fn has_event(&self, name: &str) -> bool {
+        self.events.contains_key(name)
+    }
+
+    pub fn has_request(&self, method: &str) -> bool {
+        self.requests.contains_key(method)
+    }
+
+    pub fn submit(&self, job: Job) {
+        // Workers live as long as the core; a send only fails during teardown.
+        let _ = self.jobs.send(job);
+    }
+}
+
+pub(crate) enum JobKind {
+    Event(String),
+    Request(String),
+}
+
+/// One handler call for the worker pool, with everything needed to answer.
+pub(crate) struct Job {
+    kind: JobKind,
+    conn: ConnId,
+    identity: Arc<str>,
+    id: Option<Box<RawValue>>,
+    payload: Box<RawValue>,
+    hub: Hub,
+}
+
+impl Job {
+    pub fn new(kind: JobKind, cx: &Context<'_>, id: Option<Box<RawValue>>, payload: Box<RawValue>) -> Self {
+        Job { kind, conn: cx.conn(), identity: cx.identity(), id, payload, hub: cx.hub().clone() }
+    }
+}
+
+/// A worker: runs jobs until every shard has gone and the queue closes.
+fn work(core: &AppCore, queue: &Receiver<Job>) {
+    for job in queue.iter() {
+        let mut ctx = Ctx { conn: job.conn, user: &job.identity, hub: &job.hub };
+        let payload: Value = serde_json::from_str(job.payload.get()).unwrap_or(Value::Null);
+        let reply = match &job.kind {
+            JobKind::Event(name) => {
+                let handler = &core.events[name];
+                match guarded(|| handler(&mut ctx, payload)) {
+                    Ok(()) => job.id.as_deref().map(protocol::ack),
+                    Err(e) => Some(protocol::error(&e.code, &e.message, job.id.as_deref())),
+                }
+            }
+            JobKind::Request(method) => {
+                let handler = &core.requests[method];
+                let id = job.id.as_deref().expect("requests carry an id");
+                Some(match guarded(|| handler(&mut ctx, payload)) {
+                    Ok(result) => protocol::response_ok(id, &result),
+                    Err(e) => protocol::response_err(id, &e.code, &e.message),
+                })
+            }
+        };
+        if let Some(reply) = reply {
+            job.hub.send_to(job.conn, Message::text(reply));
+        }
+    }
+}
+
+/// Runs a handler; a panic becomes an error answer instead of a dead worker.
+fn guarded<T>(handler: impl FnOnce() -> Result<T, AppError>) -> Result<T, AppError> {
+    catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| {
+        log::error!("an application handler panicked");
+        Err(AppError::new(ErrorCode::HandlerFailed.as_str(), "the handler failed"))
+    })
+}
+
+/// What an application handler sees of the connection it runs for, and can do. Sends go
+/// through the shards' inboxes, so they may arrive after the handler returns.
+pub struct Ctx<'a> {
+    conn: ConnId,
+    user: &'a str,
+    hub: &'a Hub,
+}
+
+impl Ctx<'_> {
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The connection's user (in open mode `?user=`, or else its connection id).
+    pub fn user(&self) -> &str {
+        self.user
+    }
+
+    pub fn hub(&self) -> &Hub {
+        self.hub
+    }
+
+    /// Sends `frame` (any JSON) to this connection as it is.
+    pub fn reply(&self, frame: &impl Serialize) -> Result<(), AppError> {
+        self.hub.send_to(self.conn, Message::text(serde_json::to_string(frame)?));
+        Ok(())
+    }
+
+    /// Publishes `data` to `topic` as this connection's user.
+    pub fn publish(&self, topic: &str, data: &impl Serialize) -> Result<(), AppError> {
+        protocol::check_topic(topic).map_err(|why| AppError::new(ErrorCode::BadTopic.as_str(), why))?;
+        self.hub.publish(topic, self.user, &raw(data)?);
+        Ok(())
+    }
+
+    /// Sends `data` to every connection, as a `message` from this user.
+    pub fn broadcast(&self, data: &impl Serialize) -> Result<(), AppError> {
+        self.hub.broadcast(self.delivery(data)?);
+        Ok(())
+    }
+
+    /// Sends `data` to every connection of `user`, as a `message` from this user.
+    pub fn send_to_user(&self, user: &str, data: &impl Serialize) -> Result<(), AppError> {
+        self.hub.send_to_user(user, self.delivery(data)?);
+        Ok(())
+    }
+
+    /// Sends `data` to every connection whose session data satisfies `filter`.
+    pub fn send_filtered(
+        &self,
+        filter: impl Fn(&Session) -> bool + Send + Sync + 'static,
+        data: &impl Serialize,
+    ) -> Result<(), AppError> {
+        let filter: Filter = Arc::new(filter);
+        self.hub.send_filtered(filter, self.delivery(data)?);
+        Ok(())
+    }
+
+    /// One value of this connection's session data.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.hub.session_get(self.conn, key)
+    }
+
+    /// Stores one value in this connection's session data (ignored once it is gone).
+    pub fn set(&self, key: &str, value: Value) {
+        self.hub.session_set(self.conn, key, value);
+    }
+
+    fn delivery(&self, data: &impl Serialize) -> Result<Message, AppError> {
+        Ok(Message::text(protocol::message(None, self.user, &raw(data)?, protocol::now_millis())))
+    }
+}
+
+fn raw(data: &impl Serialize) -> Result<Box<RawValue>, AppError> {
+    Ok(serde_json::value::to_raw_value(data)?)
+}
+
+/// A handler's failure, sent to the client as `{code, message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    pub code: String,
+    pub message: String,
+}
+
+impl AppError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError { code: code.into(), message: message.into() }
+    }
+
+    /// The client sent something the handler cannot accept (`invalid_params`).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        AppError::new("invalid_params", message)
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<serde_json::Error> for AppError {
+    fn from(e: serde_json::Error) -> Self {
+        AppError::invalid(e.to_string())
+    }
+}

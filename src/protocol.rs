@@ -1,0 +1,355 @@
+//! The JSON wire protocol (see `docs/PROTOCOL.md`): decoding client frames and encoding
+//! server frames. Sits between the connection (text messages) and the messaging handler;
+//! free of sockets, so every rule is unit-tested in memory.
+//!
+//! Client `data`, `params` and `id` stay raw JSON (`RawValue`): the server never re-encodes
+//! what a client sent, it copies it once into the outbound frame.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest topic name accepted, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// A decoded client frame.
+#[derive(Debug)]
+pub struct ClientFrame {
+    /// Echoed in the `ack`, `response` or `error` that answers this frame.
+    pub id: Option<Box<RawValue>>,
+    pub op: ClientOp,
+}
+
+#[derive(Debug)]
+pub enum ClientOp {
+    Subscribe {
+        topic: String,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: Box<RawValue>,
+    },
+    Broadcast {
+        data: Box<RawValue>,
+    },
+    Send {
+        to: String,
+        data: Box<RawValue>,
+    },
+    Request {
+        method: String,
+        params: Box<RawValue>,
+    },
+    Ping,
+    /// Any other type: an application event, if one is registered under that name.
+    Event {
+        name: String,
+        data: Box<RawValue>,
+    },
+}
+
+/// Error codes carried by `error` frames and error responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not a JSON object with a string `type`.
+    BadJson,
+    /// No built-in or registered handler for this `type`.
+    UnknownType,
+    /// A required field is missing or has the wrong JSON type.
+    BadField,
+    /// A topic name is empty, too long, or contains control characters.
+    BadTopic,
+    /// The connection already has `--max-subscriptions` topics.
+    TooManySubscriptions,
+    /// No request handler for this `method`.
+    UnknownMethod,
+    /// Binary frames carry no protocol meaning.
+    BinaryNotSupported,
+    /// The application's handler failed (its own code and message are used when it gives one).
+    HandlerFailed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadField => "bad_field",
+            ErrorCode::BadTopic => "bad_topic",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::HandlerFailed => "handler_failed",
+        }
+    }
+}
+
+/// Why a frame was refused: answered with an `error` frame, connection kept open.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<Box<RawValue>>,
+}
+
+/// Every field any client frame may carry; which are required depends on `type`.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<Box<RawValue>>,
+    topic: Option<Box<RawValue>>,
+    data: Option<Box<RawValue>>,
+    to: Option<Box<RawValue>>,
+    method: Option<Box<RawValue>>,
+    params: Option<Box<RawValue>>,
+}
+
+/// Decodes one client text frame.
+pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| Refusal {
+        code: ErrorCode::BadJson,
+        message: format!("expected a JSON object with a string \"type\": {e}"),
+        id: None,
+    })?;
+    let Envelope { kind, id, topic, data, to, method, params } = envelope;
+    let refuse = |code, message: String, id| Refusal { code, message, id };
+    let op = (|| {
+        Ok(match kind.as_str() {
+            "subscribe" | "join" => ClientOp::Subscribe { topic: topic_field(topic)? },
+            "unsubscribe" | "leave" => ClientOp::Unsubscribe { topic: topic_field(topic)? },
+            "publish" | "message" => ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? },
+            "broadcast" => ClientOp::Broadcast { data: required(data, "data")? },
+            "send" => ClientOp::Send { to: string_field(to, "to")?, data: required(data, "data")? },
+            "request" => {
+                ClientOp::Request { method: string_field(method, "method")?, params: params.unwrap_or_else(null) }
+            }
+            "ping" => ClientOp::Ping,
+            _ => ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) },
+        })
+    })()
+    .map_err(|(code, message)| refuse(code, message, id.clone()))?;
+    if matches!(op, ClientOp::Request { .. }) && id.is_none() {
+        return Err(refuse(ErrorCode::BadField, "a request needs an \"id\" to answer to".into(), None));
+    }
+    Ok(ClientFrame { id, op })
+}
+
+type FieldError = (ErrorCode, String);
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+fn required(value: Option<Box<RawValue>>, name: &str) -> Result<Box<RawValue>, FieldError> {
+    value.ok_or_else(|| (ErrorCode::BadField, format!("missing \"{name}\"")))
+}
+
+fn string_field(value: Option<Box<RawValue>>, name: &str) -> Result<String, FieldError> {
+    let raw = required(value, name)?;
+    serde_json::from_str::<String>(raw.get()).map_err(|_| (ErrorCode::BadField, format!("\"{name}\" must be a string")))
+}
+
+fn topic_field(value: Option<Box<RawValue>>) -> Result<String, FieldError> {
+    let topic = string_field(value, "topic")?;
+    check_topic(&topic).map_err(|why| (ErrorCode::BadTopic, why))?;
+    Ok(topic)
+}
+
+/// A topic is 1 to 256 bytes with no control characters.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("topic must not be empty".into());
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(format!("topic is {} bytes; the limit is {MAX_TOPIC_LEN}", topic.len()));
+    }
+    if topic.chars().any(char::is_control) {
+        return Err("topic must not contain control characters".into());
+    }
+    Ok(())
+}
+
+// Server frames. Each is serialized once; deliveries share the resulting bytes.
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ServerFrame<'a> {
+    Welcome {
+        conn: u64,
+        user: &'a str,
+    },
+    Message {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        from: &'a str,
+        data: &'a RawValue,
+        ts: u64,
+    },
+    Ack {
+        id: &'a RawValue,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Response {
+        id: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+fn encode(frame: &ServerFrame<'_>) -> String {
+    serde_json::to_string(frame).expect("server frames always serialize")
+}
+
+pub fn welcome(conn: u64, user: &str) -> String {
+    encode(&ServerFrame::Welcome { conn, user })
+}
+
+/// A delivery: `topic` is `None` for broadcasts and direct sends.
+pub fn message(topic: Option<&str>, from: &str, data: &RawValue, ts: u64) -> String {
+    encode(&ServerFrame::Message { topic, from, data, ts })
+}
+
+pub fn ack(id: &RawValue) -> String {
+    encode(&ServerFrame::Ack { id })
+}
+
+pub fn pong(id: Option<&RawValue>) -> String {
+    encode(&ServerFrame::Pong { id })
+}
+
+pub fn error(code: &str, message: &str, id: Option<&RawValue>) -> String {
+    encode(&ServerFrame::Error { code, message, id })
+}
+
+pub fn response_ok(id: &RawValue, result: &serde_json::Value) -> String {
+    encode(&ServerFrame::Response { id, result: Some(result), error: None })
+}
+
+pub fn response_err(id: &RawValue, code: &str, message: &str) -> String {
+    encode(&ServerFrame::Response { id, result: None, error: Some(ErrorBody { code, message }) })
+}
+
+/// `{"type":"batch","topic":..,"d":[..]}` from the raw JSON of each held `data`.
+pub fn batch<'a>(topic: &str, items: impl Iterator<Item = &'a str>) -> String {
+    let mut frame = String::from(r#"{"type":"batch","topic":"#);
+    frame.push_str(&serde_json::to_string(topic).expect("strings serialize"));
+    frame.push_str(r#","d":["#);
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(item);
+    }
+    frame.push_str("]}");
+    frame
+}
+
+/// Milliseconds since the Unix epoch, for `ts`.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn decoded(text: &str) -> ClientOp {
+        decode(text).unwrap_or_else(|r| panic!("refused {text}: {r:?}")).op
+    }
+
+    fn refused(text: &str) -> ErrorCode {
+        decode(text).map(|f| f.op).expect_err(text).code
+    }
+
+    #[test]
+    fn decodes_every_client_type_and_alias() {
+        assert!(
+            matches!(decoded(r#"{"type":"subscribe","topic":"a"}"#), ClientOp::Subscribe { topic } if topic == "a")
+        );
+        assert!(matches!(decoded(r#"{"type":"join","topic":"a"}"#), ClientOp::Subscribe { .. }));
+        assert!(matches!(decoded(r#"{"type":"leave","topic":"a"}"#), ClientOp::Unsubscribe { .. }));
+        let ClientOp::Publish { topic, data } = decoded(r#"{"type":"message","topic":"t","data":{"x": [1, 2]}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!((topic.as_str(), data.get()), ("t", r#"{"x": [1, 2]}"#), "data kept verbatim");
+        assert!(matches!(decoded(r#"{"type":"broadcast","data":1}"#), ClientOp::Broadcast { .. }));
+        assert!(
+            matches!(decoded(r#"{"type":"send","to":"bob","data":"hi"}"#), ClientOp::Send { to, .. } if to == "bob")
+        );
+        let frame = decode(r#"{"type":"request","id":7,"method":"presence","params":{"topic":"t"}}"#).unwrap();
+        assert_eq!(frame.id.unwrap().get(), "7");
+        assert!(matches!(decoded(r#"{"type":"ping"}"#), ClientOp::Ping));
+        assert!(
+            matches!(decoded(r#"{"type":"typing","data":true}"#), ClientOp::Event { name, .. } if name == "typing")
+        );
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_a_code() {
+        assert_eq!(refused("not json"), ErrorCode::BadJson);
+        assert_eq!(refused(r#"{"topic":"a"}"#), ErrorCode::BadJson);
+        assert_eq!(refused(r#"{"type":5}"#), ErrorCode::BadJson);
+        assert_eq!(refused(r#"{"type":"subscribe"}"#), ErrorCode::BadField);
+        assert_eq!(refused(r#"{"type":"subscribe","topic":3}"#), ErrorCode::BadField);
+        assert_eq!(refused(r#"{"type":"subscribe","topic":""}"#), ErrorCode::BadTopic);
+        let long = format!(r#"{{"type":"subscribe","topic":"{}"}}"#, "t".repeat(MAX_TOPIC_LEN + 1));
+        assert_eq!(refused(&long), ErrorCode::BadTopic);
+        assert_eq!(refused(r#"{"type":"publish","topic":"a"}"#), ErrorCode::BadField);
+        assert_eq!(refused(r#"{"type":"send","data":1}"#), ErrorCode::BadField);
+        assert_eq!(refused(r#"{"type":"request","method":"m"}"#), ErrorCode::BadField, "requests need an id");
+    }
+
+    #[test]
+    fn refusals_keep_the_frame_id() {
+        let refusal = decode(r#"{"type":"subscribe","id":"abc","topic":""}"#).unwrap_err();
+        assert_eq!(refusal.id.unwrap().get(), r#""abc""#);
+    }
+
+    #[test]
+    fn encodes_server_frames() {
+        let data = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
+        let frame: Value = serde_json::from_str(&message(Some("t"), "ann", &data, 5)).unwrap();
+        assert_eq!(frame, json!({"type":"message","topic":"t","from":"ann","data":{"n":1},"ts":5}));
+        let frame: Value = serde_json::from_str(&message(None, "ann", &data, 5)).unwrap();
+        assert!(frame.get("topic").is_none());
+        let id = RawValue::from_string("3".into()).unwrap();
+        assert_eq!(ack(&id), r#"{"type":"ack","id":3}"#);
+        assert_eq!(pong(None), r#"{"type":"pong"}"#);
+        assert_eq!(
+            error("bad_topic", "why", Some(&id)),
+            r#"{"type":"error","code":"bad_topic","message":"why","id":3}"#
+        );
+        assert_eq!(response_ok(&id, &json!({"ok":true})), r#"{"type":"response","id":3,"result":{"ok":true}}"#);
+        let frame: Value = serde_json::from_str(&response_err(&id, "nope", "no")).unwrap();
+        assert_eq!(frame, json!({"type":"response","id":3,"error":{"code":"nope","message":"no"}}));
+        assert_eq!(welcome(9, "u"), r#"{"type":"welcome","conn":9,"user":"u"}"#);
+    }
+
+    #[test]
+    fn batches_join_raw_items() {
+        let frame: Value = serde_json::from_str(&batch("tick\"er", ["1", r#"{"p":2}"#].into_iter())).unwrap();
+        assert_eq!(frame, json!({"type":"batch","topic":"tick\"er","d":[1,{"p":2}]}));
+    }
+}
