@@ -3,7 +3,8 @@
 #
 # Usage: scripts/mem-per-conn.sh [N=19000] [extra wshub args...]
 #
-# Starts one wshub (one shard, pinned to CPU 0 when taskset exists), opens N idle
+# Starts one wshub running the hub protocol (one shard, pinned to CPU 0 when taskset
+# exists; pass --echo to measure the echo handler instead), opens N idle
 # connections with `wshub-load hold` (pinned to CPU 1), and compares the server's RSS
 # before and after. Every wait is bounded; the load and the server are stopped on any
 # exit. Exits 0 only if all N connections were established.
@@ -87,7 +88,7 @@ echo "building release binaries..." >&2
 timeout 1200 cargo build --release -p wshub -p wshub-load >&2
 
 PORT=$(pick_port)
-"${SERVER_PIN[@]}" target/release/wshub --listen "127.0.0.1:$PORT" --echo --shards 1 \
+"${SERVER_PIN[@]}" target/release/wshub --listen "127.0.0.1:$PORT" --shards 1 \
     --log-level warn "${EXTRA_SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 

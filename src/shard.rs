@@ -89,6 +89,10 @@ pub(crate) struct Shard<H> {
     fired: Vec<usize>,
     /// Scratch for the receivers of one broadcast or user send (reused, never shrunk).
     targets: Vec<usize>,
+    /// Connections that may hold tungstenite buffers; swept once per tick.
+    recycle_list: Vec<usize>,
+    /// The tick of the last buffer sweep.
+    swept_at: Tick,
     effects: Vec<Effect>,
     next_generation: u32,
     /// Accepting is paused (out of file descriptors) until this tick.
@@ -129,6 +133,8 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             fired: Vec::new(),
             targets: Vec::new(),
+            recycle_list: Vec::new(),
+            swept_at: 0,
             effects: Vec::new(),
             next_generation: 0,
             accept_paused_until: None,
@@ -164,6 +170,7 @@ impl<H: Handler> Shard<H> {
             self.fire_timers(now);
             self.deliver_batches(now);
             self.flush_all(now);
+            self.sweep_buffers(now);
             self.resume_accepting(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -194,8 +201,8 @@ impl<H: Handler> Shard<H> {
         self.settle(key);
     }
 
-    /// After anything touched a connection: list it for the flush, arm its close deadline,
-    /// or, if it is quiet, let it drop tungstenite's buffers.
+    /// After anything touched a connection: list it for the flush and for the buffer
+    /// sweeps, and arm its close deadline.
     fn settle(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -205,9 +212,20 @@ impl<H: Handler> Shard<H> {
         }
         if conn.claim_flush() {
             self.flush_list.push(key);
-        } else {
-            conn.recycle(&self.io.limits);
         }
+        if conn.claim_recycle() {
+            self.recycle_list.push(key);
+        }
+    }
+
+    /// Once per tick: connections quiet for a whole tick give their buffers back.
+    fn sweep_buffers(&mut self, now: Tick) {
+        if now == self.swept_at {
+            return;
+        }
+        self.swept_at = now;
+        let Shard { conns, recycle_list, io, .. } = self;
+        recycle_list.retain(|&key| conns.get_mut(key).is_some_and(|conn| conn.sweep_buffers(&io.limits)));
     }
 
     /// Runs the handler for what a connection produced, applying its effects after each call.

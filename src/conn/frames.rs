@@ -10,7 +10,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use super::{
-    Connection, Cx, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET, RESCHEDULE,
+    Connection, Cx, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET, RECENT, RESCHEDULE,
     USED_BUFFERS,
 };
 use crate::wire::{inbound, FrameError};
@@ -72,7 +72,7 @@ impl Connection {
             if info.data {
                 self.set(MID_MESSAGE, !info.fin);
             }
-            self.flags |= USED_BUFFERS;
+            self.flags |= USED_BUFFERS | RECENT;
             let (Phase::Open(ws) | Phase::Closing(ws)) = &mut self.phase else {
                 inbound::discard();
                 return Some(Outcome::Remove);

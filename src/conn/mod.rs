@@ -141,6 +141,10 @@ const WANTS_WRITABLE: u16 = 1 << 2;
 const MID_MESSAGE: u16 = 1 << 3;
 /// Tungstenite may hold buffers since the last recycle.
 const USED_BUFFERS: u16 = 1 << 4;
+/// Used its buffers since the shard's last recycling sweep (see `sweep_buffers`).
+const RECENT: u16 = 1 << 10;
+/// In the shard's list of connections that may hold buffers.
+const RECYCLE_LISTED: u16 = 1 << 9;
 /// The peer broke the protocol: read bytes are dropped unparsed.
 const DISCARD_INPUT: u16 = 1 << 5;
 /// We shut our write side after the final frame.
@@ -270,7 +274,7 @@ impl Connection {
         let Phase::Open(ws) = &mut self.phase else {
             return Delivery::NotOpen;
         };
-        self.flags |= NEEDS_FLUSH | USED_BUFFERS;
+        self.flags |= NEEDS_FLUSH | USED_BUFFERS | RECENT;
         match ws.write(message) {
             Err(WsError::WriteBufferFull(_)) => {
                 // The consumer is `--max-pending-bytes` behind. 1008 (policy violation):
@@ -304,7 +308,6 @@ impl Connection {
                     let _ = ws.get_mut().tcp.shutdown(Shutdown::Write);
                     self.flags |= WRITE_SHUT;
                 }
-                self.recycle(cx.limits);
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.set(WANTS_WRITABLE, true);
@@ -393,14 +396,39 @@ impl Connection {
                 // A failed write shows up at the flush; WouldBlock means queued.
                 let _ = ws.write(Message::Ping(Default::default()));
                 self.last_ping = now;
-                self.flags |= NEEDS_FLUSH | USED_BUFFERS;
+                self.flags |= NEEDS_FLUSH | USED_BUFFERS | RECENT;
             }
         }
     }
 
-    /// Releases tungstenite's buffers when nothing is in flight, so an idle connection
-    /// owns no heap memory: rebuilding the `WebSocket` is the only way to shrink them.
-    pub fn recycle(&mut self, limits: &Limits) {
+    /// True exactly once after the connection starts using buffers again: the caller
+    /// lists it for the recycling sweeps.
+    pub fn claim_recycle(&mut self) -> bool {
+        let claim = self.has(USED_BUFFERS) && !self.has(RECYCLE_LISTED);
+        if claim {
+            self.flags |= RECYCLE_LISTED;
+        }
+        claim
+    }
+
+    /// One recycling sweep (the shard runs one per tick over its listed connections):
+    /// a connection quiet since the last sweep drops tungstenite's buffers, so an idle
+    /// connection owns no heap memory, while a busy one keeps them and a steady stream of
+    /// deliveries allocates nothing. Returns whether it stays listed.
+    pub fn sweep_buffers(&mut self, limits: &Limits) -> bool {
+        if self.has(RECENT) {
+            self.set(RECENT, false);
+            return true;
+        }
+        self.recycle(limits);
+        let listed = self.has(USED_BUFFERS) && self.was_opened();
+        self.set(RECYCLE_LISTED, listed);
+        listed
+    }
+
+    /// Rebuilds the `WebSocket` when nothing is in flight: the only way to make tungstenite
+    /// free its buffers.
+    fn recycle(&mut self, limits: &Limits) {
         if !self.has(USED_BUFFERS) || self.has(MID_MESSAGE | NEEDS_FLUSH | WANTS_WRITABLE) {
             return;
         }
