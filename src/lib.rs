@@ -6,15 +6,21 @@
 //! - [`server`]: binds one `SO_REUSEPORT` listener per shard, starts the shards, handles
 //!   SIGINT/SIGTERM.
 //! - `shard`: one thread per shard; accepts, dispatches readiness events, fires timers,
-//!   applies handler effects, flushes output once per loop pass.
+//!   applies handler effects (deliveries, publishes), flushes output once per loop pass.
 //! - `conn`: one connection's phases (handshaking → open → closing): `conn::door` reads
 //!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
 //!   and flushes output and runs its deadlines.
 //! - [`front_door`]: the first request on a connection: upgrade, plain HTTP, or refusal.
 //! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
 //!   a time, so idle connections own no heap memory.
-//! - [`handler`]: the application's hook (`on_open`, `on_message`, `on_close`, `on_http`).
-//! - [`inbox`]: routing across shards: per-shard inboxes, the [`Hub`] handle, [`ConnId`].
+//! - [`handler`]: the engine's hook (`on_open`, `on_message`, `on_close`, `on_http`) and
+//!   the `Context` it acts through.
+//! - [`messaging`]: the hub protocol as a handler; [`protocol`] decodes and encodes its
+//!   JSON frames; [`app`] runs the application's own event and request handlers on a
+//!   worker pool.
+//! - `routing`: shard-local topic indexes and the directory other threads read;
+//!   `batch`: topics delivered in batches.
+//! - [`inbox`]: crossing shards: per-shard inboxes, the [`Hub`] handle, [`ConnId`].
 //! - `timers`: per-shard timing wheel for handshake, ping, idle and close deadlines.
 //! - [`config`] and [`cli`]: settings, and the command line that fills them.
 
