@@ -3,7 +3,7 @@
 //! before routing (the shard applies what a handler asked for).
 //!
 //! A handler never touches sockets. Everything it asks for (reply, send, broadcast,
-//! close) is recorded as an [`Effect`] and applied by the shard once the handler returns,
+//! close) is recorded as an effect and applied by the shard once the handler returns,
 //! so handlers stay testable in memory and cannot re-enter the event loop.
 
 use std::sync::Arc;
