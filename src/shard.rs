@@ -446,6 +446,12 @@ impl<H: Handler> Shard<H> {
         // and lingers until the client has read that (closing at once could turn the
         // answer into a reset). It counts toward the limit until it is gone.
         let over_limit = self.shared.live.fetch_add(1, Ordering::AcqRel) >= self.shared.config.max_connections;
+        if self.conns.len() >= ConnId::MAX_SLOTS {
+            // Past what a connection id can name (16.7 M on one shard): not even a 503.
+            log::warn!("shard {}: at the most connections one shard can hold; dropping a new one", self.index);
+            self.shared.live.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         let _ = tcp.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
