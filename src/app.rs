@@ -67,8 +67,9 @@ impl App {
         App { events: HashMap::new(), requests: HashMap::new(), workers: 4 }
     }
 
-    /// Handles client frames of type `event` (`{"type": event, "data": ...}`). With an
-    /// `id`, the client gets an `ack` on `Ok` and an `error` on `Err`.
+    /// Handles client frames of type `event` (`{"type": event, "data": ...}`). On `Ok` the
+    /// client gets an `ack` if the frame had an `id`; on `Err` an `error` frame (with the
+    /// `id`, if any).
     ///
     /// # Panics
     /// If `event` is a built-in type such as `subscribe`.
@@ -113,27 +114,28 @@ impl App {
     }
 
     fn into_core(self) -> Arc<AppCore> {
-        let (jobs, queue) = crossbeam_channel::unbounded();
-        let core = Arc::new(AppCore { events: self.events, requests: self.requests, jobs });
-        if core.has_worker_handlers() {
-            for index in 0..self.workers {
-                let queue: Receiver<Job> = queue.clone();
-                let core = core.clone();
-                thread::Builder::new()
-                    .name(format!("wshub-worker-{index}"))
-                    .spawn(move || work(&core, &queue))
-                    .expect("worker thread starts");
-            }
+        let workers = if self.events.is_empty() && self.requests.is_empty() { 0 } else { self.workers };
+        let (queues, receivers): (Vec<Sender<Job>>, Vec<Receiver<Job>>) =
+            (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let core = Arc::new(AppCore { events: self.events, requests: self.requests, queues });
+        for (index, queue) in receivers.into_iter().enumerate() {
+            let core = core.clone();
+            thread::Builder::new()
+                .name(format!("wshub-worker-{index}"))
+                .spawn(move || work(&core, &queue))
+                .expect("worker thread starts");
         }
         core
     }
 }
 
-/// The registered handlers and the queue to the workers; shared by every shard.
+/// The registered handlers and the queues to the workers; shared by every shard.
 pub(crate) struct AppCore {
     events: HashMap<String, EventHandler>,
     requests: HashMap<String, RequestHandler>,
-    jobs: Sender<Job>,
+    /// One queue per worker. A connection's jobs all go to the same worker, so they run,
+    /// and are answered, in the order the client sent them.
+    queues: Vec<Sender<Job>>,
 }
 
 impl AppCore {
@@ -150,8 +152,9 @@ impl AppCore {
     }
 
     pub fn submit(&self, job: Job) {
+        let worker = (job.conn.as_u64() % self.queues.len() as u64) as usize;
         // Workers live as long as the core; a send only fails during teardown.
-        let _ = self.jobs.send(job);
+        let _ = self.queues[worker].send(job);
     }
 }
 
@@ -176,7 +179,7 @@ impl Job {
     }
 }
 
-/// A worker: runs jobs until every shard has gone and the queue closes.
+/// A worker: runs its queue's jobs until every shard has gone and the queue closes.
 fn work(core: &AppCore, queue: &Receiver<Job>) {
     for job in queue.iter() {
         let mut ctx = Ctx { conn: job.conn, user: &job.identity, hub: &job.hub };

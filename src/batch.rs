@@ -40,38 +40,63 @@ impl std::str::FromStr for BatchRule {
 /// One topic's held items and when they go out.
 struct Held {
     items: Vec<Arc<str>>,
+    /// Bytes the items take in the batch frame (with their separators).
+    bytes: usize,
     due: Tick,
+}
+
+/// What `hold` did with a publication.
+#[derive(Debug)]
+pub(crate) enum Hold {
+    /// Not a batched topic: deliver it now.
+    NotBatched,
+    /// Held for the topic's next batch.
+    Held,
+    /// Held, after the batch it would have overfilled went out early: deliver this frame now.
+    Full(Message),
 }
 
 pub(crate) struct Batcher {
     rules: Vec<(String, Tick)>,
     held: HashMap<Arc<str>, Held>,
+    /// Largest batch frame; a fuller batch goes out before its interval ends, so a batch
+    /// never outgrows what a subscriber's queue accepts.
+    max_bytes: usize,
 }
 
 impl Batcher {
-    pub fn new(rules: &[BatchRule]) -> Self {
+    pub fn new(rules: &[BatchRule], max_bytes: usize) -> Self {
         Batcher {
             rules: rules.iter().map(|rule| (rule.pattern.clone(), ticks(rule.interval))).collect(),
             held: HashMap::new(),
+            max_bytes,
         }
     }
 
-    /// Holds the publication if its topic is batched (`true`); `false`: deliver it now.
-    pub fn hold(&mut self, publication: &Publication, now: Tick) -> bool {
+    pub fn hold(&mut self, publication: &Publication, now: Tick) -> Hold {
         if self.rules.is_empty() {
-            return false;
+            return Hold::NotBatched;
         }
+        let item = publication.data.clone();
         if let Some(held) = self.held.get_mut(&publication.topic) {
-            held.items.push(publication.data.clone());
-            return true;
+            let full = held.bytes + item.len() + 1 > self.max_bytes;
+            let early = full.then(|| {
+                let frame = protocol::batch(&publication.topic, held.items.iter().map(|item| &**item));
+                held.items.clear();
+                held.bytes = batch_overhead(&publication.topic);
+                Message::text(frame)
+            });
+            held.bytes += item.len() + 1;
+            held.items.push(item);
+            return early.map_or(Hold::Held, Hold::Full);
         }
         let Some(&(_, interval)) = self.rules.iter().find(|(pattern, _)| glob_match(pattern, &publication.topic))
         else {
-            return false;
+            return Hold::NotBatched;
         };
-        let held = Held { items: vec![publication.data.clone()], due: now + interval };
-        self.held.insert(publication.topic.clone(), held);
-        true
+        let bytes = batch_overhead(&publication.topic) + item.len() + 1;
+        self.held.insert(publication.topic.clone(), Held { items: vec![item], bytes, due: now + interval });
+        Hold::Held
     }
 
     /// The batch frames due by `now`, one per topic, each serialized once.
@@ -88,6 +113,11 @@ impl Batcher {
             false
         });
     }
+}
+
+/// Bytes of a batch frame besides its items: `{"type":"batch","topic":"..","d":[]}`.
+fn batch_overhead(topic: &str) -> usize {
+    32 + topic.len()
 }
 
 #[cfg(test)]
@@ -110,11 +140,11 @@ mod tests {
     #[test]
     fn holds_matching_topics_until_their_interval_ends() {
         let rules = ["ticker.*=300ms".parse().unwrap()];
-        let mut batcher = Batcher::new(&rules);
-        assert!(!batcher.hold(&publication("chat", "1"), 0), "not batched");
-        assert!(batcher.hold(&publication("ticker.btc", "1"), 0));
-        assert!(batcher.hold(&publication("ticker.btc", "2"), 1));
-        assert!(batcher.hold(&publication("ticker.eth", "{\"p\":3}"), 2));
+        let mut batcher = Batcher::new(&rules, 64 * 1024);
+        assert!(matches!(batcher.hold(&publication("chat", "1"), 0), Hold::NotBatched));
+        assert!(matches!(batcher.hold(&publication("ticker.btc", "1"), 0), Hold::Held));
+        assert!(matches!(batcher.hold(&publication("ticker.btc", "2"), 1), Hold::Held));
+        assert!(matches!(batcher.hold(&publication("ticker.eth", "{\"p\":3}"), 2), Hold::Held));
         let mut out = Vec::new();
         batcher.take_due(2, &mut out);
         assert!(out.is_empty(), "interval not over");
@@ -124,5 +154,25 @@ mod tests {
         batcher.take_due(5, &mut out);
         assert_eq!(out.len(), 2, "ticker.eth started later, ends later");
         assert!(batcher.held.is_empty());
+    }
+
+    #[test]
+    fn a_batch_that_would_outgrow_the_frame_limit_goes_out_early() {
+        let rules = ["t=10s".parse().unwrap()];
+        let mut batcher = Batcher::new(&rules, 100);
+        let item = "x".repeat(20);
+        let mut early = Vec::new();
+        for _ in 0..10 {
+            if let Hold::Full(frame) = batcher.hold(&publication("t", &item), 0) {
+                assert!(frame.len() <= 100, "frame of {} bytes", frame.len());
+                early.push(frame);
+            }
+        }
+        assert!(!early.is_empty(), "some batches went out before the interval");
+        let mut out = Vec::new();
+        batcher.take_due(100, &mut out);
+        let items: usize =
+            early.iter().chain(out.iter().map(|(_, m)| m)).map(|m| m.to_text().unwrap().matches('x').count()).sum();
+        assert_eq!(items, 10 * 20, "nothing lost or duplicated");
     }
 }

@@ -153,7 +153,7 @@ pub fn examine(bytes: &[u8]) -> Verdict {
         Some(user) if is_valid_user(&user) => Some(user),
         Some(_) => {
             return Verdict::Refuse(bad_request(format!(
-                "user must be 1-{MAX_USER_LEN} characters of A-Z a-z 0-9 _ . @ -"
+                "user must be 1-{MAX_USER_LEN} characters of A-Z a-z 0-9 _ . @ -, not all digits"
             )))
         }
     };
@@ -180,9 +180,11 @@ fn is_valid_key(key: &str) -> bool {
         && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
+/// All digits is refused: that is how a connection without a user is named (its id).
 fn is_valid_user(user: &str) -> bool {
     (1..=MAX_USER_LEN).contains(&user.len())
         && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+        && !user.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The percent-decoded value of `name` in the target's query string.
@@ -274,6 +276,8 @@ mod tests {
         assert_eq!(status(examine(key.as_bytes())), 400);
         let user = upgrade_request("").replace("user=ann", "user=%3Cscript%3E");
         assert_eq!(status(examine(user.as_bytes())), 400);
+        let digits = upgrade_request("").replace("user=ann", "user=72057594037927936");
+        assert_eq!(status(examine(digits.as_bytes())), 400, "would pose as a connection id");
     }
 
     #[test]

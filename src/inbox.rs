@@ -189,6 +189,8 @@ pub const PRESENCE_LIST_LIMIT: usize = 1000;
 /// A snapshot of the server's state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Stats {
+    /// Sockets held, in any phase: upgraded WebSockets, and also those still handshaking
+    /// or being answered over plain HTTP.
     pub connections: usize,
     pub connections_per_shard: Vec<usize>,
     /// Distinct topics with at least one subscriber.

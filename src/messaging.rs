@@ -125,10 +125,13 @@ impl Messaging {
     fn request(&self, cx: &mut Context<'_>, method: String, params: Box<RawValue>, id: Box<RawValue>) {
         let response = match method.as_str() {
             "presence" => match serde_json::from_str::<PresenceParams>(params.get()) {
-                Ok(PresenceParams { topic }) => {
-                    let presence = cx.hub().presence(&topic);
-                    protocol::response_ok(&id, &serde_json::to_value(presence).expect("presence serializes"))
-                }
+                Ok(PresenceParams { topic }) => match protocol::check_topic(&topic) {
+                    Ok(()) => {
+                        let presence = cx.hub().presence(&topic);
+                        protocol::response_ok(&id, &serde_json::to_value(presence).expect("presence serializes"))
+                    }
+                    Err(why) => protocol::response_err(&id, ErrorCode::BadTopic.as_str(), &why),
+                },
                 Err(e) => protocol::response_err(&id, ErrorCode::BadField.as_str(), &format!("presence: {e}")),
             },
             "stats" => {

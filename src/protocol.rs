@@ -109,6 +109,14 @@ struct Envelope {
 
 /// Decodes one client text frame.
 pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
+    if !text.trim_start().starts_with('{') {
+        // serde would also read a struct from a JSON array; the protocol says object.
+        return Err(Refusal {
+            code: ErrorCode::BadJson,
+            message: "expected a JSON object with a string \"type\"".into(),
+            id: None,
+        });
+    }
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| Refusal {
         code: ErrorCode::BadJson,
         message: format!("expected a JSON object with a string \"type\": {e}"),
@@ -311,6 +319,7 @@ mod tests {
         assert_eq!(refused("not json"), ErrorCode::BadJson);
         assert_eq!(refused(r#"{"topic":"a"}"#), ErrorCode::BadJson);
         assert_eq!(refused(r#"{"type":5}"#), ErrorCode::BadJson);
+        assert_eq!(refused(r#"["subscribe",null,"arr",null,null,null,null]"#), ErrorCode::BadJson);
         assert_eq!(refused(r#"{"type":"subscribe"}"#), ErrorCode::BadField);
         assert_eq!(refused(r#"{"type":"subscribe","topic":3}"#), ErrorCode::BadField);
         assert_eq!(refused(r#"{"type":"subscribe","topic":""}"#), ErrorCode::BadTopic);

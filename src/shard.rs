@@ -20,7 +20,7 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Hold};
 use crate::config::Config;
 use crate::conn::{Connection, Cx, Delivery, Incoming, Limits, Outcome};
 use crate::front_door::HttpResponse;
@@ -122,7 +122,7 @@ impl<H: Handler> Shard<H> {
             conns: Slab::new(),
             inbox,
             routing,
-            batcher: Batcher::new(&shared.config.batch),
+            batcher: Batcher::new(&shared.config.batch, shared.config.max_message_size),
             handler,
             shared,
             timers: TimerWheel::new(clock.now()),
@@ -372,12 +372,18 @@ impl<H: Handler> Shard<H> {
     }
 
     fn publish_local(&mut self, publication: Publication, now: Tick) {
-        if self.batcher.hold(&publication, now) {
-            return;
-        }
+        let frame = match self.batcher.hold(&publication, now) {
+            Hold::NotBatched => publication.frame,
+            Hold::Full(batch) => batch,
+            Hold::Held => return,
+        };
+        self.deliver_to_topic(&publication.topic, frame, now);
+    }
+
+    fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
-        keys.extend_from_slice(self.routing.routes.subscribers(&publication.topic));
-        self.deliver_to_all(&mut keys, publication.frame, now);
+        keys.extend_from_slice(self.routing.routes.subscribers(topic));
+        self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
     }
 
@@ -386,10 +392,7 @@ impl<H: Handler> Shard<H> {
         let mut due = Vec::new();
         self.batcher.take_due(now, &mut due);
         for (topic, frame) in due {
-            let mut keys = mem::take(&mut self.targets);
-            keys.extend_from_slice(self.routing.routes.subscribers(&topic));
-            self.deliver_to_all(&mut keys, frame, now);
-            self.targets = keys;
+            self.deliver_to_topic(&topic, frame, now);
         }
     }
 

@@ -181,6 +181,9 @@ fn bad_input_gets_an_error_frame_and_the_connection_stays_open() {
     assert_eq!(refused["code"], "too_many_subscriptions");
     let request = client.call(json!({"type": "request", "method": "presence", "params": {}}), 4);
     assert_eq!(request["error"]["code"], "bad_field");
+    let request = client.call(json!({"type": "request", "method": "presence", "params": {"topic": ""}}), 5);
+    assert_eq!(request["error"]["code"], "bad_topic");
+    expect_error(&mut client, Message::text(r#"["subscribe",null,"arr"]"#), "bad_json");
     stop(server);
 }
 
@@ -307,5 +310,24 @@ fn a_slow_handler_does_not_hold_up_the_shard() {
     client.send(json!({"type": "ping", "id": 2}));
     assert_eq!(client.next(), json!({"type": "pong", "id": 2}));
     assert_eq!(client.next()["result"], "done");
+    stop(server);
+}
+
+#[test]
+fn one_connections_events_are_handled_in_order_across_workers() {
+    let app = App::new().workers(4).on("step", |ctx, data| {
+        // Uneven work: without per-connection ordering, later steps would overtake.
+        let n = data.as_u64().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis((7 * n) % 5));
+        ctx.reply(&json!({"type": "done", "n": n}))
+    });
+    let server = start_hub(app, hub_config());
+    let mut client = JsonClient::connect(server.local_addr(), "/");
+    for n in 0..40 {
+        client.send(json!({"type": "step", "data": n}));
+    }
+    for n in 0..40 {
+        assert_eq!(client.next(), json!({"type": "done", "n": n}));
+    }
     stop(server);
 }
