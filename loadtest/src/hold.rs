@@ -6,6 +6,7 @@
 //! its fd limit allows without the tool itself becoming the bottleneck.
 
 use crate::opts::{self, WsUrl};
+use crate::procs;
 use crate::stats::{Cause, Report};
 use crate::ws::{self, FrameReader, Rng};
 use mio::net::TcpStream;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// If every one of the first this-many attempts is refused, nobody is listening:
 /// say so at once instead of ramping through the rest.
-const REFUSED_ABORT_AFTER: u64 = 100;
+pub const REFUSED_ABORT_AFTER: u64 = 100;
 
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
@@ -125,17 +126,9 @@ pub fn run(cfg: &HoldConfig) -> io::Result<Report> {
             events: Vec::new(),
             pings_answered: 0,
         },
-        control_stop: Arc::new(AtomicBool::new(false)),
+        // The parent ends a worker's hold through its stdin.
+        control_stop: if cfg.worker { procs::stop_flag_from_stdin() } else { Arc::new(AtomicBool::new(false)) },
     };
-    if cfg.worker {
-        // The parent writes a line to our stdin, or closes it (also when it dies), to
-        // end the hold. One blocking thread is simpler than putting stdin in the poll.
-        let stop = Arc::clone(&h.control_stop);
-        std::thread::spawn(move || {
-            let _ = io::stdin().read(&mut [0u8; 64]);
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
     let mut events = Events::with_capacity(1024);
 
     h.ramp(&mut events)?;
@@ -431,7 +424,7 @@ fn on_frames(conn: &mut Conn, io: &mut IoCtx, data: &[u8]) -> Option<End> {
 }
 
 /// A non-blocking socket with its connect already under way.
-fn open_socket(addr: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+pub fn open_socket(addr: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     if let Some(ip) = src {
         // Let connect() pick the port: bind() alone reserves a port per socket and
@@ -461,7 +454,7 @@ fn open_socket(addr: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream>
     Ok(TcpStream::from_std(socket.into()))
 }
 
-fn describe_open_error(e: &io::Error, src: Option<Ipv4Addr>) -> String {
+pub fn describe_open_error(e: &io::Error, src: Option<Ipv4Addr>) -> String {
     let from = src.map_or(String::new(), |ip| format!(" from {ip}"));
     match e.raw_os_error() {
         Some(libc::EMFILE) => format!(

@@ -1,12 +1,25 @@
 //! `wshub-load`: load generator for wshub.
 //!
-//! Subcommands share one binary so a run can re-execute itself as worker processes
-//! (see `spawn`), each with its own fd limit.
+//! - `hold` opens many idle connections (`hold`, `spawn`);
+//! - `fanout` measures delivery from publishers to many subscribers (`fanout*`, `track`);
+//! - `echo` measures round trips (`echo`).
+//!
+//! The message modes share `conn` (client connections on one mio loop) and `latency`
+//! (HdrHistogram). Subcommands share one binary so a run can re-execute itself as
+//! worker processes (`procs`), each with its own fd limit.
 
+mod conn;
+mod echo;
+mod fanout;
+mod fanout_cli;
+mod fanout_report;
 mod hold;
+mod latency;
 mod opts;
+mod procs;
 mod spawn;
 mod stats;
+mod track;
 mod ws;
 
 use clap::{Args, Parser, Subcommand};
@@ -19,7 +32,7 @@ use std::time::Duration;
 /// search in connect() gets slow well before they run out: 19000 connections from
 /// one address ramped at ~2800/s with 5 s of system time, from two or more at the
 /// full 5000/s with 1 s. Loopback addresses are plentiful, so use them generously.
-const CONNECTIONS_PER_SOURCE_IP: u64 = 5_000;
+pub const CONNECTIONS_PER_SOURCE_IP: u64 = 5_000;
 
 #[derive(Parser)]
 #[command(name = "wshub-load", version, about = "Load generator for wshub")]
@@ -35,6 +48,14 @@ enum Command {
     /// Prints `READY established=<n> failed=<n>` once every connection is up (or has
     /// failed), holds for --duration, then prints a summary.
     Hold(HoldArgs),
+    /// Publish numbered, timestamped messages to many subscribers and check that each
+    /// got every one: delivery rate, loss, duplicates, order and latency percentiles.
+    ///
+    /// Exits 1 if anything was lost or duplicated (or the run timed out).
+    Fanout(fanout_cli::FanoutArgs),
+    /// Keep one request in flight on each of many connections and measure round trips
+    /// (hub: ping/pong; raw: text frames echoed by `wshub --echo`).
+    Echo(echo::EchoArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -75,15 +96,15 @@ pub struct HoldArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     opts::install_signal_handlers();
-    match cli.command {
-        Command::Hold(args) => match hold_main(&args) {
-            Ok(code) => code,
-            Err(msg) => {
-                eprintln!("wshub-load: error: {msg}");
-                ExitCode::from(2)
-            }
-        },
-    }
+    let result = match cli.command {
+        Command::Hold(args) => hold_main(&args),
+        Command::Fanout(args) => fanout_cli::main(&args),
+        Command::Echo(args) => echo::main(&args),
+    };
+    result.unwrap_or_else(|msg| {
+        eprintln!("wshub-load: error: {msg}");
+        ExitCode::from(2)
+    })
 }
 
 fn hold_main(args: &HoldArgs) -> Result<ExitCode, String> {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A `ws://` URL reduced to what the tool needs. Only literal IP hosts are accepted:
 /// resolving names would add a blocking DNS step and a way to aim load somewhere
@@ -154,6 +154,56 @@ pub fn emit_line(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// What the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Protocol {
+    /// wshub's JSON hub protocol (`docs/PROTOCOL.md`): subscribe, publish, ping.
+    Hub,
+    /// Plain text frames, relayed to everyone (`wshub --relay`) or echoed (`wshub --echo`).
+    Raw,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Hub => "hub",
+            Protocol::Raw => "raw",
+        }
+    }
+}
+
+/// A live status line on stderr, only when stderr is a terminal (never in logs or
+/// when a script captures it), redrawn at most 5 times a second.
+pub struct Progress {
+    enabled: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress { enabled: std::io::stderr().is_terminal(), last: None, shown: false }
+    }
+
+    pub fn show(&mut self, line: impl FnOnce() -> String) {
+        if !self.enabled || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.shown = true;
+        eprint!("\r\x1b[2K{}", line());
+    }
+
+    /// Erases the line so the summary starts on a clean one.
+    pub fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
 }
 
 /// Set by SIGINT/SIGTERM; the poll loops check it at least every 100 ms.

@@ -1,19 +1,17 @@
-//! Spreading one `hold` over several processes, because each process can only hold as
-//! many sockets as its fd limit allows.
+//! Spreading one run over several processes (see `procs`): how connections and source
+//! addresses are split ([`plan`], used by every mode), and the parent's side of `hold`.
 //!
-//! The parent re-executes its own binary once per share with the hidden `--worker`
-//! flag. A worker prints its own `READY` line, then one JSON report when it is done;
+//! A `hold` worker prints its own `READY` line, then one JSON report when it is done;
 //! the parent prints the combined `READY` once every worker is ready and owns the
-//! clock: it ends the hold by writing to (or closing) the workers' stdin, so all of
-//! them hold for the same period no matter which finished ramping first.
+//! clock: it ends the hold by telling the workers to stop, so all of them hold for the
+//! same period no matter which finished ramping first.
 
 use crate::opts::{self, format_duration, SourceIps};
+use crate::procs::Procs;
 use crate::stats::{Cause, Report};
 use crate::HoldArgs;
-use std::io::{self, BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread;
+use std::io;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One process's part of the run.
@@ -23,114 +21,79 @@ pub struct Share {
     pub source_ips: Vec<std::net::Ipv4Addr>,
 }
 
-struct Worker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    share: u64,
-    /// (established, failed) from its READY line.
-    ready: Option<(u64, u64)>,
-    report: Option<Report>,
-    /// Its stdout reached EOF: it has exited or is about to.
-    done: bool,
-}
-
-impl Worker {
-    fn tell_stop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            // Failing means it already exited; dropping stdin sends EOF either way.
-            let _ = stdin.write_all(b"stop\n");
-        }
-    }
-}
-
-/// Kills whatever is still running if we return early (error or panic), so a failed
-/// parent never leaves thousands of sockets held by orphans.
-struct Workers(Vec<Worker>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for w in &mut self.0 {
-            if matches!(w.child.try_wait(), Ok(None)) {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-            }
-        }
-    }
-}
-
 /// Worst case for one ramp: the last connect starts at N/rate and may take a full
 /// handshake timeout; plus slack for a loaded machine.
 pub fn ramp_bound(args: &HoldArgs) -> Duration {
     Duration::from_secs_f64(args.connections as f64 / args.rate) + args.handshake_timeout + Duration::from_secs(30)
 }
 
+/// What the parent has heard from each worker.
+struct Heard {
+    /// (established, failed) from its READY line.
+    ready: Vec<Option<(u64, u64)>>,
+    reports: Vec<Option<Report>>,
+}
+
+impl Heard {
+    fn line(&mut self, i: usize, line: String) {
+        if let Some(counts) = parse_ready(&line) {
+            self.ready[i] = Some(counts);
+        } else if let Some(report) = serde_json::from_str(&line).ok().and_then(|v| Report::from_json(&v)) {
+            self.reports[i] = Some(report);
+        } else {
+            eprintln!("wshub-load: worker {i}: unexpected output: {line}");
+        }
+    }
+}
+
 pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
     let exe = std::env::current_exe()?;
     let count = shares.len();
-    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
-    let mut workers = Workers(Vec::with_capacity(count));
     // A worker holds until told to stop; its own --duration is only a backstop in
     // case this parent vanishes without closing the pipe.
     let backstop = args.duration + ramp_bound(args) + Duration::from_secs(30);
-    for (i, share) in shares.iter().enumerate() {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("hold")
-            .args(["--url", &args.url.original])
-            .args(["--connections", &share.connections.to_string()])
-            .args(["--rate", &(args.rate / count as f64).to_string()])
-            .args(["--duration", &format_duration(backstop)])
-            .args(["--handshake-timeout", &format_duration(args.handshake_timeout)])
-            .args(["--max-inflight", &(args.max_inflight / count).max(1).to_string()])
-            .args(["--worker", &i.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if !share.source_ips.is_empty() {
-            cmd.args(["--source-ips", &SourceIps(share.source_ips.clone()).to_arg()]);
-        }
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let tx = tx.clone();
-        // One thread per worker process (not per connection) just to turn its blocking
-        // pipe into messages the parent can wait on with a timeout.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((i, Some(line))).is_err() {
-                    return;
-                }
+    let commands = shares
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("hold")
+                .args(["--url", &args.url.original])
+                .args(["--connections", &share.connections.to_string()])
+                .args(["--rate", &(args.rate / count as f64).to_string()])
+                .args(["--duration", &format_duration(backstop)])
+                .args(["--handshake-timeout", &format_duration(args.handshake_timeout)])
+                .args(["--max-inflight", &(args.max_inflight / count).max(1).to_string()])
+                .args(["--worker", &i.to_string()]);
+            if !share.source_ips.is_empty() {
+                cmd.args(["--source-ips", &SourceIps(share.source_ips.clone()).to_arg()]);
             }
-            let _ = tx.send((i, None));
-        });
-        workers.0.push(Worker {
-            stdin: child.stdin.take(),
-            child,
-            share: share.connections,
-            ready: None,
-            report: None,
-            done: false,
-        });
-    }
-    drop(tx);
+            cmd
+        })
+        .collect();
+    let mut procs = Procs::spawn(commands)?;
+    let mut heard = Heard { ready: vec![None; count], reports: vec![None; count] };
 
     // Phase 1: wait until every worker is ready (or gone).
     let deadline = Instant::now() + ramp_bound(args) + Duration::from_secs(15);
     let mut stop_sent = false;
-    while !workers.0.iter().all(|w| w.ready.is_some() || w.done) {
+    while !(0..count).all(|i| heard.ready[i].is_some() || procs.is_done(i)) {
         if opts::stop_requested() && !stop_sent {
-            workers.0.iter_mut().for_each(Worker::tell_stop);
+            procs.tell_stop_all();
             stop_sent = true;
         }
         if Instant::now() > deadline {
             eprintln!("wshub-load: workers did not all get ready in time; stopping them");
-            workers.0.iter_mut().for_each(Worker::tell_stop);
+            procs.tell_stop_all();
             break;
         }
-        receive(&rx, &mut workers.0, Duration::from_millis(100));
+        if let Some((i, line)) = procs.recv(Duration::from_millis(100)) {
+            heard.line(i, line);
+        }
     }
     let (mut established, mut failed) = (0, 0);
-    for w in &workers.0 {
-        let (e, f) = w.ready.unwrap_or((0, w.share));
+    for (i, share) in shares.iter().enumerate() {
+        let (e, f) = heard.ready[i].unwrap_or((0, share.connections));
         established += e;
         failed += f;
     }
@@ -142,31 +105,27 @@ pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
         let end = hold_start + args.duration;
         while !opts::stop_requested() && Instant::now() < end {
             let left = end.saturating_duration_since(Instant::now());
-            receive(&rx, &mut workers.0, left.min(Duration::from_millis(100)));
+            if let Some((i, line)) = procs.recv(left.min(Duration::from_millis(100))) {
+                heard.line(i, line);
+            }
         }
     }
     let held_secs = hold_start.elapsed().as_secs_f64();
 
     // Phase 3: end the hold everywhere and collect the reports.
-    workers.0.iter_mut().for_each(Worker::tell_stop);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !workers.0.iter().all(|w| w.done) && Instant::now() < deadline {
-        receive(&rx, &mut workers.0, Duration::from_millis(100));
-    }
+    procs.tell_stop_all();
+    procs.drain_until(Instant::now() + Duration::from_secs(30), |i, line| heard.line(i, line));
+    let statuses = procs.reap()?;
     let mut total = Report::default();
-    for (i, w) in workers.0.iter_mut().enumerate() {
-        if !w.done {
-            eprintln!("wshub-load: worker {i} did not finish in time; killing it");
-            let _ = w.child.kill();
-        }
-        let status = w.child.wait()?;
-        match w.report.take() {
+    for (i, share) in shares.iter().enumerate() {
+        match heard.reports[i].take() {
             Some(report) => total.merge(report),
             None => {
                 // Its connections are unaccounted for: count them all as failed.
-                let mut lost = Report { connections: w.share, ..Report::default() };
-                lost.failed[Cause::Other as usize] = w.share;
-                lost.first_error[Cause::Other as usize] = Some(format!("worker {i} ended ({status}) without a report"));
+                let mut lost = Report { connections: share.connections, ..Report::default() };
+                lost.failed[Cause::Other as usize] = share.connections;
+                lost.first_error[Cause::Other as usize] =
+                    Some(format!("worker {i} ended ({}) without a report", statuses[i]));
                 total.merge(lost);
             }
         }
@@ -175,33 +134,6 @@ pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
     total.held_secs = held_secs;
     total.interrupted |= opts::stop_requested();
     Ok(total)
-}
-
-/// Waits up to `timeout` for one line from any worker and records what it says.
-fn receive(rx: &mpsc::Receiver<(usize, Option<String>)>, workers: &mut [Worker], timeout: Duration) {
-    let (i, line) = match rx.recv_timeout(timeout) {
-        Ok(msg) => msg,
-        Err(RecvTimeoutError::Timeout) => return,
-        Err(RecvTimeoutError::Disconnected) => {
-            // Every reader thread has finished, so every worker has closed stdout.
-            workers.iter_mut().for_each(|w| w.done = true);
-            // Nothing more will ever arrive; avoid spinning on an empty channel.
-            thread::sleep(timeout);
-            return;
-        }
-    };
-    let w = &mut workers[i];
-    let Some(line) = line else {
-        w.done = true;
-        return;
-    };
-    if let Some(counts) = parse_ready(&line) {
-        w.ready = Some(counts);
-    } else if let Some(report) = serde_json::from_str(&line).ok().and_then(|v| Report::from_json(&v)) {
-        w.report = Some(report);
-    } else {
-        eprintln!("wshub-load: worker {i}: unexpected output: {line}");
-    }
 }
 
 fn parse_ready(line: &str) -> Option<(u64, u64)> {

@@ -1,4 +1,5 @@
-//! What a `hold` run measured, in one shape for a single process, for each worker
+//! Why connections fail ([`Cause`], [`Failures`], shared by every mode) and what a
+//! `hold` run measured ([`Report`]), in one shape for a single process, for each worker
 //! (sent to the parent as one JSON line) and for the parent's sum of them.
 
 use serde_json::{json, Value};
@@ -34,6 +35,73 @@ impl Cause {
             Some(libc::EMFILE) | Some(libc::ENFILE) => Cause::FdLimit,
             _ => Cause::Other,
         }
+    }
+}
+
+/// Connections that never got going, by cause, with the first message of each cause
+/// (the fanout and echo summaries; `hold` keeps the same numbers in [`Report`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Failures {
+    /// Indexed like [`Cause::ALL`].
+    pub counts: [u64; 5],
+    pub first: [Option<String>; 5],
+}
+
+impl Failures {
+    pub fn fail(&mut self, cause: Cause, message: impl FnOnce() -> String) {
+        let i = cause as usize;
+        self.counts[i] += 1;
+        if self.first[i].is_none() {
+            self.first[i] = Some(message());
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn merge(&mut self, other: &Failures) {
+        for i in 0..self.counts.len() {
+            self.counts[i] += other.counts[i];
+            if self.first[i].is_none() {
+                self.first[i].clone_from(&other.first[i]);
+            }
+        }
+    }
+
+    /// `{"refused": n, ...}` with every cause present.
+    pub fn counts_json(&self) -> Value {
+        Cause::ALL.iter().map(|c| (c.name().to_string(), json!(self.counts[*c as usize]))).collect()
+    }
+
+    /// `{"refused": "first message", ...}` with only the causes that happened.
+    pub fn first_json(&self) -> Value {
+        Cause::ALL
+            .iter()
+            .filter_map(|c| Some((c.name().to_string(), json!(self.first[*c as usize].as_ref()?))))
+            .collect()
+    }
+
+    pub fn from_json(counts: &Value, first: &Value) -> Option<Failures> {
+        let mut f = Failures::default();
+        for c in Cause::ALL {
+            f.counts[c as usize] = counts.get(c.name())?.as_u64()?;
+            f.first[c as usize] = first.get(c.name()).and_then(Value::as_str).map(str::to_string);
+        }
+        Some(f)
+    }
+
+    /// "refused 3, timeout 0, ..." plus one indented line per first message.
+    pub fn to_text(&self) -> String {
+        let causes: Vec<String> =
+            Cause::ALL.iter().map(|c| format!("{} {}", c.name(), self.counts[*c as usize])).collect();
+        let mut out = format!("{} ({})\n", self.total(), causes.join(", "));
+        for c in Cause::ALL {
+            if let Some(msg) = &self.first[c as usize] {
+                out += &format!("    first {}: {}\n", c.name(), msg);
+            }
+        }
+        out
     }
 }
 
@@ -241,5 +309,20 @@ mod tests {
         assert_eq!(total.ramp_secs, 2.0);
         assert_eq!(total.ready_line(), "READY established=16 failed=6");
         assert_eq!(total.connect_rate(), 8.0);
+    }
+
+    #[test]
+    fn failures_merge_and_round_trip() {
+        let mut a = Failures::default();
+        a.fail(Cause::Timeout, || "slow".into());
+        let mut b = Failures::default();
+        b.fail(Cause::Timeout, || "later".into());
+        b.fail(Cause::Other, || "odd".into());
+        a.merge(&b);
+        assert_eq!(a.counts, [0, 2, 0, 0, 1]);
+        assert_eq!(a.first[1].as_deref(), Some("slow"));
+        let back = Failures::from_json(&a.counts_json(), &a.first_json()).unwrap();
+        assert_eq!(back, a);
+        assert!(a.to_text().starts_with("3 (refused 0, timeout 2,"));
     }
 }

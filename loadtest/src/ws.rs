@@ -1,7 +1,8 @@
-//! The client side of just enough WebSocket (RFC 6455) to hold a connection open:
-//! the upgrade request, a check of the response, answering pings and noticing a close.
-//! Everything else the server sends is skipped without being buffered, so an idle
-//! connection costs the load tool almost no memory.
+//! The client side of just enough WebSocket (RFC 6455) for a load tool: the upgrade
+//! request and a check of the response, masked client frames of any size, and two
+//! readers of server frames. [`FrameReader`] (for `hold`) only answers pings and notices
+//! a close, skipping everything else without buffering it, so an idle connection costs
+//! almost no memory; [`MessageReader`] (fanout, echo) hands on whole text messages.
 
 use crate::opts::WsUrl;
 
@@ -79,14 +80,32 @@ pub fn check_response(head: &[u8]) -> Result<(), String> {
     Err(format!("server answered {:?}", String::from_utf8_lossy(line)))
 }
 
-/// A client-to-server frame: clients must mask everything they send.
+/// Appends one final client-to-server frame to `out`: clients must mask everything they send.
+pub fn push_masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.reserve(14 + payload.len());
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n <= 125 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
+    push_masked_frame(out, 0x1, payload, mask);
+}
+
 fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    debug_assert!(payload.len() <= 125, "only control frames are sent");
-    let mut frame = Vec::with_capacity(6 + payload.len());
-    frame.push(0x80 | opcode);
-    frame.push(0x80 | payload.len() as u8);
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut frame = Vec::new();
+    push_masked_frame(&mut frame, opcode, payload, mask);
     frame
 }
 
@@ -126,7 +145,7 @@ impl FrameReader {
             if self.skip > 0 {
                 break;
             }
-            let Some((opcode, head_len, payload_len, mask)) = parse_head(&self.buf[pos..]) else {
+            let Some(Head { opcode, head_len, payload_len, mask, .. }) = parse_head(&self.buf[pos..]) else {
                 break;
             };
             if opcode & 0x8 == 0 {
@@ -162,8 +181,16 @@ impl FrameReader {
     }
 }
 
-/// (opcode, header length, payload length, masking key) once the header is complete.
-fn parse_head(buf: &[u8]) -> Option<(u8, usize, u64, Option<[u8; 4]>)> {
+struct Head {
+    fin: bool,
+    opcode: u8,
+    head_len: usize,
+    payload_len: u64,
+    mask: Option<[u8; 4]>,
+}
+
+/// A frame's header, once all of it has arrived.
+fn parse_head(buf: &[u8]) -> Option<Head> {
     let (&b0, &b1) = (buf.first()?, buf.get(1)?);
     let masked = b1 & 0x80 != 0;
     let (len, mut head) = match b1 & 0x7F {
@@ -178,7 +205,102 @@ fn parse_head(buf: &[u8]) -> Option<(u8, usize, u64, Option<[u8; 4]>)> {
     } else {
         None
     };
-    Some((b0 & 0x0F, head, len, mask))
+    Some(Head { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, head_len: head, payload_len: len, mask })
+}
+
+/// Largest message [`MessageReader`] assembles; the server's own default limit is 64 KiB.
+pub const MAX_MESSAGE: u64 = 16 << 20;
+
+/// What [`MessageReader`] hands on.
+#[derive(Debug, PartialEq)]
+pub enum Frame<'a> {
+    /// A complete text message (fragments already joined).
+    Text(&'a [u8]),
+    Ping(&'a [u8]),
+    /// Close code and reason, as received.
+    Close(&'a [u8]),
+}
+
+/// Incremental reader for the modes that look at what the server sends: text messages
+/// are handed over whole, usually straight out of the read buffer without a copy.
+/// Binary messages and pongs are dropped.
+#[derive(Default)]
+pub struct MessageReader {
+    /// An incomplete frame left over from the last read.
+    buf: Vec<u8>,
+    /// A fragmented message being joined, and whether it is text.
+    fragments: Vec<u8>,
+    fragments_text: bool,
+}
+
+impl MessageReader {
+    pub fn feed(&mut self, data: &[u8], mut f: impl FnMut(Frame<'_>)) -> Result<(), &'static str> {
+        if self.buf.is_empty() {
+            // The common case: whole frames in one read, parsed where they lie.
+            let used = parse_frames(data, &mut self.fragments, &mut self.fragments_text, &mut f)?;
+            self.buf.extend_from_slice(&data[used..]);
+        } else {
+            self.buf.extend_from_slice(data);
+            let buf = std::mem::take(&mut self.buf);
+            let used = parse_frames(&buf, &mut self.fragments, &mut self.fragments_text, &mut f)?;
+            self.buf = buf;
+            self.buf.drain(..used);
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
+            self.buf = Vec::new(); // one big message should not pin its buffer forever
+        }
+        Ok(())
+    }
+}
+
+/// Hands on every complete frame in `buf`; returns how many bytes were used.
+fn parse_frames(
+    buf: &[u8],
+    fragments: &mut Vec<u8>,
+    fragments_text: &mut bool,
+    f: &mut impl FnMut(Frame<'_>),
+) -> Result<usize, &'static str> {
+    let mut pos = 0;
+    while let Some(head) = parse_head(&buf[pos..]) {
+        if head.mask.is_some() {
+            return Err("the server sent a masked frame");
+        }
+        if head.payload_len > MAX_MESSAGE {
+            return Err("frame larger than 16 MiB");
+        }
+        let start = pos + head.head_len;
+        let end = start + head.payload_len as usize;
+        if buf.len() < end {
+            break;
+        }
+        let payload = &buf[start..end];
+        match head.opcode {
+            0x1 if head.fin => f(Frame::Text(payload)),
+            0x2 if head.fin => {} // binary: nothing we send comes back as binary
+            0x1 | 0x2 => {
+                fragments.clear();
+                fragments.extend_from_slice(payload);
+                *fragments_text = head.opcode == 0x1;
+            }
+            0x0 => {
+                if fragments.len() as u64 + head.payload_len > MAX_MESSAGE {
+                    return Err("message larger than 16 MiB");
+                }
+                fragments.extend_from_slice(payload);
+                if head.fin {
+                    if *fragments_text {
+                        f(Frame::Text(fragments));
+                    }
+                    *fragments = Vec::new();
+                }
+            }
+            0x8 => f(Frame::Close(payload)),
+            0x9 => f(Frame::Ping(payload)),
+            _ => {} // pong or reserved: ignore
+        }
+        pos = end;
+    }
+    Ok(pos)
 }
 
 #[cfg(test)]
@@ -239,6 +361,50 @@ mod tests {
         let unmasked: Vec<u8> = frame[6..].iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]).collect();
         assert_eq!(unmasked, b"abc");
         assert_eq!(close_frame([0; 4]), vec![0x88, 0x82, 0, 0, 0, 0, 3, 232]);
+    }
+
+    #[test]
+    fn long_frames_use_extended_lengths() {
+        let mut out = Vec::new();
+        push_text_frame(&mut out, &[b'a'; 300], [0; 4]);
+        assert_eq!(out[..4], [0x81, 0xFE, 1, 44]);
+        assert_eq!(out.len(), 4 + 4 + 300);
+        out.clear();
+        push_text_frame(&mut out, &vec![b'a'; 70_000], [0; 4]);
+        assert_eq!(out[..2], [0x81, 0xFF]);
+        assert_eq!(u64::from_be_bytes(out[2..10].try_into().unwrap()), 70_000);
+    }
+
+    #[test]
+    fn messages_split_anywhere_and_fragments_join() {
+        // text "ab", ping "p", text "cd"+"ef" in two fragments, binary (dropped), 200-byte text, close
+        let mut stream = vec![0x81, 2, b'a', b'b', 0x89, 1, b'p', 0x01, 2, b'c', b'd', 0x80, 2, b'e', b'f'];
+        stream.extend([0x82, 1, 0]);
+        stream.extend([0x81, 126, 0, 200]);
+        stream.extend(std::iter::repeat_n(b'z', 200));
+        stream.extend([0x88, 2, 3, 232]);
+        for split in 1..stream.len() {
+            let mut reader = MessageReader::default();
+            let mut seen: Vec<String> = Vec::new();
+            for chunk in stream.chunks(split) {
+                reader
+                    .feed(chunk, |frame| {
+                        seen.push(match frame {
+                            Frame::Text(t) => format!("text {}", t.len()),
+                            Frame::Ping(p) => format!("ping {}", String::from_utf8_lossy(p)),
+                            Frame::Close(c) => format!("close {c:?}"),
+                        })
+                    })
+                    .unwrap();
+            }
+            assert_eq!(seen, ["text 2", "ping p", "text 4", "text 200", "close [3, 232]"], "split {split}");
+        }
+    }
+
+    #[test]
+    fn masked_server_frames_are_refused() {
+        let mut reader = MessageReader::default();
+        assert!(reader.feed(&[0x81, 0x81, 1, 2, 3, 4, b'x'], |_| {}).is_err());
     }
 
     #[test]

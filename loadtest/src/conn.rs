@@ -1,0 +1,435 @@
+//! Client WebSocket connections for the modes that exchange messages (fanout, echo).
+//!
+//! As in `hold`, one mio poll loop drives every connection of a process: a connection is
+//! an fd plus a little state in a `Vec` indexed by its token, never a thread or a task.
+//! The mode's logic is an [`App`], called back with whole text messages and able to
+//! queue frames in reply; setup, write buffering, pings and failure accounting live here.
+
+use crate::hold::{describe_open_error, open_socket, REFUSED_ABORT_AFTER};
+use crate::opts::WsUrl;
+use crate::stats::{Cause, Failures};
+use crate::ws::{self, Frame, MessageReader, Rng};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// What a mode does with its connections.
+pub trait App {
+    /// The upgrade completed; frames queued on `out` are sent at once.
+    fn opened(&mut self, idx: usize, out: &mut Outbox<'_>);
+    /// A whole text message arrived.
+    fn message(&mut self, idx: usize, text: &[u8], out: &mut Outbox<'_>);
+    /// The connection is gone: it never opened (`was_open` false; counted in
+    /// `stats.failures`) or the server closed it (counted in `stats.dropped`).
+    fn ended(&mut self, idx: usize, was_open: bool);
+}
+
+/// Queues masked frames on one connection.
+pub struct Outbox<'a> {
+    out: &'a mut Vec<u8>,
+    rng: &'a mut Rng,
+}
+
+impl Outbox<'_> {
+    pub fn text(&mut self, payload: &[u8]) {
+        ws::push_text_frame(self.out, payload, self.rng.mask());
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub established: u64,
+    pub failures: Failures,
+    /// Open connections the server closed, and why the first one was.
+    pub dropped: u64,
+    pub first_drop: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Connecting,
+    Sending { written: usize },
+    Reading,
+    Open,
+    Closed,
+}
+
+struct Conn {
+    stream: Option<TcpStream>,
+    state: State,
+    /// The upgrade request, then the response head, while handshaking.
+    handshake: Vec<u8>,
+    /// Frames not yet taken by the socket, from `sent` on.
+    out: Vec<u8>,
+    sent: usize,
+    reader: MessageReader,
+}
+
+enum End {
+    Failed(Cause, String),
+    Dropped(String),
+}
+
+pub struct Net {
+    url: WsUrl,
+    handshake_timeout: Duration,
+    poll: Poll,
+    events: Events,
+    /// Tokens of the last poll, copied out so connections can be driven mutably.
+    ready: Vec<usize>,
+    conns: Vec<Conn>,
+    handshaking: usize,
+    /// Upgrade deadlines in start order; the timeout is fixed, so this stays sorted.
+    deadlines: VecDeque<(Instant, usize)>,
+    pub stats: NetStats,
+    rng: Rng,
+    scratch: Vec<u8>,
+}
+
+impl Net {
+    pub fn new(url: &WsUrl, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
+        Ok(Net {
+            url: url.clone(),
+            handshake_timeout,
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
+            conns: Vec::new(),
+            handshaking: 0,
+            deadlines: VecDeque::new(),
+            stats: NetStats::default(),
+            rng: Rng::seeded(seed),
+            scratch: vec![0; 64 * 1024],
+        })
+    }
+
+    pub fn handshaking(&self) -> usize {
+        self.handshaking
+    }
+
+    /// Bytes queued on the connection that the socket has not taken yet.
+    pub fn unsent(&self, idx: usize) -> usize {
+        let conn = &self.conns[idx];
+        conn.out.len() - conn.sent
+    }
+
+    /// Nothing but refusals so far: nobody is listening, so stop trying.
+    pub fn nobody_listening(&self) -> bool {
+        let refused = self.stats.failures.counts[Cause::Refused as usize];
+        self.stats.established == 0 && refused >= REFUSED_ABORT_AFTER && refused == self.stats.failures.total()
+    }
+
+    /// Starts a connection; returns its index (a failure to even start is reported
+    /// through `app.ended` before this returns).
+    pub fn connect(&mut self, app: &mut impl App, src: Option<Ipv4Addr>) -> usize {
+        let idx = self.conns.len();
+        let mut conn = Conn {
+            stream: None,
+            state: State::Closed,
+            handshake: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            reader: MessageReader::default(),
+        };
+        let opened = open_socket(self.url.addr, src).and_then(|mut stream| {
+            self.poll.registry().register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match opened {
+            Ok(stream) => {
+                conn.stream = Some(stream);
+                conn.state = State::Connecting;
+                self.handshaking += 1;
+                self.deadlines.push_back((Instant::now() + self.handshake_timeout, idx));
+                self.conns.push(conn);
+            }
+            Err(e) => {
+                self.conns.push(conn);
+                self.stats.failures.fail(Cause::of(&e), || describe_open_error(&e, src));
+                app.ended(idx, false);
+            }
+        }
+        idx
+    }
+
+    /// Queues a text frame; [`Net::flush`] sends it.
+    pub fn queue(&mut self, idx: usize, payload: &[u8]) {
+        ws::push_text_frame(&mut self.conns[idx].out, payload, self.rng.mask());
+    }
+
+    /// Writes what the socket takes now; the rest goes when it becomes writable.
+    pub fn flush(&mut self, app: &mut impl App, idx: usize) {
+        let conn = &mut self.conns[idx];
+        let Some(stream) = conn.stream.as_mut() else { return };
+        if let Err(e) = write_out(stream, &mut conn.out, &mut conn.sent) {
+            self.end(app, idx, End::Dropped(format!("writing: {e}")));
+        }
+    }
+
+    /// Waits up to `timeout` for socket events and handles them, then fails the
+    /// upgrades that are overdue.
+    pub fn poll(&mut self, app: &mut impl App, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| e.token().0));
+        for &idx in &ready {
+            let conn = &mut self.conns[idx];
+            if conn.stream.is_none() {
+                continue; // closed earlier in this batch
+            }
+            let was_handshaking = conn.state != State::Open;
+            let (established, end) = drive(conn, idx, &self.url, &mut self.rng, &mut self.scratch, app);
+            if established {
+                self.handshaking -= 1;
+                self.stats.established += 1;
+            }
+            if let Some(end) = end {
+                if was_handshaking && !established {
+                    self.handshaking -= 1;
+                }
+                self.end(app, idx, end);
+            }
+        }
+        let now = Instant::now();
+        while let Some(&(deadline, idx)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if matches!(self.conns[idx].state, State::Connecting | State::Sending { .. } | State::Reading) {
+                self.handshaking -= 1;
+                let limit = self.handshake_timeout;
+                self.end(app, idx, End::Failed(Cause::Timeout, format!("no 101 within {limit:?}")));
+            }
+        }
+        self.ready = ready;
+        Ok(())
+    }
+
+    /// Closes one open connection on the mode's behalf (no callback: the mode knows).
+    pub fn close(&mut self, idx: usize) {
+        let conn = &mut self.conns[idx];
+        if let (State::Open, Some(stream)) = (conn.state, conn.stream.as_mut()) {
+            // Best effort: a normal closure rather than a reset in the server's log.
+            let _ = stream.write(&ws::close_frame(self.rng.mask()));
+        }
+        conn.stream = None;
+        conn.state = State::Closed;
+        conn.out = Vec::new();
+    }
+
+    pub fn close_all(&mut self) {
+        (0..self.conns.len()).for_each(|idx| self.close(idx));
+    }
+
+    fn end(&mut self, app: &mut impl App, idx: usize, end: End) {
+        let was_open = self.conns[idx].state == State::Open;
+        self.conns[idx].stream = None;
+        self.conns[idx].state = State::Closed;
+        self.conns[idx].out = Vec::new();
+        match end {
+            End::Failed(cause, message) => self.stats.failures.fail(cause, || message),
+            End::Dropped(why) => {
+                self.stats.dropped += 1;
+                self.stats.first_drop.get_or_insert(why);
+            }
+        }
+        app.ended(idx, was_open);
+    }
+}
+
+/// Advances one connection as far as its socket allows right now: (upgrade completed
+/// in this call, how it ended if it did).
+fn drive(
+    conn: &mut Conn,
+    idx: usize,
+    url: &WsUrl,
+    rng: &mut Rng,
+    scratch: &mut Vec<u8>,
+    app: &mut impl App,
+) -> (bool, Option<End>) {
+    let mut established = false;
+    let failed = |cause, message: String| Some(End::Failed(cause, message));
+    loop {
+        let Some(stream) = conn.stream.as_mut() else { return (established, None) };
+        let end = match conn.state {
+            State::Connecting => {
+                if let Some(e) = stream.take_error().unwrap_or_else(Some) {
+                    return (false, failed(Cause::of(&e), format!("connect: {e}")));
+                }
+                match stream.peer_addr() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return (false, None),
+                    Err(e) => return (false, failed(Cause::of(&e), format!("connect: {e}"))),
+                }
+                conn.handshake = ws::upgrade_request(url, rng);
+                conn.state = State::Sending { written: 0 };
+                None
+            }
+            State::Sending { written } => match stream.write(&conn.handshake[written..]) {
+                Ok(n) if written + n == conn.handshake.len() => {
+                    conn.handshake.clear();
+                    conn.state = State::Reading;
+                    None
+                }
+                Ok(n) => {
+                    conn.state = State::Sending { written: written + n };
+                    None
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                Err(e) => failed(Cause::of(&e), format!("sending upgrade request: {e}")),
+            },
+            State::Reading => match stream.read(scratch) {
+                Ok(0) => failed(Cause::BadHandshake, "server closed the connection before answering".into()),
+                Ok(n) => {
+                    conn.handshake.extend_from_slice(&scratch[..n]);
+                    match ws::response_head_end(&conn.handshake) {
+                        None if conn.handshake.len() > ws::MAX_RESPONSE_HEAD => {
+                            failed(Cause::BadHandshake, "response head too long".into())
+                        }
+                        None => None,
+                        Some(end) => match ws::check_response(&conn.handshake[..end]) {
+                            Err(msg) => failed(Cause::BadHandshake, msg),
+                            Ok(()) => {
+                                let rest = conn.handshake.split_off(end);
+                                conn.handshake = Vec::new();
+                                conn.state = State::Open;
+                                established = true;
+                                app.opened(idx, &mut Outbox { out: &mut conn.out, rng });
+                                // Frames may already follow the head (the hub's welcome).
+                                on_data(conn, idx, &rest, rng, app)
+                            }
+                        },
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                Err(e) => failed(Cause::of(&e), format!("reading upgrade response: {e}")),
+            },
+            State::Open => {
+                // Edge-triggered: write and read until the socket would block.
+                if let Err(e) = write_out(stream, &mut conn.out, &mut conn.sent) {
+                    return (established, Some(End::Dropped(format!("writing: {e}"))));
+                }
+                match stream.read(scratch) {
+                    Ok(0) => Some(End::Dropped("server closed the connection (EOF)".into())),
+                    Ok(n) => {
+                        let data = std::mem::take(scratch);
+                        let end = on_data(conn, idx, &data[..n], rng, app);
+                        *scratch = data;
+                        end
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (established, None),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                    Err(e) => Some(End::Dropped(format!("reading: {e}"))),
+                }
+            }
+            State::Closed => return (established, None),
+        };
+        if end.is_some() {
+            return (established, end);
+        }
+    }
+}
+
+/// Passes an open connection's bytes to the mode and answers pings.
+fn on_data(conn: &mut Conn, idx: usize, data: &[u8], rng: &mut Rng, app: &mut impl App) -> Option<End> {
+    let Conn { reader, out, .. } = conn;
+    let mut closed = None;
+    let fed = reader.feed(data, |frame| match frame {
+        Frame::Text(text) => app.message(idx, text, &mut Outbox { out, rng }),
+        Frame::Ping(payload) => ws::push_masked_frame(out, 0xA, payload, rng.mask()),
+        Frame::Close(payload) => closed = Some(describe_close(payload)),
+    });
+    match (fed, closed) {
+        (Err(e), _) => Some(End::Dropped(format!("protocol error: {e}"))),
+        (Ok(()), Some(why)) => Some(End::Dropped(why)),
+        (Ok(()), None) => None,
+    }
+}
+
+/// "server closed the connection: 1008 slow consumer".
+fn describe_close(payload: &[u8]) -> String {
+    let code = payload.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+    format!("server closed the connection: {code} {reason}").trim_end().to_string()
+}
+
+/// Writes queued bytes until done or the socket is full.
+fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
+    while *sent < out.len() {
+        match stream.write(&out[*sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if *sent == out.len() {
+        out.clear();
+        *sent = 0;
+        if out.capacity() > 256 * 1024 {
+            *out = Vec::new(); // a burst's buffer should not stay with the connection
+        }
+    } else if *sent > 64 * 1024 {
+        out.drain(..*sent);
+        *sent = 0;
+    }
+    Ok(())
+}
+
+/// Opens `total` connections at `rate` per second, at most `max_inflight` upgrading at
+/// once. The caller polls between steps.
+pub struct Ramp {
+    start: Instant,
+    total: u64,
+    next: u64,
+    rate: f64,
+    max_inflight: usize,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum RampStep {
+    /// More to start later.
+    Going,
+    /// Every connection has been started.
+    Started,
+    /// Only refusals so far; this many more were counted as refused and never started.
+    NobodyListening(u64),
+}
+
+impl Ramp {
+    pub fn new(total: u64, rate: f64, max_inflight: usize) -> Ramp {
+        Ramp { start: Instant::now(), total, next: 0, rate, max_inflight }
+    }
+
+    /// Starts the connections that are due; `src(i)` picks the i-th one's source address.
+    pub fn step(&mut self, net: &mut Net, app: &mut impl App, src: impl Fn(u64) -> Option<Ipv4Addr>) -> RampStep {
+        if self.next < self.total && net.nobody_listening() {
+            let rest = self.total - self.next;
+            net.stats.failures.counts[Cause::Refused as usize] += rest;
+            self.next = self.total;
+            return RampStep::NobodyListening(rest);
+        }
+        let due = ((self.start.elapsed().as_secs_f64() * self.rate) as u64 + 1).min(self.total);
+        while self.next < due && net.handshaking() < self.max_inflight {
+            net.connect(app, src(self.next));
+            self.next += 1;
+        }
+        if self.next == self.total {
+            RampStep::Started
+        } else {
+            RampStep::Going
+        }
+    }
+}

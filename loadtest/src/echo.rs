@@ -1,0 +1,325 @@
+//! The `echo` subcommand: each of K connections keeps exactly one request in flight
+//! (hub: `ping` answered by `pong` with the same id; raw: a text frame that
+//! `wshub --echo` sends back), so the round-trip rate measures the server's
+//! per-message cost and the latency its queueing. One process, one mio loop.
+
+use crate::conn::{App, Net, Outbox, Ramp, RampStep};
+use crate::latency::{mono_ns, Latency};
+use crate::opts::{self, parse_duration, parse_source_ips, Progress, Protocol, SourceIps, WsUrl};
+use crate::spawn;
+use crate::stats::{Cause, Failures};
+use crate::track;
+use clap::Args;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct EchoArgs {
+    /// Target as ws://IP:PORT/path (a literal IP; host names and wss:// are not supported)
+    #[arg(long, value_parser = opts::parse_ws_url)]
+    pub url: WsUrl,
+    /// Connections, each with one request in flight
+    #[arg(long, short = 'n')]
+    pub connections: u64,
+    /// How long to measure, once every connection is up
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Bytes per request [default: raw 64; hub: a bare ping, padded with an "x" field
+    /// when given]
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// hub: ping/pong of wshub's JSON protocol; raw: text frames echoed (`wshub --echo`)
+    #[arg(long, value_enum, default_value_t = Protocol::Hub)]
+    pub protocol: Protocol,
+    /// New connections per second
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Give up on a connection not upgraded by then
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// Source addresses, e.g. 127.0.0.2-127.0.0.5 [default for loopback targets:
+    /// 127.0.0.2 upwards, 5000 connections each]
+    #[arg(long, value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIps>,
+    /// Print the final summary as one JSON object line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Default, Clone)]
+struct Slot {
+    /// Id of the request in flight, and when it was sent (CLOCK_MONOTONIC ns).
+    seq: u64,
+    sent_ns: u64,
+}
+
+struct Echo {
+    protocol: Protocol,
+    size: Option<usize>,
+    slots: Vec<Slot>,
+    /// Round trips count only while this is set (after the ramp, before the end).
+    measuring: bool,
+    round_trips: u64,
+    latency: Latency,
+    bad_replies: u64,
+    first_bad_reply: Option<String>,
+    frame: String,
+}
+
+impl Echo {
+    /// The request with id `seq`: what is sent and, in raw mode, what must come back.
+    fn build(&mut self, seq: u64) {
+        self.frame.clear();
+        match self.protocol {
+            Protocol::Hub => {
+                let _ = write!(self.frame, r#"{{"type":"ping","id":{seq}"#);
+                if let Some(size) = self.size {
+                    let bare = self.frame.len() + r#","x":""}"#.len();
+                    self.frame.push_str(r#","x":""#);
+                    self.frame.extend(std::iter::repeat_n('x', size.saturating_sub(bare)));
+                    self.frame.push('"');
+                }
+                self.frame.push('}');
+            }
+            Protocol::Raw => {
+                let _ = write!(self.frame, "{seq} ");
+                let size = self.size.unwrap_or(64);
+                self.frame.extend(std::iter::repeat_n('x', size.saturating_sub(self.frame.len())));
+            }
+        }
+    }
+
+    fn send(&mut self, idx: usize, out: &mut Outbox<'_>) {
+        let seq = self.slots[idx].seq;
+        self.build(seq);
+        self.slots[idx].sent_ns = mono_ns();
+        out.text(self.frame.as_bytes());
+    }
+
+    /// Whether `text` answers the request in flight on `idx`.
+    fn answers(&mut self, idx: usize, text: &[u8]) -> Option<bool> {
+        let seq = self.slots[idx].seq;
+        match self.protocol {
+            Protocol::Hub => match track::hub_type(text)? {
+                b"pong" => Some(track::number_after(text, br#""id":"#) == Some(seq)),
+                b"welcome" => None,
+                _ => Some(false),
+            },
+            Protocol::Raw => {
+                self.build(seq);
+                Some(text == self.frame.as_bytes())
+            }
+        }
+    }
+}
+
+impl App for Echo {
+    fn opened(&mut self, idx: usize, out: &mut Outbox<'_>) {
+        self.send(idx, out);
+    }
+
+    fn message(&mut self, idx: usize, text: &[u8], out: &mut Outbox<'_>) {
+        match self.answers(idx, text) {
+            None => {}
+            Some(true) => {
+                if self.measuring {
+                    self.round_trips += 1;
+                    self.latency.record_since(self.slots[idx].sent_ns, mono_ns());
+                }
+                self.slots[idx].seq += 1;
+                self.send(idx, out);
+            }
+            Some(false) => {
+                // Counted, not fatal: the request stays in flight and may still be answered.
+                self.bad_replies += 1;
+                let shown = String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
+                self.first_bad_reply.get_or_insert(shown);
+            }
+        }
+    }
+
+    fn ended(&mut self, _idx: usize, _was_open: bool) {}
+}
+
+pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
+    let n = args.connections;
+    if n == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if args.duration.is_zero() || args.handshake_timeout.is_zero() || args.max_inflight == 0 {
+        return Err("--duration, --handshake-timeout and --max-inflight must be positive".into());
+    }
+    if !(args.connect_rate.is_finite() && args.connect_rate > 0.0) {
+        return Err("--connect-rate must be a positive number of connections per second".into());
+    }
+    let fd_limit = opts::raise_fd_limit();
+    let per_process = opts::sockets_per_process(fd_limit);
+    if n > per_process {
+        return Err(format!(
+            "echo runs in one process, and the fd limit ({fd_limit}) allows about {per_process} connections"
+        ));
+    }
+    let loopback = args.url.addr.ip().is_loopback();
+    let ips =
+        spawn::plan(n, 1, args.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?.remove(0).source_ips;
+
+    let mut net = Net::new(&args.url, args.handshake_timeout, 0).map_err(|e| e.to_string())?;
+    let mut echo = Echo {
+        protocol: args.protocol,
+        size: args.size,
+        slots: vec![Slot::default(); n as usize],
+        measuring: false,
+        round_trips: 0,
+        latency: Latency::default(),
+        bad_replies: 0,
+        first_bad_reply: None,
+        frame: String::new(),
+    };
+    let mut progress = Progress::new();
+    let io_err = |e: std::io::Error| e.to_string();
+
+    // Connect everything first, so the measurement sees all K connections busy.
+    let mut ramp = Ramp::new(n, args.connect_rate, args.max_inflight);
+    let ramp_deadline =
+        Instant::now() + Duration::from_secs_f64(n as f64 / args.connect_rate) + args.handshake_timeout * 2;
+    loop {
+        let step = ramp.step(&mut net, &mut echo, |i| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]));
+        if let RampStep::NobodyListening(rest) = step {
+            eprintln!(
+                "wshub-load: the first connections to {} were all refused; not trying the other {rest}",
+                args.url.addr
+            );
+        }
+        if (step != RampStep::Going && net.handshaking() == 0) || opts::stop_requested() {
+            break;
+        }
+        if Instant::now() > ramp_deadline {
+            eprintln!("wshub-load: connections still upgrading after the ramp deadline; measuring anyway");
+            break;
+        }
+        progress.show(|| format!("echo: connected {}/{n}", net.stats.established));
+        net.poll(&mut echo, Duration::from_millis(if step == RampStep::Going { 1 } else { 20 })).map_err(io_err)?;
+    }
+
+    let start = Instant::now();
+    let end = start + args.duration;
+    echo.measuring = net.stats.established > 0;
+    while echo.measuring && !opts::stop_requested() && Instant::now() < end {
+        let left = end.saturating_duration_since(Instant::now());
+        net.poll(&mut echo, left.min(Duration::from_millis(50))).map_err(io_err)?;
+        progress.show(|| format!("echo: {} round trips", echo.round_trips));
+    }
+    echo.measuring = false;
+    let secs = start.elapsed().as_secs_f64();
+    progress.clear();
+    net.close_all();
+
+    let failures = &net.stats.failures;
+    let errors = failures.total() + net.stats.dropped + echo.bad_replies;
+    let rate = if secs > 0.0 { echo.round_trips as f64 / secs } else { 0.0 };
+    let p = echo.latency.percentiles();
+    if args.json {
+        let summary = json!({
+            "mode": "echo", "protocol": args.protocol.name(), "url": args.url.original,
+            "connections": n, "established": net.stats.established,
+            "duration_s": (secs * 1000.0).round() / 1000.0,
+            "round_trips": echo.round_trips, "round_trips_per_sec": rate.round(),
+            "latency_us": p.to_json(),
+            "errors": errors, "bad_replies": echo.bad_replies, "first_bad_reply": echo.first_bad_reply,
+            "dropped": net.stats.dropped, "first_drop": net.stats.first_drop,
+            "connect_failed": failures.counts_json(), "connect_failed_total": failures.total(),
+            "first_errors": failures.first_json(),
+            "interrupted": opts::stop_requested(),
+        });
+        opts::emit_line(&summary.to_string());
+    } else {
+        opts::emit_line(text_summary(args, &net.stats, &echo, secs, rate, errors).trim_end());
+    }
+    if net.stats.established == 0 {
+        let refused = failures.counts[Cause::Refused as usize] > 0;
+        let hint = if refused { " (connection refused: is the server listening there?)" } else { "" };
+        eprintln!("wshub-load: error: no connection to {} could be established{hint}", args.url.addr);
+    }
+    Ok(if errors == 0 && echo.round_trips > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn text_summary(
+    args: &EchoArgs,
+    stats: &crate::conn::NetStats,
+    echo: &Echo,
+    secs: f64,
+    rate: f64,
+    errors: u64,
+) -> String {
+    let failures: &Failures = &stats.failures;
+    let mut out = format!(
+        "echo summary: {} connections to {} ({} protocol), {:.2} s\n",
+        args.connections,
+        args.url,
+        args.protocol.name(),
+        secs
+    );
+    out += &format!("  established:    {} (dropped by server: {})\n", stats.established, stats.dropped);
+    if let Some(why) = &stats.first_drop {
+        out += &format!("    first drop: {why}\n");
+    }
+    out += &format!("  connect failed: {}", failures.to_text());
+    out += &format!("  round trips:    {} ({:.0}/s)\n", echo.round_trips, rate);
+    out += &format!("  latency:        {}\n", echo.latency.percentiles().to_text());
+    out += &format!("  errors:         {} (bad replies: {})\n", errors, echo.bad_replies);
+    if let Some(reply) = &echo.first_bad_reply {
+        out += &format!("    first bad reply: {reply}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(protocol: Protocol, size: Option<usize>) -> Echo {
+        Echo {
+            protocol,
+            size,
+            slots: vec![Slot { seq: 7, sent_ns: 0 }],
+            measuring: true,
+            round_trips: 0,
+            latency: Latency::default(),
+            bad_replies: 0,
+            first_bad_reply: None,
+            frame: String::new(),
+        }
+    }
+
+    #[test]
+    fn hub_requests_and_answers() {
+        let mut e = echo(Protocol::Hub, None);
+        e.build(7);
+        assert_eq!(e.frame, r#"{"type":"ping","id":7}"#);
+        assert_eq!(e.answers(0, br#"{"type":"pong","id":7}"#), Some(true));
+        assert_eq!(e.answers(0, br#"{"type":"pong","id":6}"#), Some(false));
+        assert_eq!(e.answers(0, br#"{"type":"welcome","conn":1,"user":"1"}"#), None);
+        assert_eq!(e.answers(0, br#"{"type":"error","code":"bad_json"}"#), Some(false));
+        let mut padded = echo(Protocol::Hub, Some(64));
+        padded.build(7);
+        assert_eq!(padded.frame.len(), 64);
+        let v: serde_json::Value = serde_json::from_str(&padded.frame).unwrap();
+        assert_eq!((v["type"].as_str(), v["id"].as_u64()), (Some("ping"), Some(7)));
+    }
+
+    #[test]
+    fn raw_requests_must_come_back_unchanged() {
+        let mut e = echo(Protocol::Raw, Some(20));
+        e.build(7);
+        assert_eq!(e.frame, "7 xxxxxxxxxxxxxxxxxx");
+        let sent = e.frame.clone();
+        assert_eq!(e.answers(0, sent.as_bytes()), Some(true));
+        assert_eq!(e.answers(0, b"7 xxx"), Some(false));
+        assert_eq!(e.answers(0, b"8 xxxxxxxxxxxxxxxxxx"), Some(false));
+    }
+}

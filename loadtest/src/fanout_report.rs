@@ -1,0 +1,290 @@
+//! What a `fanout` run measured: one shape for a single process, for each worker (sent
+//! to the parent as one JSON line, histogram included) and for the parent's sum.
+
+use crate::latency::Latency;
+use crate::stats::Failures;
+use serde_json::{json, Value};
+
+#[derive(Debug, Default, Clone)]
+pub struct FanoutReport {
+    /// Subscriber connections asked for, and how many got their subscription going.
+    pub subscribers: u64,
+    pub subscribed: u64,
+    /// Publisher connections opened here, and how many ended before finishing.
+    pub publishers: u64,
+    pub publishers_failed: u64,
+    pub sent: u64,
+    /// `error` frames answering a publish, and the first one.
+    pub publish_errors: u64,
+    pub first_publish_error: Option<String>,
+    /// Distinct (publisher, sequence) deliveries, summed over subscribers.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later message of the same publisher.
+    pub out_of_order: u64,
+    /// Deliveries that could not be read, or named a publisher or sequence out of range.
+    pub invalid: u64,
+    /// Subscribed connections the server closed, and why the first one was.
+    pub dropped: u64,
+    pub first_drop: Option<String>,
+    /// Connections that never got going (publishers and subscribers), by cause.
+    pub failures: Failures,
+    /// CLOCK_MONOTONIC nanoseconds; 0 while nothing happened.
+    pub first_send_ns: u64,
+    pub last_send_ns: u64,
+    pub last_recv_ns: u64,
+    /// Send to receive, per delivery.
+    pub latency: Latency,
+    pub processes: u64,
+    pub timed_out: bool,
+    pub interrupted: bool,
+}
+
+/// Folds a time into a running minimum where 0 means "none yet".
+fn min_time(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, t) | (t, 0) => t,
+        (a, b) => a.min(b),
+    }
+}
+
+impl FanoutReport {
+    pub fn merge(&mut self, o: &FanoutReport) {
+        self.subscribers += o.subscribers;
+        self.subscribed += o.subscribed;
+        self.publishers += o.publishers;
+        self.publishers_failed += o.publishers_failed;
+        self.sent += o.sent;
+        self.publish_errors += o.publish_errors;
+        if self.first_publish_error.is_none() {
+            self.first_publish_error.clone_from(&o.first_publish_error);
+        }
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.invalid += o.invalid;
+        self.dropped += o.dropped;
+        if self.first_drop.is_none() {
+            self.first_drop.clone_from(&o.first_drop);
+        }
+        self.failures.merge(&o.failures);
+        self.first_send_ns = min_time(self.first_send_ns, o.first_send_ns);
+        self.last_send_ns = self.last_send_ns.max(o.last_send_ns);
+        self.last_recv_ns = self.last_recv_ns.max(o.last_recv_ns);
+        self.latency.merge(&o.latency);
+        self.timed_out |= o.timed_out;
+        self.interrupted |= o.interrupted;
+    }
+
+    /// First send to last receive: the span over which messages were delivered.
+    pub fn elapsed_s(&self) -> f64 {
+        if self.first_send_ns == 0 || self.last_recv_ns <= self.first_send_ns {
+            return 0.0;
+        }
+        (self.last_recv_ns - self.first_send_ns) as f64 / 1e9
+    }
+
+    pub fn delivered_per_sec(&self) -> f64 {
+        let secs = self.elapsed_s();
+        if secs > 0.0 {
+            self.received as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Everything, for the parent to merge (the worker's line).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "subscribers": self.subscribers, "subscribed": self.subscribed,
+            "publishers": self.publishers, "publishers_failed": self.publishers_failed,
+            "sent": self.sent, "publish_errors": self.publish_errors,
+            "first_publish_error": self.first_publish_error,
+            "received": self.received, "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order, "invalid": self.invalid,
+            "dropped": self.dropped, "first_drop": self.first_drop,
+            "failed": self.failures.counts_json(), "first_errors": self.failures.first_json(),
+            "first_send_ns": self.first_send_ns, "last_send_ns": self.last_send_ns,
+            "last_recv_ns": self.last_recv_ns,
+            "histogram": self.latency.to_json(),
+            "timed_out": self.timed_out, "interrupted": self.interrupted,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Option<FanoutReport> {
+        let num = |key: &str| v.get(key)?.as_u64();
+        let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+        Some(FanoutReport {
+            subscribers: num("subscribers")?,
+            subscribed: num("subscribed")?,
+            publishers: num("publishers")?,
+            publishers_failed: num("publishers_failed")?,
+            sent: num("sent")?,
+            publish_errors: num("publish_errors")?,
+            first_publish_error: text("first_publish_error"),
+            received: num("received")?,
+            duplicates: num("duplicates")?,
+            out_of_order: num("out_of_order")?,
+            invalid: num("invalid")?,
+            dropped: num("dropped")?,
+            first_drop: text("first_drop"),
+            failures: Failures::from_json(v.get("failed")?, v.get("first_errors")?)?,
+            first_send_ns: num("first_send_ns")?,
+            last_send_ns: num("last_send_ns")?,
+            last_recv_ns: num("last_recv_ns")?,
+            latency: Latency::from_json(v.get("histogram")?)?,
+            processes: 1,
+            timed_out: v.get("timed_out")?.as_bool()?,
+            interrupted: v.get("interrupted")?.as_bool()?,
+        })
+    }
+}
+
+/// The run as asked for: what the totals are measured against.
+pub struct Plan<'a> {
+    pub url: &'a str,
+    pub protocol: &'a str,
+    pub topic: &'a str,
+    pub subscribers: u64,
+    pub publishers: u64,
+    pub messages: u64,
+    pub size: usize,
+}
+
+impl Plan<'_> {
+    /// Every subscriber should get every message of every publisher.
+    pub fn expected(&self) -> u64 {
+        self.subscribers * self.publishers * self.messages
+    }
+}
+
+impl FanoutReport {
+    pub fn lost(&self, plan: &Plan) -> u64 {
+        plan.expected().saturating_sub(self.received)
+    }
+
+    /// The final summary line of `--json`.
+    pub fn summary_json(&self, plan: &Plan) -> Value {
+        json!({
+            "mode": "fanout", "protocol": plan.protocol, "url": plan.url, "topic": plan.topic,
+            "subscribers": plan.subscribers, "subscribed": self.subscribed,
+            "publishers": plan.publishers, "publishers_failed": self.publishers_failed,
+            "messages": plan.messages, "size": plan.size,
+            "expected": plan.expected(), "sent": self.sent, "received": self.received,
+            "lost": self.lost(plan), "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order, "invalid": self.invalid,
+            "subscribers_dropped": self.dropped, "first_drop": self.first_drop,
+            "publish_errors": self.publish_errors, "first_publish_error": self.first_publish_error,
+            "elapsed_s": round3(self.elapsed_s()),
+            "delivered_per_sec": self.delivered_per_sec().round(),
+            "latency_us": self.latency.percentiles().to_json(),
+            "connect_failed": self.failures.counts_json(),
+            "connect_failed_total": self.failures.total(),
+            "first_errors": self.failures.first_json(),
+            "processes": self.processes,
+            "timed_out": self.timed_out, "interrupted": self.interrupted,
+        })
+    }
+
+    pub fn summary_text(&self, plan: &Plan) -> String {
+        let mut out = format!(
+            "fanout summary: {} subscribers x {} publishers x {} messages of {} B to {} ({} protocol, {} process(es)){}{}\n",
+            plan.subscribers,
+            plan.publishers,
+            plan.messages,
+            plan.size,
+            plan.url,
+            plan.protocol,
+            self.processes,
+            if self.timed_out { " TIMED OUT" } else { "" },
+            if self.interrupted { " (stopped early by signal)" } else { "" },
+        );
+        out += &format!("  subscribed:     {} (dropped by server later: {})\n", self.subscribed, self.dropped);
+        if let Some(why) = &self.first_drop {
+            out += &format!("    first drop: {why}\n");
+        }
+        out += &format!("  connect failed: {}", self.failures.to_text());
+        out += &format!("  sent:           {} (publish errors: {})\n", self.sent, self.publish_errors);
+        if let Some(why) = &self.first_publish_error {
+            out += &format!("    first publish error: {why}\n");
+        }
+        out += &format!(
+            "  received:       {} of {} expected, lost {}, duplicates {}, out of order {}, invalid {}\n",
+            self.received,
+            plan.expected(),
+            self.lost(plan),
+            self.duplicates,
+            self.out_of_order,
+            self.invalid
+        );
+        out += &format!(
+            "  delivered:      {:.0} msg/s over {:.3} s (first send to last receive)\n",
+            self.delivered_per_sec(),
+            self.elapsed_s()
+        );
+        out += &format!("  latency:        {}\n", self.latency.percentiles().to_text());
+        out
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Cause;
+
+    fn plan() -> Plan<'static> {
+        Plan {
+            url: "ws://127.0.0.1:1/",
+            protocol: "hub",
+            topic: "b",
+            subscribers: 4,
+            publishers: 2,
+            messages: 10,
+            size: 64,
+        }
+    }
+
+    #[test]
+    fn worker_reports_round_trip_and_merge() {
+        let mut a =
+            FanoutReport { subscribers: 2, subscribed: 2, received: 40, first_send_ns: 0, ..Default::default() };
+        a.last_recv_ns = 3_000_000_000;
+        a.latency.record_us(100);
+        a.failures.fail(Cause::Refused, || "no".into());
+        let mut b = FanoutReport { subscribers: 2, subscribed: 1, received: 19, duplicates: 1, ..Default::default() };
+        b.publishers = 2;
+        b.sent = 20;
+        b.first_send_ns = 1_000_000_000;
+        b.last_recv_ns = 2_000_000_000;
+        b.latency.record_us(300);
+
+        let mut total = FanoutReport::default();
+        for r in [&a, &b] {
+            total.merge(&FanoutReport::from_json(&r.to_json()).unwrap());
+        }
+        assert_eq!((total.subscribers, total.subscribed, total.received, total.duplicates), (4, 3, 59, 1));
+        assert_eq!(total.first_send_ns, 1_000_000_000, "0 means no send, not the earliest");
+        assert_eq!(total.elapsed_s(), 2.0);
+        assert_eq!(total.delivered_per_sec(), 29.5);
+        assert_eq!(total.latency.count(), 2);
+
+        let plan = plan();
+        assert_eq!(plan.expected(), 80);
+        let s = total.summary_json(&plan);
+        assert_eq!(s["lost"], 21);
+        assert_eq!(s["connect_failed"]["refused"], 1);
+        assert_eq!(s["latency_us"]["max"], 300);
+        assert!(total.summary_text(&plan).contains("lost 21"));
+    }
+
+    #[test]
+    fn nothing_sent_means_no_rate() {
+        let r = FanoutReport { received: 5, last_recv_ns: 10, ..Default::default() };
+        assert_eq!(r.elapsed_s(), 0.0);
+        assert_eq!(r.delivered_per_sec(), 0.0);
+    }
+}

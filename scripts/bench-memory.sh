@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Memory against connections: for each server, RSS with 0 connections and then with each
+# step's number of idle WebSocket connections (held by `wshub-load hold`), the user-space
+# bytes per connection, the kernel's socket memory, and a plot.
+#
+# Usage: scripts/bench-memory.sh [--server NAME=COMMAND]... [--steps 1000,5000,10000,19000]
+#                                [--rounds R] [--out DIR]
+#   COMMAND has {port} where the port goes. Default server:
+#   wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn
+#
+# Each step is a fresh set of connections on a freshly started server, so steps do not
+# inherit each other's allocator state. With --rounds R servers are measured interleaved
+# (round 1 of every server, then round 2, ...) and the median per step is reported. The
+# server runs on CPU 0 and the load on CPU 1 when taskset exists. Kernel figures count
+# both ends of each loopback connection.
+# Writes DIR/memory.csv, DIR/memory.json and DIR/memory.svg (default DIR:
+# target/bench-memory). Exits non-zero if a step could not open all its connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVERS=() STEPS=1000,5000,10000,19000 ROUNDS=1 OUT=target/bench-memory
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --server) SERVERS+=("$2"); shift 2 ;;
+        --steps) STEPS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        *) echo "usage: $0 [--server NAME=COMMAND]... [--steps LIST] [--rounds R] [--out DIR]" >&2; exit 2 ;;
+    esac
+done
+[ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn")
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+RAW=$OUT/memory-raw.csv
+echo "server,round,connections,established,rss_kib,rss0_kib,sockstat_pages0,sockstat_pages,slab_bytes0,slab_bytes" >"$RAW"
+cargo build --release --quiet -p wshub -p wshub-load
+
+SERVER_PIN=() LOAD_PIN=()
+if command -v taskset >/dev/null; then SERVER_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1); fi
+SERVER_PID="" LOAD_PID=""
+stop() { # pid
+    [ -n "$1" ] || return 0
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+trap 'stop "$LOAD_PID"; stop "$SERVER_PID"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
+sockstat_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
+# Bytes in the slab caches that TCP sockets and epoll registrations live in, if readable.
+slab_bytes() {
+    awk '$1 ~ /^(TCP|TCPv6|tw_sock_TCP|request_sock_TCP|sock_inode_cache|eventpoll_epi|eventpoll_pwq)$/ { total += $2 * $4 }
+         END { print total + 0 }' /proc/slabinfo 2>/dev/null || echo 0
+}
+
+measure() { # name command connections round
+    local name=$1 command=$2 connections=$3 round=$4 port
+    port=$(free_port)
+    # shellcheck disable=SC2086 # the command is meant to be split into words
+    "${SERVER_PIN[@]}" ${command//\{port\}/$port} >"$OUT/$name.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    local rss0 pages0 slab0
+    rss0=$(rss_kib "$SERVER_PID") pages0=$(sockstat_pages) slab0=$(slab_bytes)
+    local fifo=$OUT/hold.out
+    "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$port/" --connections "$connections" \
+        --duration 120s >"$fifo" 2>>"$OUT/load.log" &
+    LOAD_PID=$!
+    local established=0
+    for _ in $(seq 1200); do
+        if grep -q '^READY' "$fifo"; then
+            established=$(sed -n 's/^READY established=\([0-9]*\).*/\1/p' "$fifo")
+            break
+        fi
+        kill -0 "$LOAD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 3
+    local rss pages slab
+    rss=$(rss_kib "$SERVER_PID") pages=$(sockstat_pages) slab=$(slab_bytes)
+    stop "$LOAD_PID"; LOAD_PID=""
+    stop "$SERVER_PID"; SERVER_PID=""
+    echo "$name,$round,$connections,$established,$rss,$rss0,$pages0,$pages,$slab0,$slab" >>"$RAW"
+    printf '  %-14s round %d: %6d connections (%d open): RSS %7d KiB (idle %d KiB), %5.0f B/conn user space\n' \
+        "$name" "$round" "$connections" "$established" "$rss" "$rss0" \
+        "$(python3 -c "print(($rss - $rss0) * 1024 / max($established, 1))")"
+}
+
+IFS=, read -r -a STEP_LIST <<<"$STEPS"
+for round in $(seq "$ROUNDS"); do
+    for spec in "${SERVERS[@]}"; do
+        name=${spec%%=*} command=${spec#*=}
+        for connections in "${STEP_LIST[@]}"; do
+            measure "$name" "$command" "$connections" "$round"
+        done
+    done
+done
+
+python3 - "$RAW" "$OUT" <<'PY'
+import csv, json, statistics, sys
+raw, out = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(raw)))
+groups = {}
+for r in rows:
+    groups.setdefault((r["server"], int(r["connections"])), []).append(r)
+summary, failed = [], False
+for (server, connections), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    med = lambda f: statistics.median(f(r) for r in rs)
+    established = min(int(r["established"]) for r in rs)
+    failed |= established < connections
+    per = lambda delta: delta / max(established, 1)
+    summary.append({
+        "server": server, "connections": connections, "established": established, "rounds": len(rs),
+        "rss_kib": med(lambda r: int(r["rss_kib"])),
+        "user_bytes_per_conn": round(med(lambda r: per((int(r["rss_kib"]) - int(r["rss0_kib"])) * 1024))),
+        "kernel_sockstat_bytes_per_conn": round(med(lambda r: per((int(r["sockstat_pages"]) - int(r["sockstat_pages0"])) * 4096))),
+        "kernel_slab_bytes_per_conn": round(med(lambda r: per(int(r["slab_bytes"]) - int(r["slab_bytes0"])))),
+    })
+fields = list(summary[0].keys())
+with open(out + "/memory.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(summary)
+json.dump(summary, open(out + "/memory.json", "w"), indent=1)
+print("\n%-14s %8s %10s %16s %18s %16s" % ("server", "conns", "RSS KiB", "user B/conn", "kernel sockstat B", "kernel slab B"))
+for s in summary:
+    print("%-14s %8d %10d %16d %18d %16d" % (s["server"], s["connections"], s["rss_kib"], s["user_bytes_per_conn"],
+          s["kernel_sockstat_bytes_per_conn"], s["kernel_slab_bytes_per_conn"]))
+
+# The plot: RSS (MiB) against connections, one line per server.
+W, H, L, R, T, B = 760, 420, 70, 170, 40, 50
+servers = sorted({s["server"] for s in summary})
+xmax = max(s["connections"] for s in summary)
+ymax = max(s["rss_kib"] for s in summary) / 1024 * 1.1 or 1
+sx = lambda x: L + x / xmax * (W - L - R)
+sy = lambda y: H - B - y / ymax * (H - T - B)
+colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
+       '<rect width="100%" height="100%" fill="white"/>',
+       '<text x="%d" y="22" font-size="15">Server RSS against idle WebSocket connections</text>' % L,
+       '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, H - B, W - R, H - B),
+       '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, T, L, H - B)]
+for i in range(6):
+    x, y = xmax * i / 5, ymax * i / 5
+    svg.append('<text x="%.0f" y="%d" text-anchor="middle">%d</text>' % (sx(x), H - B + 18, x))
+    svg.append('<line x1="%d" y1="%.0f" x2="%d" y2="%.0f" stroke="#ddd"/>' % (L, sy(y), W - R, sy(y)))
+    svg.append('<text x="%d" y="%.0f" text-anchor="end">%.0f</text>' % (L - 6, sy(y) + 4, y))
+svg.append('<text x="%d" y="%d" text-anchor="middle">connections</text>' % ((L + W - R) / 2, H - 10))
+svg.append('<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">RSS (MiB)</text>' % ((T + H - B) / 2, (T + H - B) / 2))
+for i, server in enumerate(servers):
+    pts = sorted((s["connections"], s["rss_kib"] / 1024) for s in summary if s["server"] == server)
+    color = colors[i % len(colors)]
+    svg.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (color, " ".join("%.1f,%.1f" % (sx(x), sy(y)) for x, y in pts)))
+    svg.extend('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (sx(x), sy(y), color) for x, y in pts)
+    svg.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - R + 14, T + 10 + 20 * i, color, W - R + 34, T + 15 + 20 * i, server))
+svg.append("</svg>")
+open(out + "/memory.svg", "w").write("\n".join(svg) + "\n")
+print("\nwritten: %s/memory.csv, memory.json, memory.svg" % out)
+sys.exit(1 if failed else 0)
+PY
