@@ -100,7 +100,8 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$RAW" "$OUT" <<'PY'
+status=0
+python3 - "$RAW" "$OUT" <<'PY' || status=$?
 import csv, json, statistics, sys
 raw, out = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(raw)))
@@ -131,34 +132,8 @@ for s in summary:
     print("%-14s %8d %10d %16d %18d %16d" % (s["server"], s["connections"], s["rss_kib"], s["user_bytes_per_conn"],
           s["kernel_sockstat_bytes_per_conn"], s["kernel_slab_bytes_per_conn"]))
 
-# The plot: RSS (MiB) against connections, one line per server.
-W, H, L, R, T, B = 760, 420, 70, 170, 40, 50
-servers = sorted({s["server"] for s in summary})
-xmax = max(s["connections"] for s in summary)
-ymax = max(s["rss_kib"] for s in summary) / 1024 * 1.1 or 1
-sx = lambda x: L + x / xmax * (W - L - R)
-sy = lambda y: H - B - y / ymax * (H - T - B)
-colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
-       '<rect width="100%" height="100%" fill="white"/>',
-       '<text x="%d" y="22" font-size="15">Server RSS against idle WebSocket connections</text>' % L,
-       '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, H - B, W - R, H - B),
-       '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, T, L, H - B)]
-for i in range(6):
-    x, y = xmax * i / 5, ymax * i / 5
-    svg.append('<text x="%.0f" y="%d" text-anchor="middle">%d</text>' % (sx(x), H - B + 18, x))
-    svg.append('<line x1="%d" y1="%.0f" x2="%d" y2="%.0f" stroke="#ddd"/>' % (L, sy(y), W - R, sy(y)))
-    svg.append('<text x="%d" y="%.0f" text-anchor="end">%.0f</text>' % (L - 6, sy(y) + 4, y))
-svg.append('<text x="%d" y="%d" text-anchor="middle">connections</text>' % ((L + W - R) / 2, H - 10))
-svg.append('<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">RSS (MiB)</text>' % ((T + H - B) / 2, (T + H - B) / 2))
-for i, server in enumerate(servers):
-    pts = sorted((s["connections"], s["rss_kib"] / 1024) for s in summary if s["server"] == server)
-    color = colors[i % len(colors)]
-    svg.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (color, " ".join("%.1f,%.1f" % (sx(x), sy(y)) for x, y in pts)))
-    svg.extend('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (sx(x), sy(y), color) for x, y in pts)
-    svg.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - R + 14, T + 10 + 20 * i, color, W - R + 34, T + 15 + 20 * i, server))
-svg.append("</svg>")
-open(out + "/memory.svg", "w").write("\n".join(svg) + "\n")
 print("\nwritten: %s/memory.csv, memory.json, memory.svg" % out)
 sys.exit(1 if failed else 0)
 PY
+python3 scripts/plot-memory.py "$OUT/memory.json" "$OUT/memory.svg"
+exit $status
