@@ -5,7 +5,7 @@
 
 use crate::conn::{App, Net, Outbox, Ramp, RampStep};
 use crate::latency::{mono_ns, Latency};
-use crate::opts::{self, parse_duration, parse_source_ips, Progress, Protocol, SourceIps, WsUrl};
+use crate::opts::{self, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
 use crate::spawn;
 use crate::stats::{Cause, Failures};
 use crate::track;
@@ -33,19 +33,8 @@ pub struct EchoArgs {
     /// hub: ping/pong of wshub's JSON protocol; raw: text frames echoed (`wshub --echo`)
     #[arg(long, value_enum, default_value_t = Protocol::Hub)]
     pub protocol: Protocol,
-    /// New connections per second
-    #[arg(long, default_value_t = 5000.0)]
-    pub connect_rate: f64,
-    /// Give up on a connection not upgraded by then
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub handshake_timeout: Duration,
-    /// Most handshakes in progress at once
-    #[arg(long, default_value_t = 1000)]
-    pub max_inflight: usize,
-    /// Source addresses, e.g. 127.0.0.2-127.0.0.5 [default for loopback targets:
-    /// 127.0.0.2 upwards, 5000 connections each]
-    #[arg(long, value_parser = parse_source_ips)]
-    pub source_ips: Option<SourceIps>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Print the final summary as one JSON object line
     #[arg(long)]
     pub json: bool,
@@ -151,12 +140,10 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     if n == 0 {
         return Err("--connections must be at least 1".into());
     }
-    if args.duration.is_zero() || args.handshake_timeout.is_zero() || args.max_inflight == 0 {
-        return Err("--duration, --handshake-timeout and --max-inflight must be positive".into());
+    if args.duration.is_zero() {
+        return Err("--duration must be positive".into());
     }
-    if !(args.connect_rate.is_finite() && args.connect_rate > 0.0) {
-        return Err("--connect-rate must be a positive number of connections per second".into());
-    }
+    args.connect.validate(&args.url)?;
     let fd_limit = opts::raise_fd_limit();
     let per_process = opts::sockets_per_process(fd_limit);
     if n > per_process {
@@ -165,10 +152,11 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
         ));
     }
     let loopback = args.url.addr.ip().is_loopback();
-    let ips =
-        spawn::plan(n, 1, args.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?.remove(0).source_ips;
+    let ips = spawn::plan(n, 1, args.connect.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?
+        .remove(0)
+        .source_ips;
 
-    let mut net = Net::new(&args.url, args.handshake_timeout, 0).map_err(|e| e.to_string())?;
+    let mut net = Net::new(&args.url, args.connect.handshake_timeout, 0).map_err(|e| e.to_string())?;
     let mut echo = Echo {
         protocol: args.protocol,
         size: args.size,
@@ -184,9 +172,10 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     let io_err = |e: std::io::Error| e.to_string();
 
     // Connect everything first, so the measurement sees all K connections busy.
-    let mut ramp = Ramp::new(n, args.connect_rate, args.max_inflight);
-    let ramp_deadline =
-        Instant::now() + Duration::from_secs_f64(n as f64 / args.connect_rate) + args.handshake_timeout * 2;
+    let mut ramp = Ramp::new(n, args.connect.connect_rate, args.connect.max_inflight);
+    let ramp_deadline = Instant::now()
+        + Duration::from_secs_f64(n as f64 / args.connect.connect_rate)
+        + args.connect.handshake_timeout * 2;
     loop {
         let step = ramp.step(&mut net, &mut echo, |i| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]));
         if let RampStep::NobodyListening(rest) = step {

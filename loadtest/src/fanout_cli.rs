@@ -10,7 +10,7 @@
 
 use crate::fanout::{self, FanoutConfig, Side};
 use crate::fanout_report::{FanoutReport, Plan};
-use crate::opts::{self, format_duration, parse_duration, parse_source_ips, Progress, Protocol, SourceIps, WsUrl};
+use crate::opts::{self, format_duration, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
 use crate::procs::{self, Procs};
 use crate::spawn::{self, Share};
 use crate::stats::Cause;
@@ -61,22 +61,12 @@ pub struct FanoutArgs {
     /// Processes to spread subscribers over [default: as few as the fd limit allows]
     #[arg(long)]
     pub processes: Option<u64>,
-    /// Source addresses for subscribers, e.g. 127.0.0.2-127.0.0.40 [default for
-    /// loopback targets: 127.0.0.2 upwards, 5000 connections each]
-    #[arg(long, value_parser = parse_source_ips)]
-    pub source_ips: Option<SourceIps>,
     /// Give up on the whole run (connect, subscribe, deliver) after this long
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
-    /// New connections per second, over all processes
-    #[arg(long, default_value_t = 5000.0)]
-    pub connect_rate: f64,
-    /// Give up on a connection not upgraded (or, hub protocol, subscribed) by then
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub handshake_timeout: Duration,
-    /// Most handshakes in progress at once, over all processes
-    #[arg(long, default_value_t = 1000)]
-    pub max_inflight: usize,
+    /// How subscribers connect (publishers connect from the parent's own address)
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Print the final summary as one JSON object line
     #[arg(long)]
     pub json: bool,
@@ -106,7 +96,8 @@ pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
         ));
     }
     let loopback = args.url.addr.ip().is_loopback();
-    let shares = spawn::plan(n, processes, args.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?;
+    let shares =
+        spawn::plan(n, processes, args.connect.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?;
 
     let report = if processes == 1 {
         let cfg = config(args, &shares[0], p, deadline, 0, Arc::new(AtomicBool::new(false)));
@@ -156,23 +147,13 @@ fn validate(args: &FanoutArgs) -> Result<(), String> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number of messages per second".into());
     }
-    if !(args.connect_rate.is_finite() && args.connect_rate > 0.0) {
-        return Err("--connect-rate must be a positive number of connections per second".into());
+    if args.window == 0 || args.processes == Some(0) {
+        return Err("--window and --processes must be at least 1".into());
     }
-    if args.window == 0 || args.max_inflight == 0 || args.processes == Some(0) {
-        return Err("--window, --max-inflight and --processes must be at least 1".into());
+    if args.timeout.is_zero() {
+        return Err("--timeout must be positive".into());
     }
-    if args.timeout.is_zero() || args.handshake_timeout.is_zero() {
-        return Err("--timeout and --handshake-timeout must be positive".into());
-    }
-    if let Some(ips) = &args.source_ips {
-        if args.url.addr.is_ipv6() {
-            return Err("--source-ips are IPv4 addresses but the target is IPv6".into());
-        }
-        if args.url.addr.ip().is_loopback() && ips.0.iter().any(|ip| !ip.is_loopback()) {
-            return Err("to reach a loopback target, --source-ips must be in 127.0.0.0/8".into());
-        }
-    }
+    args.connect.validate(&args.url)?;
     Ok(())
 }
 
@@ -196,9 +177,9 @@ fn config(
         size: args.size,
         rate: args.rate.or(default_rate),
         window: args.window,
-        connect_rate: args.connect_rate,
-        max_inflight: args.max_inflight,
-        handshake_timeout: args.handshake_timeout,
+        connect_rate: args.connect.connect_rate,
+        max_inflight: args.connect.max_inflight,
+        handshake_timeout: args.connect.handshake_timeout,
         source_ips: share.source_ips.clone(),
         deadline,
         seed,
@@ -237,8 +218,10 @@ fn show(progress: &mut Progress, subscribing: bool, subs: u64, of: u64, sent: u6
 }
 
 fn worker_main(args: &FanoutArgs, index: u64, deadline: Instant) -> Result<ExitCode, String> {
-    let share =
-        Share { connections: args.subscribers, source_ips: args.source_ips.clone().map(|s| s.0).unwrap_or_default() };
+    let share = Share {
+        connections: args.subscribers,
+        source_ips: args.connect.source_ips.clone().map(|s| s.0).unwrap_or_default(),
+    };
     let cfg = config(args, &share, 0, deadline, index + 1, procs::stop_flag_from_stdin());
     let mut side = Worker { last: Instant::now() };
     let report = fanout::run(&cfg, &mut side).map_err(|e| format!("worker {index}: {e}"))?;
@@ -352,13 +335,8 @@ fn parent_run(args: &FanoutArgs, shares: &[Share], deadline: Instant) -> Result<
                 .args(["--protocol", args.protocol.name()])
                 .args(["--topic", &args.topic])
                 .args(["--timeout", &format_duration(left)])
-                .args(["--connect-rate", &(args.connect_rate / count as f64).to_string()])
-                .args(["--handshake-timeout", &format_duration(args.handshake_timeout)])
-                .args(["--max-inflight", &(args.max_inflight / count).max(1).to_string()])
+                .args(args.connect.worker_args(count, &share.source_ips))
                 .args(["--worker", &i.to_string()]);
-            if !share.source_ips.is_empty() {
-                cmd.args(["--source-ips", &SourceIps(share.source_ips.clone()).to_arg()]);
-            }
             cmd
         })
         .collect();
