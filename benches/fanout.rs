@@ -5,13 +5,71 @@
 //! user-space figure is what wshub controls (the kernel's share is mostly the socket
 //! writes). Receivers are drained by one reader thread so the load stays bounded.
 //!
+//! It also counts heap allocations made on the shard threads while the broadcasts are
+//! delivered (a counting global allocator, per thread), to check the claim that a
+//! delivery allocates nothing: what remains is per broadcast (one `Message` crossing the
+//! inbox) and per connection waking up from idle (its write buffer), not per delivery.
+//!
 //! `cargo bench --bench fanout` runs the full sizes; under `cargo test` it is a smoke run.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wshub::{Config, Message};
+
+/// Counts allocations made by shard threads (named `wshub-shard-*`), so the reader thread
+/// and the benchmark's own work do not blur the figure.
+struct CountingAllocator;
+
+static SHARD_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Whether this thread is a shard: decided on the thread's first allocation.
+    static IS_SHARD: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+fn on_shard_thread() -> bool {
+    IS_SHARD
+        .try_with(|flag| match flag.get() {
+            Some(known) => known,
+            None => {
+                // Reading the name does not allocate: it is stored in the thread's handle.
+                let shard = std::thread::current().name().is_some_and(|name| name.starts_with("wshub-shard"));
+                flag.set(Some(shard));
+                shard
+            }
+        })
+        .unwrap_or(false)
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter only
+// observes.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if on_shard_thread() {
+            SHARD_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if on_shard_thread() {
+            SHARD_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 struct Case {
     receivers: usize,
@@ -81,6 +139,7 @@ fn run(case: &Case) {
     let hub = server.hub();
     let payload = "x".repeat(case.size);
     let (user_before, system_before) = shard_cpu();
+    let allocations_before = SHARD_ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
     for _ in 0..case.messages {
         hub.broadcast(Message::text(payload.as_str()));
@@ -88,16 +147,19 @@ fn run(case: &Case) {
     let sockets = reader.join().unwrap();
     let elapsed = started.elapsed();
     let (user_after, system_after) = shard_cpu();
+    let allocations = SHARD_ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let deliveries = (case.receivers * case.messages) as f64;
     let tick_us = 1e6 / clock_ticks_per_second();
     println!(
-        "fanout {} receivers x {} msgs of {} B: {:.0} deliveries/s; shard CPU per delivery: user {:.3} us, kernel {:.3} us",
+        "fanout {} receivers x {} msgs of {} B: {:.0} deliveries/s; shard CPU per delivery: user {:.3} us, kernel {:.3} us; shard allocations: {} ({:.4} per delivery)",
         case.receivers,
         case.messages,
         case.size,
         deliveries / elapsed.as_secs_f64(),
         (user_after - user_before) as f64 * tick_us / deliveries,
         (system_after - system_before) as f64 * tick_us / deliveries,
+        allocations,
+        allocations as f64 / deliveries,
     );
     drop(sockets);
     server.shutdown();
