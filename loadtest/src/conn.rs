@@ -1,20 +1,25 @@
-//! Client WebSocket connections for the modes that exchange messages (fanout, echo).
+//! Client WebSocket connections for every mode (hold, fanout, echo).
 //!
-//! As in `hold`, one mio poll loop drives every connection of a process: a connection is
-//! an fd plus a little state in a `Vec` indexed by its token, never a thread or a task.
+//! One mio poll loop drives every connection of a process: a connection is an fd plus a
+//! little state in a `Vec` indexed by its token, never a thread or a task.
 //! The mode's logic is an [`App`], called back with whole text messages and able to
 //! queue frames in reply; setup, write buffering, pings and failure accounting live here.
 
-use crate::hold::{describe_open_error, open_socket, REFUSED_ABORT_AFTER};
 use crate::opts::WsUrl;
 use crate::stats::{Cause, Failures};
 use crate::ws::{self, Frame, MessageReader, Rng};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+/// If every one of the first this-many attempts is refused, nobody is listening:
+/// say so at once instead of ramping through the rest.
+pub const REFUSED_ABORT_AFTER: u64 = 100;
 
 /// What a mode does with its connections.
 pub trait App {
@@ -46,6 +51,10 @@ pub struct NetStats {
     /// Open connections the server closed, and why the first one was.
     pub dropped: u64,
     pub first_drop: Option<String>,
+    /// Connect start to 101 received, one entry per established connection.
+    pub connect_latencies_us: Vec<u64>,
+    /// Server pings answered with a pong.
+    pub pings_answered: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +69,7 @@ enum State {
 struct Conn {
     stream: Option<TcpStream>,
     state: State,
+    started: Instant,
     /// The upgrade request, then the response head, while handshaking.
     handshake: Vec<u8>,
     /// Frames not yet taken by the socket, from `sent` on.
@@ -129,6 +139,7 @@ impl Net {
         let mut conn = Conn {
             stream: None,
             state: State::Closed,
+            started: Instant::now(),
             handshake: Vec::new(),
             out: Vec::new(),
             sent: 0,
@@ -186,10 +197,12 @@ impl Net {
                 continue; // closed earlier in this batch
             }
             let was_handshaking = conn.state != State::Open;
-            let (established, end) = drive(conn, idx, &self.url, &mut self.rng, &mut self.scratch, app);
+            let pings = &mut self.stats.pings_answered;
+            let (established, end) = drive(conn, idx, &self.url, &mut self.rng, &mut self.scratch, pings, app);
             if established {
                 self.handshaking -= 1;
                 self.stats.established += 1;
+                self.stats.connect_latencies_us.push(conn.started.elapsed().as_micros() as u64);
             }
             if let Some(end) = end {
                 if was_handshaking && !established {
@@ -230,6 +243,16 @@ impl Net {
         (0..self.conns.len()).for_each(|idx| self.close(idx));
     }
 
+    /// Gives up on every connection still upgrading, counting each as failed for `cause`.
+    pub fn fail_handshaking(&mut self, app: &mut impl App, cause: Cause, why: &str) {
+        for idx in 0..self.conns.len() {
+            if matches!(self.conns[idx].state, State::Connecting | State::Sending { .. } | State::Reading) {
+                self.handshaking -= 1;
+                self.end(app, idx, End::Failed(cause, why.to_string()));
+            }
+        }
+    }
+
     fn end(&mut self, app: &mut impl App, idx: usize, end: End) {
         let was_open = self.conns[idx].state == State::Open;
         self.conns[idx].stream = None;
@@ -254,6 +277,7 @@ fn drive(
     url: &WsUrl,
     rng: &mut Rng,
     scratch: &mut Vec<u8>,
+    pings: &mut u64,
     app: &mut impl App,
 ) -> (bool, Option<End>) {
     let mut established = false;
@@ -306,7 +330,7 @@ fn drive(
                                 established = true;
                                 app.opened(idx, &mut Outbox { out: &mut conn.out, rng });
                                 // Frames may already follow the head (the hub's welcome).
-                                on_data(conn, idx, &rest, rng, app)
+                                on_data(conn, idx, &rest, rng, pings, app)
                             }
                         },
                     }
@@ -324,7 +348,7 @@ fn drive(
                     Ok(0) => Some(End::Dropped("server closed the connection (EOF)".into())),
                     Ok(n) => {
                         let data = std::mem::take(scratch);
-                        let end = on_data(conn, idx, &data[..n], rng, app);
+                        let end = on_data(conn, idx, &data[..n], rng, pings, app);
                         *scratch = data;
                         end
                     }
@@ -342,12 +366,22 @@ fn drive(
 }
 
 /// Passes an open connection's bytes to the mode and answers pings.
-fn on_data(conn: &mut Conn, idx: usize, data: &[u8], rng: &mut Rng, app: &mut impl App) -> Option<End> {
+fn on_data(
+    conn: &mut Conn,
+    idx: usize,
+    data: &[u8],
+    rng: &mut Rng,
+    pings: &mut u64,
+    app: &mut impl App,
+) -> Option<End> {
     let Conn { reader, out, .. } = conn;
     let mut closed = None;
     let fed = reader.feed(data, |frame| match frame {
         Frame::Text(text) => app.message(idx, text, &mut Outbox { out, rng }),
-        Frame::Ping(payload) => ws::push_masked_frame(out, 0xA, payload, rng.mask()),
+        Frame::Ping(payload) => {
+            ws::push_masked_frame(out, 0xA, payload, rng.mask());
+            *pings += 1;
+        }
         Frame::Close(payload) => closed = Some(describe_close(payload)),
     });
     match (fed, closed) {
@@ -431,5 +465,50 @@ impl Ramp {
         } else {
             RampStep::Going
         }
+    }
+}
+
+/// A non-blocking socket with its connect already under way.
+pub fn open_socket(addr: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    if let Some(ip) = src {
+        // Let connect() pick the port: bind() alone reserves a port per socket and
+        // fails on ports still in TIME_WAIT from the previous run, while connect only
+        // needs the whole 4-tuple to be unique.
+        let one: libc::c_int = 1;
+        // SAFETY: plain setsockopt on a socket we own, with a correctly sized int.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.bind(&SocketAddr::new(ip.into(), 0).into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+pub fn describe_open_error(e: &io::Error, src: Option<Ipv4Addr>) -> String {
+    let from = src.map_or(String::new(), |ip| format!(" from {ip}"));
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => format!(
+            "opening a socket{from}: {e} (the per-process fd limit is reached; \
+             lower --connections or raise --processes)"
+        ),
+        Some(libc::EADDRNOTAVAIL) => {
+            format!("connecting{from}: {e} (out of source ports; widen --source-ips)")
+        }
+        _ => format!("connecting{from}: {e}"),
     }
 }

@@ -1,8 +1,7 @@
 //! The client side of just enough WebSocket (RFC 6455) for a load tool: the upgrade
-//! request and a check of the response, masked client frames of any size, and two
-//! readers of server frames. [`FrameReader`] (for `hold`) only answers pings and notices
-//! a close, skipping everything else without buffering it, so an idle connection costs
-//! almost no memory; [`MessageReader`] (fanout, echo) hands on whole text messages.
+//! request and a check of the response, masked client frames of any size, and a reader
+//! of server frames, [`MessageReader`], that hands on whole text messages and control
+//! frames.
 
 use crate::opts::WsUrl;
 
@@ -109,76 +108,9 @@ fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     frame
 }
 
-pub fn pong_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    masked_frame(0xA, payload, mask)
-}
-
 /// Close with 1000 (normal closure), sent when the hold period ends.
 pub fn close_frame(mask: [u8; 4]) -> Vec<u8> {
     masked_frame(0x8, &1000u16.to_be_bytes(), mask)
-}
-
-/// What the connection has to react to.
-#[derive(Debug, PartialEq)]
-pub enum Event {
-    Ping(Vec<u8>),
-    Close,
-}
-
-/// Incremental reader of server frames. Data frames are skipped as they stream in;
-/// only control frames (at most 125 bytes of payload) are ever held whole.
-#[derive(Default)]
-pub struct FrameReader {
-    buf: Vec<u8>,
-    /// Payload bytes of the current data frame still to be thrown away.
-    skip: u64,
-}
-
-impl FrameReader {
-    pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) -> Result<(), &'static str> {
-        self.buf.extend_from_slice(data);
-        let mut pos = 0;
-        loop {
-            let skipped = self.skip.min((self.buf.len() - pos) as u64);
-            pos += skipped as usize;
-            self.skip -= skipped;
-            if self.skip > 0 {
-                break;
-            }
-            let Some(Head { opcode, head_len, payload_len, mask, .. }) = parse_head(&self.buf[pos..]) else {
-                break;
-            };
-            if opcode & 0x8 == 0 {
-                // Data or continuation frame: nobody is interested, drop it.
-                pos += head_len;
-                self.skip = payload_len;
-                continue;
-            }
-            if payload_len > 125 {
-                return Err("control frame longer than 125 bytes");
-            }
-            let end = pos + head_len + payload_len as usize;
-            if self.buf.len() < end {
-                break;
-            }
-            let mut payload = self.buf[pos + head_len..end].to_vec();
-            if let Some(mask) = mask {
-                payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
-            }
-            match opcode {
-                0x8 => events.push(Event::Close),
-                0x9 => events.push(Event::Ping(payload)),
-                _ => {} // pong or reserved: ignore
-            }
-            pos = end;
-        }
-        self.buf.drain(..pos);
-        if self.buf.is_empty() && self.buf.capacity() > 256 {
-            // Thousands of idle connections each keeping a read-sized buffer adds up.
-            self.buf = Vec::new();
-        }
-        Ok(())
-    }
 }
 
 struct Head {
@@ -268,6 +200,9 @@ fn parse_frames(
         if head.payload_len > MAX_MESSAGE {
             return Err("frame larger than 16 MiB");
         }
+        if head.opcode & 0x8 != 0 && head.payload_len > 125 {
+            return Err("control frame longer than 125 bytes");
+        }
         let start = pos + head.head_len;
         let end = start + head.payload_len as usize;
         if buf.len() < end {
@@ -339,26 +274,11 @@ mod tests {
     }
 
     #[test]
-    fn frames_split_anywhere() {
-        // text frame (skipped), ping "hi", 300-byte binary (skipped), close
-        let mut stream = vec![0x81, 3, b'a', b'b', b'c', 0x89, 2, b'h', b'i', 0x82, 126, 1, 44];
-        stream.extend(std::iter::repeat_n(7u8, 300));
-        stream.extend([0x88, 2, 3, 232]);
-        for split in 1..stream.len() {
-            let mut reader = FrameReader::default();
-            let mut events = Vec::new();
-            for chunk in stream.chunks(split) {
-                reader.feed(chunk, &mut events).unwrap();
-            }
-            assert_eq!(events, vec![Event::Ping(b"hi".to_vec()), Event::Close]);
-        }
-    }
-
-    #[test]
-    fn pong_is_masked_and_echoes_payload() {
-        let frame = pong_frame(b"abc", [1, 2, 3, 4]);
-        assert_eq!(frame[..2], [0x8A, 0x83]);
-        let unmasked: Vec<u8> = frame[6..].iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]).collect();
+    fn control_frames_are_masked_and_echo_their_payload() {
+        let mut pong = Vec::new();
+        push_masked_frame(&mut pong, 0xA, b"abc", [1, 2, 3, 4]);
+        assert_eq!(pong[..2], [0x8A, 0x83]);
+        let unmasked: Vec<u8> = pong[6..].iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]).collect();
         assert_eq!(unmasked, b"abc");
         assert_eq!(close_frame([0; 4]), vec![0x88, 0x82, 0, 0, 0, 0, 3, 232]);
     }
@@ -409,8 +329,8 @@ mod tests {
 
     #[test]
     fn oversized_control_frame_is_an_error() {
-        let mut events = Vec::new();
-        let err = FrameReader::default().feed(&[0x89, 126, 0, 200], &mut events);
-        assert!(err.is_err());
+        let mut frame = vec![0x89, 126, 0, 200];
+        frame.extend([0u8; 200]);
+        assert!(MessageReader::default().feed(&frame, |_| {}).is_err());
     }
 }
