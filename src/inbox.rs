@@ -9,7 +9,7 @@
 //! connections crosses to each shard once, as one shared payload (`Message` clones share
 //! their bytes).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -112,6 +112,9 @@ pub(crate) enum Command {
 #[derive(Default)]
 pub(crate) struct ShardShared {
     pub directory: Mutex<Directory>,
+    /// Users with at least one open connection on this shard, so a send to a user
+    /// crosses only to shards that have one.
+    pub users: Mutex<HashSet<Arc<str>>>,
     pub sessions: Mutex<HashMap<ConnId, Session>>,
     pub connections: AtomicUsize,
 }
@@ -312,10 +315,22 @@ impl Hub {
         }
     }
 
-    /// Sends `message` to every connection of `user`, on any shard.
+    /// Sends `message` to every connection of `user`, on any shard. A connection without
+    /// a user goes by its connection id, which names its shard.
     pub fn send_to_user(&self, user: &str, message: Message) {
         let user: Arc<str> = user.into();
-        self.to_all_shards(|| Command::ToUser(user.clone(), message.clone()));
+        for index in 0..self.shards.len() {
+            self.send_to_user_on(index, &user, &message);
+        }
+    }
+
+    /// Sends to `user`'s connections on one shard, if it has any (checked here, so the
+    /// message does not cross for nothing).
+    pub(crate) fn send_to_user_on(&self, index: usize, user: &Arc<str>, message: &Message) {
+        let by_id = user.parse::<u64>().is_ok_and(|raw| ConnId::from_u64(raw).shard() == index);
+        if by_id || lock(&self.shared[index].users).contains(user) {
+            self.shards[index].send(Command::ToUser(user.clone(), message.clone()));
+        }
     }
 
     /// Messages waiting in each shard's inbox.
@@ -348,6 +363,23 @@ mod tests {
         let id = ConnId::new(3, 17, ConnId::GENERATION_MASK + 5);
         assert_eq!((id.shard(), id.slot(), id.generation()), (3, 17, 4), "generation wraps");
         assert_eq!(ConnId::from_u64(id.as_u64()), id);
+    }
+
+    #[test]
+    fn user_sends_cross_only_to_shards_that_hold_the_user() {
+        // One poll per shard, as in a server (mio allows one waker per poll).
+        let polls: Vec<Poll> = (0..3).map(|_| Poll::new().unwrap()).collect();
+        let (inboxes, receivers): (Vec<_>, Vec<_>) =
+            polls.iter().map(|poll| inbox(Waker::new(poll.registry(), Token(0)).unwrap())).unzip();
+        let hub = Hub::new(inboxes);
+        lock(&hub.shared(1).users).insert("ann".into());
+        hub.send_to_user("ann", Message::text("hi"));
+        assert_eq!(receivers.iter().map(|r| r.commands.len()).collect::<Vec<_>>(), vec![0, 1, 0]);
+        // A connection id names its shard.
+        hub.send_to_user(&ConnId::new(2, 7, 1).to_string(), Message::text("by id"));
+        assert_eq!(receivers.iter().map(|r| r.commands.len()).collect::<Vec<_>>(), vec![0, 1, 1]);
+        hub.send_to_user("nobody", Message::text("lost"));
+        assert_eq!(receivers.iter().map(|r| r.commands.len()).sum::<usize>(), 2);
     }
 
     #[test]

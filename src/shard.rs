@@ -239,7 +239,11 @@ impl<H: Handler> Shard<H> {
             match item {
                 Incoming::Opened => {
                     if let Some(user) = &conn.user {
-                        self.users.entry(user.clone()).or_default().push(key);
+                        let keys = self.users.entry(user.clone()).or_default();
+                        if keys.is_empty() {
+                            lock(&self.routing.hub.shared(self.index).users).insert(user.clone());
+                        }
+                        keys.push(key);
                     }
                     let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
                     self.handler.on_open(&mut cx);
@@ -274,7 +278,9 @@ impl<H: Handler> Shard<H> {
                 Effect::ToConn(id, message) if id.shard() == self.index => self.deliver_to_id(id, message, now),
                 Effect::ToConn(id, message) => self.routing.hub.send_to(id, message),
                 Effect::ToUser(user, message) => {
-                    self.to_other_shards(|| Command::ToUser(user.clone(), message.clone()));
+                    for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
+                        self.routing.hub.send_to_user_on(index, &user, &message);
+                    }
                     self.deliver_to_user(&user, message, now);
                 }
                 Effect::Broadcast(message) => {
@@ -557,6 +563,7 @@ impl<H: Handler> Shard<H> {
                 keys.retain(|&k| k != key);
                 if keys.is_empty() {
                     self.users.remove(user);
+                    lock(&self.routing.hub.shared(self.index).users).remove(user);
                 }
             }
         }
