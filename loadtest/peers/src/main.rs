@@ -9,9 +9,9 @@
 //! its connection dropped, as typical code does.
 //!
 //! It is deliberately *not* optimized: no custom allocator, no buffer pooling, no hand
-//! rolled framing, no runtime tuning. The comparison is meant to answer "what does wshub
-//! buy me over the straightforward thing?", so the peer must be the straightforward thing
-//! and not a second attempt at wshub. The one knob is the one a careful user does turn:
+//! rolled framing, no runtime tuning. The comparison answers "what does wshub buy me over
+//! the straightforward thing?", so the peer must be the straightforward thing and not a
+//! second attempt at wshub. The one knob is the one a careful user does turn:
 //! `--read-buffer default` keeps tungstenite's `WebSocketConfig` defaults (128 KiB read
 //! and write buffers per connection); `--read-buffer 4k` is the tuned variant with 4 KiB
 //! buffers. `--echo` sends each message back to its sender only (like `wshub --echo`).
@@ -57,10 +57,7 @@ async fn main() -> std::io::Result<()> {
     let config = match args.read_buffer {
         Buffers::Default => None,
         Buffers::FourK => Some(
-            WebSocketConfig::default()
-                .read_buffer_size(4096)
-                .write_buffer_size(4096)
-                .max_write_buffer_size(1 << 20),
+            WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(4096).max_write_buffer_size(1 << 20),
         ),
     };
     let listener = TcpListener::bind(&args.listen).await?;
@@ -86,7 +83,8 @@ async fn main() -> std::io::Result<()> {
 
 /// One connection: this task reads, a spawned task writes. When either side ends (the
 /// peer closed, a send failed, the connection lagged), the other is stopped and both
-/// halves are dropped, which closes the socket.
+/// halves are dropped, which closes the socket. `feed` is the broadcast subscription, or
+/// `None` in echo mode.
 async fn connection(
     stream: TcpStream,
     config: Option<WebSocketConfig>,
@@ -97,11 +95,10 @@ async fn connection(
         return;
     };
     let (mut sink, mut source) = websocket.split();
-    // Echo mode: the reader hands messages to this connection's own writer.
-    let (echo_tx, mut echo_rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
-    let mut writer = tokio::spawn(async move {
-        match feed {
-            Some(mut feed) => loop {
+    let mut echo_tx = None;
+    let mut writer = match feed {
+        Some(mut feed) => tokio::spawn(async move {
+            loop {
                 let message = match feed.recv().await {
                     Ok(message) => message,
                     Err(RecvError::Lagged(missed)) => {
@@ -113,31 +110,41 @@ async fn connection(
                 if sink.send(message).await.is_err() {
                     break;
                 }
-            },
-            None => {
-                while let Some(message) = echo_rx.recv().await {
+            }
+        }),
+        None => {
+            // Echo: the reader hands messages to this connection's own writer.
+            let (tx, mut rx) = mpsc::channel::<Message>(CHANNEL_CAPACITY);
+            echo_tx = Some(tx);
+            tokio::spawn(async move {
+                while let Some(message) = rx.recv().await {
                     if sink.send(message).await.is_err() {
                         break;
                     }
                 }
-            }
+            })
         }
-    });
-    let echo = echo_tx.clone();
+    };
     let reader = async move {
         while let Some(Ok(message)) = source.next().await {
             if !(message.is_text() || message.is_binary()) {
-                continue; // pings, pongs and closes are tungstenite's business
+                continue; // pings, pongs and closes are handled by tungstenite
             }
-            if hub.receiver_count() == 0 || echo_tx.is_closed() {
-                // unreachable in practice; keeps both senders alive until the reader ends
+            match &echo_tx {
+                Some(echo) => {
+                    if echo.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    // Err only when no connection is subscribed: nothing to deliver then.
+                    let _ = hub.send(message);
+                }
             }
-            let sent = if hub_mode(&echo) { hub.send(message).is_ok() } else { echo_tx.send(message).await.is_ok() };
-            let _ = sent; // a broadcast with no receivers left is not an error here
         }
     };
     tokio::select! {
         _ = reader => writer.abort(),
-        _ = &mut writer => {} // lagged or the socket failed: drop the connection
+        _ = &mut writer => {} // lagged, or the socket failed: drop the connection
     }
 }
