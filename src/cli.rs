@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::batch::BatchRule;
-use crate::config::{defaults, parse_duration, parse_size, Config};
+use crate::config::{defaults, parse_duration, parse_size, ApiKey, Config};
 
 /// A WebSocket hub that holds very many connections on a few threads.
 #[derive(Debug, Parser)]
@@ -57,6 +57,17 @@ pub struct Cli {
     /// (repeatable; comma-separated in the environment variable).
     #[arg(long, env = "WSHUB_BATCH", value_delimiter = ',')]
     pub batch: Vec<BatchRule>,
+    /// Key a backend must present (`Authorization: Bearer KEY`) to use the HTTP publish
+    /// API (repeatable; comma-separated in the environment variable, which keeps it out
+    /// of `ps`). Without one the API answers 403.
+    #[arg(long, env = "WSHUB_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub api_key: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "WSHUB_API_KEY_FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Do not serve the web demo page at `/`.
+    #[arg(long, env = "WSHUB_NO_DEMO")]
+    pub no_demo: bool,
     /// Threads for application handlers that may block (the hub protocol's requests).
     #[arg(long, env = "WSHUB_WORKERS", default_value_t = 4)]
     pub workers: usize,
@@ -83,8 +94,15 @@ impl Cli {
         }
     }
 
-    pub fn config(&self) -> Config {
-        Config {
+    /// The settings the flags describe; fails only when a named file cannot be read.
+    pub fn config(&self) -> Result<Config, String> {
+        let mut api_keys: Vec<ApiKey> = self.api_key.iter().map(ApiKey::new).collect();
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let lines = text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
+            api_keys.extend(lines.map(ApiKey::new));
+        }
+        Ok(Config {
             listen: self.listen,
             shards: self.shards.unwrap_or_else(|| Config::default().shards),
             handshake_timeout: self.handshake_timeout,
@@ -97,7 +115,9 @@ impl Cli {
             shutdown_timeout: self.shutdown_timeout,
             max_subscriptions: self.max_subscriptions,
             batch: self.batch.clone(),
-        }
+            api_keys,
+            serve_demo: !self.no_demo,
+        })
     }
 
     /// Logs to stderr at the chosen level; tungstenite's own chatter only from warn up.
@@ -116,7 +136,7 @@ mod tests {
     #[test]
     fn cli_defaults_match_config_defaults() {
         let cli = Cli::try_parse_from(["wshub", "--shards", "2"]).unwrap();
-        let config = cli.config();
+        let config = cli.config().unwrap();
         let default = Config::default();
         assert_eq!(config.listen, default.listen);
         assert_eq!(config.idle_timeout, default.idle_timeout);
@@ -134,7 +154,7 @@ mod tests {
         assert_eq!(cli.max_message_size, 1 << 20);
         assert!(Cli::try_parse_from(["wshub", "--ping-interval", "soon"]).is_err());
         let cli = Cli::try_parse_from(["wshub", "--batch", "ticker.*=100ms", "--batch", "news=1s"]).unwrap();
-        assert_eq!(cli.config().batch.len(), 2);
+        assert_eq!(cli.config().unwrap().batch.len(), 2);
         assert!(Cli::try_parse_from(["wshub", "--batch", "nonsense"]).is_err());
     }
 }

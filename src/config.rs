@@ -39,6 +39,35 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Topics whose publications are delivered in batches, and how often.
     pub batch: Vec<BatchRule>,
+    /// Keys a backend presents (`Authorization: Bearer`) to use the HTTP publish API;
+    /// with none, the API answers 403.
+    pub api_keys: Vec<ApiKey>,
+    /// Serve the web demo page at `/` (and its script at `/app.js`).
+    pub serve_demo: bool,
+}
+
+/// A secret a client presents. Never printed: `Debug` shows only that it is set, so a
+/// logged `Config` leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    /// Compares in time independent of where the two differ, so response timing does not
+    /// reveal how much of a guess was right.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
 }
 
 /// Defaults shared by [`Config::default`] and the CLI, so the two never drift apart.
@@ -71,6 +100,8 @@ impl Default for Config {
             shutdown_timeout: duration(defaults::SHUTDOWN_TIMEOUT),
             max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
             batch: Vec::new(),
+            api_keys: Vec::new(),
+            serve_demo: true,
         }
     }
 }
@@ -80,6 +111,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.shards == 0 || self.shards > 256 {
             return Err(format!("--shards must be 1..=256, got {}", self.shards));
+        }
+        if self.api_keys.iter().any(|key| key.0.trim().is_empty() || key.0.contains(char::is_whitespace)) {
+            return Err("an API key must not be empty or contain whitespace".into());
         }
         if self.max_message_size < 125 {
             return Err("--max-message-size must be at least 125 bytes".into());
@@ -156,6 +190,15 @@ mod tests {
         assert_eq!(parse_size("1m"), Ok(1 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn api_keys_match_exactly_and_never_print() {
+        let key = ApiKey::new("s3cret");
+        assert!(key.matches("s3cret"));
+        assert!(!key.matches("s3cre") && !key.matches("s3cret!") && !key.matches("S3cret"));
+        let config = Config { api_keys: vec![key], ..Config::default() };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

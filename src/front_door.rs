@@ -2,9 +2,10 @@
 //! the WebSocket phase; free of sockets, so every verdict is unit-tested in memory.
 //!
 //! [`examine`] looks at the request bytes received so far and says: wait for more, upgrade
-//! to a WebSocket (with the 101 response to send), or answer plain HTTP. Plain requests go
-//! to the handler's [`on_http`](crate::Handler::on_http) hook; malformed or unacceptable
-//! upgrades get their status here (400, 405, 426, 431).
+//! to a WebSocket (with the 101 response to send), or answer plain HTTP. Plain requests
+//! (with their `Content-Length` body) go to the built-in endpoints (`http_api`) and then to
+//! the handler's [`on_http`](crate::Handler::on_http) hook; malformed or unacceptable
+//! requests get their status here (400, 405, 411, 413, 426, 431).
 
 use std::fmt::Write as _;
 
@@ -19,12 +20,17 @@ pub const MAX_USER_LEN: usize = 64;
 pub enum Verdict {
     /// The request head is not complete yet; read more.
     Incomplete,
+    /// The head is complete and announced a body that has not all arrived; read more.
+    /// `expect_continue`: the client waits for `100 Continue` before sending it.
+    BodyPending { expect_continue: bool },
     /// A valid WebSocket upgrade.
     Upgrade(Upgrade),
-    /// A plain HTTP request for the handler's HTTP hook.
-    Plain(PlainRequest),
-    /// Answer this and close.
-    Refuse(HttpResponse),
+    /// A complete plain HTTP request of `len` bytes (head and body); bytes after it belong
+    /// to the next request on the connection.
+    Plain { request: PlainRequest, len: usize },
+    /// Answer this and close. `upgrade`: it was a WebSocket upgrade that failed (counted
+    /// as a handshake failure), not a bad plain request.
+    Refuse { response: HttpResponse, upgrade: bool },
 }
 
 /// An accepted upgrade: what to send, and what the request told us.
@@ -38,15 +44,34 @@ pub struct Upgrade {
     pub head_len: usize,
 }
 
-/// A non-upgrade request, as the HTTP hook sees it.
-#[derive(Debug, PartialEq, Eq)]
+/// A non-upgrade request, as the HTTP endpoints and the handler's hook see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlainRequest {
     pub method: String,
     /// The request target, query included.
     pub target: String,
+    /// Header names as sent; look them up with [`PlainRequest::header`].
+    pub headers: Vec<(String, String)>,
+    /// Exactly `Content-Length` bytes (empty without one).
+    pub body: Vec<u8>,
+    /// The client will send another request on this connection after our answer
+    /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
+    pub keep_alive: bool,
 }
 
-/// A complete HTTP response; the connection closes after it.
+impl PlainRequest {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The target without its query string.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(path, _)| path)
+    }
+}
+
+/// A complete HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: u16,
@@ -65,6 +90,19 @@ impl HttpResponse {
         HttpResponse { status, reason, headers: Vec::new(), content_type: "text/plain; charset=utf-8", body }
     }
 
+    /// A JSON response; the reason phrase follows from the status.
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        let mut body = body.into().into_bytes();
+        body.push(b'\n');
+        HttpResponse {
+            status,
+            reason: reason_phrase(status),
+            headers: Vec::new(),
+            content_type: "application/json",
+            body,
+        }
+    }
+
     pub fn not_found() -> Self {
         HttpResponse::text(404, "Not Found", "not found")
     }
@@ -75,37 +113,66 @@ impl HttpResponse {
         self
     }
 
-    /// The bytes on the wire.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The bytes on the wire. `keep_alive`: the connection stays open for another request;
+    /// `head_only`: the answer to a `HEAD` request (headers, no body).
+    pub fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, self.reason);
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
+        let connection = if keep_alive { "keep-alive" } else { "close" };
         let _ = write!(
             head,
-            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "Content-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
             self.content_type,
             self.body.len()
         );
         let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
         bytes
     }
 }
 
-/// Decides what the request head in `bytes` asks for.
-pub fn examine(bytes: &[u8]) -> Verdict {
+/// The standard reason phrase of the statuses this server sends.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Decides what the request in `bytes` asks for. A plain request may carry a body of at
+/// most `max_body` bytes.
+pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
+    let refuse = |response| Verdict::Refuse { response, upgrade: false };
     let head_len = match request.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => {
-            return Verdict::Refuse(too_large());
-        }
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => return refuse(too_large()),
         Ok(httparse::Status::Partial) => return Verdict::Incomplete,
-        Err(httparse::Error::TooManyHeaders) => return Verdict::Refuse(too_large()),
-        Err(e) => return Verdict::Refuse(HttpResponse::text(400, "Bad Request", format!("malformed request: {e}"))),
+        Err(httparse::Error::TooManyHeaders) => return refuse(too_large()),
+        Err(e) => return refuse(bad_request(format!("malformed request: {e}"))),
     };
+    if head_len > MAX_REQUEST_BYTES {
+        return refuse(too_large());
+    }
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let header = |name: &str| {
@@ -125,34 +192,68 @@ pub fn examine(bytes: &[u8]) -> Verdict {
     };
 
     if !has_token("Upgrade", "websocket") {
-        return Verdict::Plain(PlainRequest { method: method.to_string(), target: target.to_string() });
+        if header("Transfer-Encoding").is_some() {
+            return refuse(HttpResponse::text(411, "Length Required", "send the body with a Content-Length"));
+        }
+        let body_len = match content_length(request.headers) {
+            Ok(len) => len,
+            Err(why) => return refuse(bad_request(why)),
+        };
+        if body_len > max_body {
+            return refuse(HttpResponse::text(
+                413,
+                reason_phrase(413),
+                format!("request body of {body_len} bytes is over the limit of {max_body}"),
+            ));
+        }
+        if bytes.len() < head_len + body_len {
+            return Verdict::BodyPending { expect_continue: has_token("Expect", "100-continue") };
+        }
+        let keep_alive = match request.version {
+            Some(1) => !has_token("Connection", "close"),
+            _ => has_token("Connection", "keep-alive"),
+        };
+        let headers = request
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let request = PlainRequest {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers,
+            body: bytes[head_len..head_len + body_len].to_vec(),
+            keep_alive,
+        };
+        return Verdict::Plain { request, len: head_len + body_len };
     }
+    let refuse = |response| Verdict::Refuse { response, upgrade: true };
     if method != "GET" {
-        return Verdict::Refuse(
+        return refuse(
             HttpResponse::text(405, "Method Not Allowed", "a WebSocket upgrade must use GET")
                 .with_header("Allow", "GET"),
         );
     }
     if request.version != Some(1) {
-        return Verdict::Refuse(bad_request("a WebSocket upgrade needs HTTP/1.1"));
+        return refuse(bad_request("a WebSocket upgrade needs HTTP/1.1"));
     }
     if !has_token("Connection", "upgrade") {
-        return Verdict::Refuse(bad_request("missing 'Connection: Upgrade'"));
+        return refuse(bad_request("missing 'Connection: Upgrade'"));
     }
     if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {
-        return Verdict::Refuse(
+        return refuse(
             HttpResponse::text(426, "Upgrade Required", "only WebSocket version 13 is supported")
                 .with_header("Sec-WebSocket-Version", "13"),
         );
     }
     let Some(key) = header("Sec-WebSocket-Key").filter(|k| is_valid_key(k.trim())) else {
-        return Verdict::Refuse(bad_request("missing or invalid Sec-WebSocket-Key"));
+        return refuse(bad_request("missing or invalid Sec-WebSocket-Key"));
     };
     let user = match query_param(target, "user") {
         None => None,
         Some(user) if is_valid_user(&user) => Some(user),
         Some(_) => {
-            return Verdict::Refuse(bad_request(format!(
+            return refuse(bad_request(format!(
                 "user must be 1-{MAX_USER_LEN} characters of A-Z a-z 0-9 _ . @ -, not all digits"
             )))
         }
@@ -163,6 +264,24 @@ pub fn examine(bytes: &[u8]) -> Verdict {
     )
     .into_bytes();
     Verdict::Upgrade(Upgrade { response, user, head_len })
+}
+
+/// The body length a request announces: 0 without `Content-Length`; several differing
+/// values, or one that is not a number, are refused (request smuggling starts there).
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, &'static str> {
+    let mut length = None;
+    for header in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("Content-Length")) {
+        let value = std::str::from_utf8(header.value).map_err(|_| "invalid Content-Length")?.trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("invalid Content-Length");
+        }
+        let value: usize = value.parse().unwrap_or(usize::MAX);
+        if length.is_some_and(|seen| seen != value) {
+            return Err("conflicting Content-Length headers");
+        }
+        length = Some(value);
+    }
+    Ok(length.unwrap_or(0))
 }
 
 fn bad_request(why: impl Into<String>) -> HttpResponse {
@@ -181,7 +300,7 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// All digits is refused: that is how a connection without a user is named (its id).
-fn is_valid_user(user: &str) -> bool {
+pub(crate) fn is_valid_user(user: &str) -> bool {
     (1..=MAX_USER_LEN).contains(&user.len())
         && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
         && !user.bytes().all(|b| b.is_ascii_digit())
@@ -232,9 +351,13 @@ mod tests {
         )
     }
 
+    fn examine(bytes: &[u8]) -> Verdict {
+        super::examine(bytes, 1024)
+    }
+
     fn status(verdict: Verdict) -> u16 {
         match verdict {
-            Verdict::Refuse(response) => response.status,
+            Verdict::Refuse { response, .. } => response.status,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -257,10 +380,43 @@ mod tests {
         assert_eq!(examine(&request.as_bytes()[..40]), Verdict::Incomplete);
     }
 
+    fn plain(verdict: Verdict) -> (PlainRequest, usize) {
+        match verdict {
+            Verdict::Plain { request, len } => (request, len),
+            other => panic!("expected a plain request, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn plain_requests_go_to_the_http_hook() {
-        let verdict = examine(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(verdict, Verdict::Plain(PlainRequest { method: "GET".into(), target: "/health".into() }));
+    fn plain_requests_go_to_the_http_side() {
+        let bytes = b"GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (request, len) = plain(examine(bytes));
+        assert_eq!((request.method.as_str(), request.path(), request.header("host")), ("GET", "/health", Some("x")));
+        assert!(request.keep_alive, "HTTP/1.1 keeps the connection by default");
+        assert_eq!(len, bytes.len());
+        let (close, _) = plain(examine(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!close.keep_alive);
+        let (old, _) = plain(examine(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!old.keep_alive, "HTTP/1.0 closes unless asked to keep alive");
+    }
+
+    #[test]
+    fn a_body_is_read_to_its_content_length_and_no_further() {
+        let head = "POST /api HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(examine(head.as_bytes()), Verdict::BodyPending { expect_continue: true });
+        let pipelined = format!("{head}helloGET / HTTP/1.1\r\n\r\n");
+        let (request, len) = plain(examine(pipelined.as_bytes()));
+        assert_eq!(request.body, b"hello");
+        assert_eq!(&pipelined[len..], "GET / HTTP/1.1\r\n\r\n", "the next request is left for later");
+    }
+
+    #[test]
+    fn refuses_bodies_it_will_not_read() {
+        assert_eq!(status(examine(b"POST / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n")), 413);
+        assert_eq!(status(examine(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")), 411);
+        assert_eq!(status(examine(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")), 400);
+        let conflict = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(status(examine(conflict)), 400);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
+use crate::metrics::Counters;
 use crate::protocol;
 use crate::routing::Directory;
 
@@ -117,6 +119,8 @@ pub(crate) struct ShardShared {
     pub users: Mutex<HashSet<Arc<str>>>,
     pub sessions: Mutex<HashMap<ConnId, Session>>,
     pub connections: AtomicUsize,
+    /// The shard's counters as of its last loop pass (it publishes them once per pass).
+    pub counters: Mutex<Counters>,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the data is plain maps whose
@@ -173,6 +177,8 @@ impl InboxReceiver {
 pub struct Hub {
     shards: Arc<[ShardInbox]>,
     shared: Arc<[ShardShared]>,
+    /// When the server started, for uptime.
+    started: Instant,
 }
 
 /// Who is subscribed to a topic, across all shards.
@@ -198,24 +204,34 @@ pub struct Stats {
     pub connections_per_shard: Vec<usize>,
     /// Distinct topics with at least one subscriber.
     pub topics: usize,
+    /// Distinct named users with an open connection (anonymous connections not counted).
+    pub users: usize,
     /// Connections holding session data.
     pub sessions: usize,
+    /// Cross-shard commands waiting in each shard's inbox.
     pub inbox_depths: Vec<usize>,
+    pub uptime_seconds: u64,
+    /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
+    #[serde(flatten)]
+    pub totals: Counters,
+    /// Each shard's counters, for `/metrics`.
+    #[serde(skip)]
+    pub per_shard: Vec<Counters>,
 }
 
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
         let shared = (0..shards.len()).map(|_| ShardShared::default()).collect();
-        Hub { shards: shards.into(), shared }
+        Hub { shards: shards.into(), shared, started: Instant::now() }
     }
 
     /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
     /// takes a `Hub`.
     #[cfg(test)]
     pub(crate) fn detached(shards: usize) -> Self {
-        let poll = mio::Poll::new().expect("poll");
-        let inboxes =
-            (0..shards).map(|i| inbox(Waker::new(poll.registry(), mio::Token(i)).expect("waker")).0).collect();
+        // One poll per waker: mio allows a single waker per poll.
+        let waker = |_| Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
+        let inboxes = (0..shards).map(|i| inbox(waker(i)).0).collect();
         Hub::new(inboxes)
     }
 
@@ -263,10 +279,17 @@ impl Hub {
 
     pub fn stats(&self) -> Stats {
         let mut topics = BTreeSet::new();
+        let mut users = HashSet::new();
         let mut sessions = 0;
+        let mut totals = Counters::default();
+        let mut per_shard = Vec::with_capacity(self.shared.len());
         for shared in self.shared.iter() {
             topics.extend(lock(&shared.directory).topics().cloned());
+            users.extend(lock(&shared.users).iter().cloned());
             sessions += lock(&shared.sessions).len();
+            let counters = *lock(&shared.counters);
+            totals.add(&counters);
+            per_shard.push(counters);
         }
         let connections_per_shard: Vec<usize> =
             self.shared.iter().map(|s| s.connections.load(Ordering::Acquire)).collect();
@@ -274,8 +297,12 @@ impl Hub {
             connections: connections_per_shard.iter().sum(),
             connections_per_shard,
             topics: topics.len(),
+            users: users.len(),
             sessions,
             inbox_depths: self.inbox_depths(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            totals,
+            per_shard,
         }
     }
 

@@ -10,7 +10,9 @@
 //! - `conn`: one connection's phases (handshaking → open → closing): `conn::door` reads
 //!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
 //!   and flushes output and runs its deadlines.
-//! - [`front_door`]: the first request on a connection: upgrade, plain HTTP, or refusal.
+//! - [`front_door`]: each request before the upgrade: upgrade, plain HTTP, or refusal.
+//! - `http_api`: the plain HTTP endpoints (web demo, publish API, health, stats,
+//!   metrics); [`metrics`]: what the shards count, rendered for `/stats` and `/metrics`.
 //! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
 //!   a time, so idle connections own no heap memory.
 //! - [`handler`]: the engine's hook (`on_open`, `on_message`, `on_close`, `on_http`) and
@@ -32,8 +34,10 @@ mod conn;
 pub mod error;
 pub mod front_door;
 pub mod handler;
+mod http_api;
 pub mod inbox;
 pub mod messaging;
+pub mod metrics;
 pub mod protocol;
 mod routing;
 pub mod server;
@@ -43,11 +47,12 @@ mod wire;
 
 pub use app::{App, AppError, Ctx};
 pub use batch::BatchRule;
-pub use config::Config;
+pub use config::{ApiKey, Config};
 pub use error::Error;
 pub use front_door::{HttpResponse, PlainRequest};
 pub use handler::{Context, Echo, Handler, Relay};
 pub use inbox::{ConnId, Filter, Hub, Presence, Publication, Session, Stats};
+pub use metrics::Counters;
 pub use routing::SubscribeError;
 pub use server::{run, start, Server};
 pub use tungstenite::protocol::frame::coding::CloseCode;

@@ -6,13 +6,18 @@ use wshub::cli::{Cli, Mode};
 fn main() {
     let cli = Cli::parse();
     cli.init_logging();
+    let config = cli.config().unwrap_or_else(|e| fail(&e));
     let result = match cli.mode() {
-        Mode::Hub => wshub::App::new().workers(cli.workers).run(cli.config()),
-        Mode::Echo => wshub::run(cli.config(), |_| wshub::Echo),
-        Mode::Relay => wshub::run(cli.config(), |_| wshub::Relay),
+        Mode::Hub => wshub::App::new().workers(cli.workers).run(config),
+        Mode::Echo => wshub::run(config, |_| wshub::Echo),
+        Mode::Relay => wshub::run(config, |_| wshub::Relay),
     };
     if let Err(e) = result {
-        eprintln!("wshub: {e}");
-        std::process::exit(1);
+        fail(&e);
     }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ! {
+    eprintln!("wshub: {error}");
+    std::process::exit(1);
 }

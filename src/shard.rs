@@ -25,7 +25,9 @@ use crate::config::Config;
 use crate::conn::{Connection, Cx, Delivery, Incoming, Limits, Outcome};
 use crate::front_door::HttpResponse;
 use crate::handler::{Context, Effect, Handler, ShardRouting};
+use crate::http_api;
 use crate::inbox::{lock, Command, ConnId, Filter, Hub, InboxReceiver, Publication};
+use crate::metrics::Counters;
 use crate::routing::Routes;
 use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
 
@@ -48,6 +50,8 @@ struct ShardIo {
     limits: Limits,
     /// What the connection being served produced, for the handler.
     incoming: Vec<Incoming>,
+    /// This shard's running totals; published to `ShardShared` once per loop pass.
+    counters: Counters,
 }
 
 impl ShardIo {
@@ -58,6 +62,7 @@ impl ShardIo {
             limits: &self.limits,
             now,
             incoming: &mut self.incoming,
+            counters: &mut self.counters,
         }
     }
 }
@@ -117,7 +122,12 @@ impl<H: Handler> Shard<H> {
             ShardRouting { index, hub, routes: Routes::default(), max_subscriptions: shared.config.max_subscriptions };
         Ok(Shard {
             index,
-            io: ShardIo { limits: Limits::new(&shared.config), poll, incoming: Vec::new() },
+            io: ShardIo {
+                limits: Limits::new(&shared.config),
+                poll,
+                incoming: Vec::new(),
+                counters: Counters::default(),
+            },
             listener: Some(listener),
             conns: Slab::new(),
             inbox,
@@ -172,6 +182,7 @@ impl<H: Handler> Shard<H> {
             self.flush_all(now);
             self.sweep_buffers(now);
             self.resume_accepting(now);
+            self.publish_counters();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
@@ -183,6 +194,14 @@ impl<H: Handler> Shard<H> {
             self.remove(key, self.clock.now());
         }
         log::debug!("shard {} stopped", self.index);
+    }
+
+    /// Makes this pass's counts visible to `/stats`, `/metrics` and `Hub::stats`.
+    fn publish_counters(&self) {
+        let mut published = lock(&self.routing.hub.shared(self.index).counters);
+        if *published != self.io.counters {
+            *published = self.io.counters;
+        }
     }
 
     fn connection_ready(&mut self, key: usize, readable: bool, writable: bool, now: Tick) {
@@ -231,6 +250,15 @@ impl<H: Handler> Shard<H> {
     /// Runs the handler for what a connection produced, applying its effects after each call.
     fn dispatch_incoming(&mut self, key: usize, now: Tick) {
         let mut incoming = mem::take(&mut self.io.incoming);
+        while !incoming.is_empty() {
+            self.dispatch(key, &mut incoming, now);
+            // Answering an HTTP request may have surfaced a pipelined one.
+            mem::swap(&mut incoming, &mut self.io.incoming);
+        }
+        self.io.incoming = incoming;
+    }
+
+    fn dispatch(&mut self, key: usize, incoming: &mut Vec<Incoming>, now: Tick) {
         for item in incoming.drain(..) {
             let Some(conn) = self.conns.get_mut(key) else {
                 break;
@@ -249,6 +277,8 @@ impl<H: Handler> Shard<H> {
                     self.handler.on_open(&mut cx);
                 }
                 Incoming::Message(message) => {
+                    self.io.counters.messages_in += 1;
+                    self.io.counters.bytes_in += message.len() as u64;
                     let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
                     self.handler.on_message(&mut cx, message);
                 }
@@ -258,7 +288,9 @@ impl<H: Handler> Shard<H> {
                     }
                 }
                 Incoming::Http(request) => {
-                    let response = self.handler.on_http(&request);
+                    let response =
+                        http_api::serve(&request, &self.routing.hub, &self.shared.config, &mut self.io.counters)
+                            .unwrap_or_else(|| self.handler.on_http(&request));
                     let mut cx = self.io.cx(key, now);
                     if conn.respond(&response, &mut cx) == Outcome::Remove {
                         self.remove(key, now);
@@ -267,7 +299,6 @@ impl<H: Handler> Shard<H> {
             }
             self.apply_effects(key, now);
         }
-        self.io.incoming = incoming;
     }
 
     fn apply_effects(&mut self, key: usize, now: Tick) {
@@ -334,7 +365,14 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.send(message, now) == Delivery::Evicted {
+        let len = message.len() as u64;
+        let delivery = conn.send(message, now);
+        if delivery == Delivery::Queued {
+            self.io.counters.messages_out += 1;
+            self.io.counters.bytes_out += len;
+        }
+        if delivery == Delivery::Evicted {
+            self.io.counters.evictions += 1;
             log::warn!(
                 "shard {}: evicting slow consumer {} (over {} bytes pending), close 1008",
                 self.index,
@@ -476,6 +514,7 @@ impl<H: Handler> Shard<H> {
         let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
         if over_limit {
+            self.io.counters.handshake_failures += 1;
             let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
             let mut cx = self.io.cx(key, now);
             if conn.respond(&busy, &mut cx) == Outcome::Remove {
@@ -499,7 +538,12 @@ impl<H: Handler> Shard<H> {
                     wheel.schedule(Entry { at, ..entry });
                     fired.push(entry.key as usize);
                 }
-                None => expired.push(entry.key as usize),
+                None => {
+                    if conn.first_request_pending() {
+                        io.counters.handshake_failures += 1;
+                    }
+                    expired.push(entry.key as usize)
+                }
             }
         });
         for key in mem::take(&mut self.expired) {
@@ -531,6 +575,12 @@ impl<H: Handler> Shard<H> {
                 self.remove(key, now);
             } else if let Some(at) = conn.take_reschedule(&self.io.limits) {
                 self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
+            }
+            if !self.io.incoming.is_empty() {
+                // A handshaking connection's flush writes its HTTP reply, which may surface
+                // the next pipelined request.
+                self.dispatch_incoming(key, now);
+                self.settle(key);
             }
         }
         self.flush_list = list;

@@ -35,13 +35,13 @@ fn the_http_hook_answers_plain_requests() {
         fn on_message(&mut self, _: &mut wshub::Context<'_>, _: Message) {}
         fn on_http(&mut self, request: &wshub::PlainRequest) -> wshub::HttpResponse {
             match request.target.as_str() {
-                "/health" => wshub::HttpResponse::text(200, "OK", "ok"),
+                "/custom" => wshub::HttpResponse::text(200, "OK", "ok"),
                 _ => wshub::HttpResponse::not_found(),
             }
         }
     }
     let server = start(config(1), |_| Health);
-    let response = http(server.local_addr(), b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = http(server.local_addr(), b"GET /custom HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n") && response.ends_with("ok\n"), "{response}");
     stop(server);
 }

@@ -1,5 +1,6 @@
-//! The handshaking phase of a connection: reading the request head, writing our answer
-//! (a 101, an HTTP response, or a refusal), then upgrading or lingering until EOF.
+//! The handshaking phase of a connection: reading a request (head, and body for plain
+//! HTTP), writing our answer (a 101, an HTTP response, or a refusal), then upgrading,
+//! reading the next request on a kept-alive connection, or lingering until EOF.
 
 use std::io::{self, Read, Write};
 use std::mem;
@@ -9,76 +10,87 @@ use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
 use super::{Connection, Cx, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
-use crate::front_door::{self, Verdict, MAX_REQUEST_BYTES};
+use crate::front_door::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
 use crate::wire::Wire;
+
+/// Requests one kept-alive connection may make; the answer to the last says `close`.
+const MAX_REQUESTS_PER_CONNECTION: u16 = 1000;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A connection's state before the upgrade; boxed inside `Phase::Handshaking`.
 pub(crate) struct FrontDoor {
     pub(super) wire: Wire,
-    /// The request head received so far (never more than `MAX_REQUEST_BYTES`).
+    /// The request received so far: at most one head and body, plus the start of a
+    /// pipelined next request.
     pub(super) request: Vec<u8>,
     /// Our answer; `reply[written..]` is still to go out.
     pub(super) reply: Vec<u8>,
     pub(super) written: usize,
     pub(super) stage: DoorStage,
+    /// The request being answered lets the connection stay open after the answer.
+    pub(super) keep_alive: bool,
+    /// The request being answered is a `HEAD`: the answer goes without its body.
+    pub(super) head_only: bool,
+    /// `100 Continue` was sent for the request being read.
+    pub(super) continued: bool,
+    /// Plain requests answered on this connection so far.
+    pub(super) served: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DoorStage {
     Reading,
-    /// The handler's HTTP hook is deciding (the shard calls `respond`).
+    /// The HTTP endpoints are deciding (the shard calls `respond`).
     AwaitingHttpResponse,
     ReplyingThenUpgrade,
+    /// Kept alive: after the reply, read the next request.
+    ReplyingThenNext,
     ReplyingThenClose,
     /// Reply sent and our side shut: discard input until EOF so the reply is not lost to a
     /// reset.
     Lingering,
 }
 
+impl FrontDoor {
+    pub(super) fn new(wire: Wire) -> Self {
+        FrontDoor {
+            wire,
+            request: Vec::new(),
+            reply: Vec::new(),
+            written: 0,
+            stage: DoorStage::Reading,
+            keep_alive: false,
+            head_only: false,
+            continued: false,
+            served: 0,
+        }
+    }
+}
+
 impl Connection {
     pub(super) fn door_ready(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
-            return Outcome::Keep;
-        };
-        if matches!(door.stage, DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse) {
-            // Bytes waiting now are WebSocket frames (or a pipelined request): leave them
-            // in the socket until the upgrade (or the reply) is done.
-            return Outcome::Keep;
-        }
         loop {
-            let mut chunk = [0u8; 4096];
-            let limit = match door.stage {
-                DoorStage::Reading => (MAX_REQUEST_BYTES + 1 - door.request.len()).min(chunk.len()),
-                // The request is complete; later bytes (a body, a pipelined request) are
-                // read only to notice EOF.
-                _ => chunk.len(),
+            let Phase::Handshaking(door) = &mut self.phase else {
+                return Outcome::Keep;
             };
+            let limit = match door.stage {
+                // Bytes waiting now are WebSocket frames or the next request: leave them in
+                // the socket until the upgrade (or the reply) is done.
+                DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse | DoorStage::ReplyingThenNext => {
+                    return Outcome::Keep
+                }
+                DoorStage::Reading => MAX_REQUEST_BYTES + cx.limits.max_http_body + 1 - door.request.len(),
+                // Answered for good; later bytes are read only to notice EOF.
+                DoorStage::ReplyingThenClose | DoorStage::Lingering => usize::MAX,
+            };
+            let mut chunk = [0u8; 4096];
+            let limit = limit.min(chunk.len());
             match door.wire.tcp.read(&mut chunk[..limit]) {
                 Ok(0) => return Outcome::Remove,
                 Ok(n) if door.stage == DoorStage::Reading => {
                     door.request.extend_from_slice(&chunk[..n]);
-                    match front_door::examine(&door.request) {
-                        Verdict::Incomplete => {}
-                        Verdict::Upgrade(upgrade) => {
-                            self.stash = door.request.split_off(upgrade.head_len);
-                            door.request = Vec::new();
-                            door.reply = upgrade.response;
-                            door.stage = DoorStage::ReplyingThenUpgrade;
-                            self.user = upgrade.user.map(Into::into);
-                            return self.door_write(cx);
-                        }
-                        Verdict::Plain(request) => {
-                            door.request = Vec::new();
-                            door.stage = DoorStage::AwaitingHttpResponse;
-                            cx.incoming.push(Incoming::Http(request));
-                            return Outcome::Keep;
-                        }
-                        Verdict::Refuse(response) => {
-                            door.request = Vec::new();
-                            door.reply = response.to_bytes();
-                            door.stage = DoorStage::ReplyingThenClose;
-                            return self.door_write(cx);
-                        }
+                    if let Some(outcome) = self.door_examine(cx) {
+                        return outcome;
                     }
                 }
                 Ok(_) => {}
@@ -87,6 +99,66 @@ impl Connection {
                 Err(_) => return Outcome::Remove,
             }
         }
+    }
+
+    /// Looks at the request bytes so far; `None` means read more.
+    fn door_examine(&mut self, cx: &mut Cx<'_>) -> Option<Outcome> {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Some(Outcome::Keep);
+        };
+        match front_door::examine(&door.request, cx.limits.max_http_body) {
+            Verdict::Incomplete => None,
+            Verdict::BodyPending { expect_continue } => {
+                if expect_continue && !door.continued {
+                    door.continued = true;
+                    // 25 bytes to a socket whose buffer holds nothing of ours yet: a short
+                    // write does not happen, and if it did the stream would be corrupt.
+                    if !matches!(door.wire.tcp.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                        return Some(Outcome::Remove);
+                    }
+                }
+                None
+            }
+            Verdict::Upgrade(upgrade) => {
+                self.stash = door.request.split_off(upgrade.head_len);
+                door.request = Vec::new();
+                door.reply = upgrade.response;
+                door.stage = DoorStage::ReplyingThenUpgrade;
+                self.user = upgrade.user.map(Into::into);
+                Some(self.door_write(cx))
+            }
+            Verdict::Plain { request, len } => {
+                door.request.drain(..len);
+                door.keep_alive = request.keep_alive && door.served + 1 < MAX_REQUESTS_PER_CONNECTION;
+                door.head_only = request.method == "HEAD";
+                door.continued = false;
+                door.stage = DoorStage::AwaitingHttpResponse;
+                cx.counters.http_requests += 1;
+                cx.incoming.push(Incoming::Http(request));
+                Some(Outcome::Keep)
+            }
+            Verdict::Refuse { response, upgrade } => {
+                if upgrade {
+                    cx.counters.handshake_failures += 1;
+                }
+                door.request = Vec::new();
+                door.keep_alive = false;
+                door.reply = response.to_bytes(false, false);
+                door.stage = DoorStage::ReplyingThenClose;
+                Some(self.door_write(cx))
+            }
+        }
+    }
+
+    /// The answer to a plain HTTP request (or a 503 to a connection over the limit).
+    pub(super) fn door_respond(&mut self, response: &HttpResponse, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        door.reply = response.to_bytes(door.keep_alive, door.head_only);
+        door.written = 0;
+        door.stage = if door.keep_alive { DoorStage::ReplyingThenNext } else { DoorStage::ReplyingThenClose };
+        self.door_write(cx)
     }
 
     pub(super) fn door_write(&mut self, cx: &mut Cx<'_>) -> Outcome {
@@ -108,6 +180,25 @@ impl Connection {
         self.flags &= !WANTS_WRITABLE;
         match door.stage {
             DoorStage::ReplyingThenUpgrade => self.upgrade(cx),
+            DoorStage::ReplyingThenNext => {
+                door.stage = DoorStage::Reading;
+                door.served += 1;
+                door.reply = Vec::new();
+                door.written = 0;
+                // The handshake deadline doubles as the keep-alive idle timeout, and the
+                // next request must arrive in full within it.
+                self.since = cx.now;
+                self.flags |= RESCHEDULE;
+                if let Outcome::Remove = self.sync_interest(cx) {
+                    return Outcome::Remove;
+                }
+                // A pipelined request may be buffered already, or waiting in the socket
+                // with no new edge to announce it.
+                if let Some(outcome) = self.door_examine(cx) {
+                    return outcome;
+                }
+                self.door_ready(cx)
+            }
             DoorStage::ReplyingThenClose => {
                 let _ = door.wire.tcp.shutdown(Shutdown::Write);
                 door.stage = DoorStage::Lingering;
@@ -122,6 +213,12 @@ impl Connection {
         }
     }
 
+    /// True while the connection is part-way through its first request: if its deadline
+    /// passes now, that is a failed handshake (a socket that never sent a byte is not).
+    pub(super) fn door_first_request_pending(&self) -> bool {
+        matches!(&self.phase, Phase::Handshaking(door) if door.served == 0 && door.stage == DoorStage::Reading && !door.request.is_empty())
+    }
+
     fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
         let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
         let websocket = WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
@@ -130,6 +227,7 @@ impl Connection {
         self.last_heard = cx.now;
         self.last_ping = cx.now;
         self.flags |= RESCHEDULE;
+        cx.counters.handshakes += 1;
         cx.incoming.push(Incoming::Opened);
         if let Outcome::Remove = self.sync_interest(cx) {
             return Outcome::Remove;

@@ -6,10 +6,14 @@
 //! # Phases
 //! ```text
 //!  accept ─► Handshaking ──101 written──► Open ──close sent or received──► Closing ─► (removed)
-//!               │  └─HTTP reply written─► lingers until EOF ─► (removed)       │
-//!               └─ deadline, EOF, error ─► (removed)        deadline, EOF, close reply
+//!            │ ▲      │                                                       │
+//!            │ └──────┤ HTTP reply written, kept alive: next request          │
+//!            │        └ HTTP reply written, then close: linger until EOF ─► (removed)
+//!            └─ deadline, EOF, error ─► (removed)        deadline, EOF, close reply
 //! ```
-//! - `Handshaking`: reading the request head (at most 8 KiB), then writing our answer.
+//! - `Handshaking`: reading the request (a head of at most 8 KiB, and a plain request's
+//!   body), then writing our answer; a kept-alive plain HTTP connection goes back to
+//!   reading its next request and stays in this phase.
 //! - `Open`: messages flow both ways; silent peers get pings, then an idle close.
 //! - `Closing`: our close frame is queued or sent; we wait for the peer's reply or EOF
 //!   until the close deadline. Incoming data is no longer delivered.
@@ -28,13 +32,14 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::Config;
 use crate::front_door::{HttpResponse, PlainRequest};
+use crate::metrics::Counters;
 use crate::timers::{ticks, Tick};
 use crate::wire::Wire;
 
 mod door;
 mod frames;
 
-use door::{DoorStage, FrontDoor};
+use door::FrontDoor;
 
 /// Recv calls one readiness event may make before the connection yields to others.
 const READ_BUDGET: usize = 16;
@@ -46,6 +51,8 @@ const CLOSE_FRAME_ROOM: usize = 256;
 pub(crate) struct Limits {
     pub websocket: WebSocketConfig,
     pub max_message_size: usize,
+    /// Largest body a plain HTTP request may carry.
+    pub max_http_body: usize,
     pub handshake: Tick,
     pub ping: Tick,
     pub idle: Tick,
@@ -66,6 +73,8 @@ impl Limits {
         Limits {
             websocket,
             max_message_size: config.max_message_size,
+            // A publish through the HTTP API carries one message's data plus its envelope.
+            max_http_body: config.max_message_size + 1024,
             handshake: ticks(config.handshake_timeout),
             ping: ticks(config.ping_interval),
             idle: ticks(config.idle_timeout),
@@ -93,6 +102,7 @@ pub(crate) struct Cx<'a> {
     pub limits: &'a Limits,
     pub now: Tick,
     pub incoming: &'a mut Vec<Incoming>,
+    pub counters: &'a mut Counters,
 }
 
 /// Whether the shard keeps the connection after a call.
@@ -178,15 +188,8 @@ pub(crate) struct Connection {
 impl Connection {
     /// A freshly accepted socket; its first timer entry is due at `handshake_deadline`.
     pub fn accepted(tcp: TcpStream, generation: u32, now: Tick, handshake_deadline: Tick) -> Self {
-        let door = FrontDoor {
-            wire: Wire { tcp },
-            request: Vec::new(),
-            reply: Vec::new(),
-            written: 0,
-            stage: DoorStage::Reading,
-        };
         Connection {
-            phase: Phase::Handshaking(Box::new(door)),
+            phase: Phase::Handshaking(Box::new(FrontDoor::new(Wire { tcp }))),
             stash: Vec::new(),
             user: None,
             generation,
@@ -318,14 +321,15 @@ impl Connection {
         self.sync_interest(cx)
     }
 
-    /// The handler's answer to a plain HTTP request.
+    /// The answer to a plain HTTP request (kept alive if the request allows), or a 503
+    /// to a connection over the limit.
     pub fn respond(&mut self, response: &HttpResponse, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
-            return Outcome::Keep;
-        };
-        door.reply = response.to_bytes();
-        door.stage = DoorStage::ReplyingThenClose;
-        self.door_write(cx)
+        self.door_respond(response, cx)
+    }
+
+    /// True while the connection is part-way through its first request.
+    pub fn first_request_pending(&self) -> bool {
+        self.door_first_request_pending()
     }
 
     /// Starts a close handshake with `code` (idle, shutdown, handler request, protocol

@@ -73,11 +73,13 @@ pub fn close_code(client: &mut Client) -> CloseCode {
     }
 }
 
-/// Sends a raw HTTP request and returns the whole response (the server closes after it).
+/// Sends a raw HTTP request, ends the sending side, and returns everything the server
+/// answers until it closes (a kept-alive connection closes on seeing that end).
 pub fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.write_all(request).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("server closes after its answer");
     String::from_utf8_lossy(&response).into_owned()
@@ -223,4 +225,89 @@ impl JsonClient {
         assert_eq!(answer["id"], id, "answer to frame {id}: {answer}");
         answer
     }
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 connection that reads responses by their Content-Length, so several
+/// requests can go over it (keep-alive, pipelining).
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        HttpConn { stream, buffer: Vec::new() }
+    }
+
+    /// Sends `method path` with an optional bearer key and JSON body; reads the answer.
+    pub fn request(&mut self, method: &str, path: &str, key: Option<&str>, body: &str) -> HttpReply {
+        self.stream.write_all(&http_request(method, path, key, body)).unwrap();
+        self.read_reply(method == "HEAD")
+    }
+
+    /// Reads one response; `head_only`: it answers a HEAD, so it has no body.
+    pub fn read_reply(&mut self, head_only: bool) -> HttpReply {
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill();
+        };
+        let head = String::from_utf8(self.buffer[..head_end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length = match head_only {
+            true => 0,
+            false => headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap()),
+        };
+        while self.buffer.len() < head_end + length {
+            self.fill();
+        }
+        let body = String::from_utf8(self.buffer[head_end..head_end + length].to_vec()).unwrap();
+        self.buffer.drain(..head_end + length);
+        HttpReply { status, headers, body }
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).expect("response arrives");
+        assert!(n > 0, "server closed mid-response: {:?}", String::from_utf8_lossy(&self.buffer));
+        self.buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The bytes of a request with `Host`, an optional bearer key and a body.
+pub fn http_request(method: &str, path: &str, key: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// One request on a fresh connection.
+pub fn http_once(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> HttpReply {
+    HttpConn::connect(addr).request(method, path, key, body)
 }

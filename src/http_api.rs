@@ -1,0 +1,254 @@
+//! The built-in HTTP endpoints, answered on the WebSocket port by the shard that accepted
+//! the connection: the web demo, the publish API for backends, health, stats and
+//! Prometheus metrics. Sits after the front door (which hands over a complete
+//! [`PlainRequest`]) and before the handler's own `on_http` hook, which gets every path
+//! not served here. Free of sockets: a request goes in, a response comes out.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tungstenite::Message;
+
+use crate::config::{ApiKey, Config};
+use crate::front_door::{is_valid_user, HttpResponse, PlainRequest};
+use crate::inbox::Hub;
+use crate::metrics::{self, Counters};
+use crate::protocol;
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+
+/// The sender named in messages published through the API when the body names none.
+pub const API_SENDER: &str = "api";
+
+/// Answers `request` if it is for a built-in endpoint; `None` passes it on to the handler.
+pub(crate) fn serve(
+    request: &PlainRequest,
+    hub: &Hub,
+    config: &Config,
+    counters: &mut Counters,
+) -> Option<HttpResponse> {
+    let path = request.path();
+    let response = match path {
+        "/" | "/index.html" if config.serve_demo => get(request, || asset("text/html; charset=utf-8", INDEX_HTML)),
+        "/app.js" if config.serve_demo => get(request, || asset("text/javascript; charset=utf-8", APP_JS)),
+        "/health" => get(request, || HttpResponse::json(200, r#"{"ok":true}"#)),
+        "/stats" => get(request, || {
+            let stats = serde_json::to_string(&hub.stats()).expect("stats serialize");
+            HttpResponse::json(200, stats).with_header("Cache-Control", "no-store")
+        }),
+        "/metrics" => get(request, || {
+            let mut response = HttpResponse::text(200, "OK", "");
+            response.body = metrics::prometheus(&hub.stats()).into_bytes();
+            response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            response
+        }),
+        "/api/publish" | "/api/broadcast" | "/api/send" => {
+            if request.method != "POST" {
+                return Some(not_allowed("POST"));
+            }
+            if let Err(refusal) = authorize(request, &config.api_keys) {
+                if refusal.status == 401 {
+                    counters.auth_failures += 1;
+                }
+                return Some(refusal);
+            }
+            match path {
+                "/api/publish" => publish(&request.body, hub),
+                "/api/broadcast" => broadcast(&request.body, hub),
+                _ => send(&request.body, hub),
+            }
+            .unwrap_or_else(|refusal| refusal)
+        }
+        _ if path.starts_with("/api/") => error(404, "not_found", &format!("no API endpoint {path}")),
+        _ => return None,
+    };
+    Some(response)
+}
+
+/// Serves `make()` to GET and HEAD (the front door drops the body for HEAD).
+fn get(request: &PlainRequest, make: impl FnOnce() -> HttpResponse) -> HttpResponse {
+    match request.method.as_str() {
+        "GET" | "HEAD" => make(),
+        _ => not_allowed("GET, HEAD"),
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse { status: 200, reason: "OK", headers: Vec::new(), content_type, body: body.as_bytes().to_vec() }
+        .with_header("Cache-Control", "no-cache")
+}
+
+fn not_allowed(allow: &'static str) -> HttpResponse {
+    error(405, "method_not_allowed", &format!("use {allow}")).with_header("Allow", allow)
+}
+
+/// A JSON error body: `{"error":code,"message":...}`.
+fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::json(status, serde_json::json!({ "error": code, "message": message }).to_string())
+}
+
+/// Checks `Authorization: Bearer <key>` against the configured API keys.
+fn authorize(request: &PlainRequest, keys: &[ApiKey]) -> Result<(), HttpResponse> {
+    if keys.is_empty() {
+        return Err(error(403, "api_disabled", "the publish API is off: start the server with --api-key"));
+    }
+    let presented = request.header("Authorization").and_then(|value| {
+        let (scheme, key) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("Bearer").then(|| key.trim())
+    });
+    match presented {
+        Some(key) if keys.iter().any(|known| known.matches(key)) => Ok(()),
+        Some(_) => Err(unauthorized("invalid API key")),
+        None => Err(unauthorized("send the API key as 'Authorization: Bearer <key>'")),
+    }
+}
+
+fn unauthorized(message: &str) -> HttpResponse {
+    error(401, "unauthorized", message).with_header("WWW-Authenticate", "Bearer")
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    topic: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    from: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    from: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SendBody<'a> {
+    user: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    from: Option<String>,
+}
+
+/// Queued for delivery on every shard: the answer cannot wait for the deliveries.
+fn accepted() -> HttpResponse {
+    HttpResponse::json(202, r#"{"ok":true}"#)
+}
+
+fn publish(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
+    let body: PublishBody<'_> = parse(body)?;
+    protocol::check_topic(&body.topic).map_err(|why| error(400, "bad_topic", &why))?;
+    let from = sender(body.from.as_deref())?;
+    hub.publish(&body.topic, from, body.data);
+    Ok(accepted())
+}
+
+fn broadcast(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
+    let body: BroadcastBody<'_> = parse(body)?;
+    let from = sender(body.from.as_deref())?;
+    hub.broadcast(Message::text(protocol::message(None, from, body.data, protocol::now_millis())));
+    Ok(accepted())
+}
+
+fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
+    let body: SendBody<'_> = parse(body)?;
+    if body.user.is_empty() {
+        return Err(error(400, "bad_field", "user must not be empty"));
+    }
+    let from = sender(body.from.as_deref())?;
+    hub.send_to_user(&body.user, Message::text(protocol::message(None, from, body.data, protocol::now_millis())));
+    Ok(accepted())
+}
+
+/// Parses a JSON body; a syntax error is `bad_json`, a missing or mistyped field `bad_field`.
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpResponse> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => error(400, "bad_field", &e.to_string()),
+        _ => error(400, "bad_json", &format!("the body must be a JSON object: {e}")),
+    })
+}
+
+/// The `from` a backend chose (a valid user name), or [`API_SENDER`].
+fn sender(from: Option<&str>) -> Result<&str, HttpResponse> {
+    match from {
+        None => Ok(API_SENDER),
+        Some(from) if is_valid_user(from) => Ok(from),
+        Some(_) => Err(error(400, "bad_field", "from must be 1-64 characters of A-Z a-z 0-9 _ . @ -, not all digits")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, auth: Option<&str>, body: &str) -> PlainRequest {
+        PlainRequest {
+            method: method.into(),
+            target: target.into(),
+            headers: auth.map(|a| ("Authorization".to_string(), a.to_string())).into_iter().collect(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
+    }
+
+    fn answer(request: &PlainRequest, config: &Config) -> (u16, String, Counters) {
+        let hub = Hub::detached(2);
+        let mut counters = Counters::default();
+        let response = serve(request, &hub, config, &mut counters).expect("a built-in endpoint");
+        (response.status, String::from_utf8(response.body).unwrap(), counters)
+    }
+
+    fn with_key() -> Config {
+        Config { api_keys: vec![ApiKey::new("s3cret")], ..Config::default() }
+    }
+
+    #[test]
+    fn health_stats_and_metrics_answer_get_only() {
+        let config = Config::default();
+        assert_eq!(answer(&request("GET", "/health", None, ""), &config).1, "{\"ok\":true}\n");
+        let (status, body, _) = answer(&request("GET", "/stats?pretty", None, ""), &config);
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, stats["connections_per_shard"].as_array().map(Vec::len)), (200, Some(2)));
+        assert!(stats["messages_in"].is_u64() && stats["uptime_seconds"].is_u64(), "{body}");
+        assert!(answer(&request("GET", "/metrics", None, ""), &config).1.contains("# TYPE wshub_connections gauge"));
+        assert_eq!(answer(&request("DELETE", "/health", None, ""), &config).0, 405);
+    }
+
+    #[test]
+    fn other_paths_go_to_the_handler_except_under_api() {
+        let hub = Hub::detached(1);
+        let config = Config::default();
+        assert!(serve(&request("GET", "/elsewhere", None, ""), &hub, &config, &mut Counters::default()).is_none());
+        assert_eq!(answer(&request("POST", "/api/nothing", None, ""), &config).0, 404);
+        let no_demo = Config { serve_demo: false, ..Config::default() };
+        assert!(serve(&request("GET", "/", None, ""), &hub, &no_demo, &mut Counters::default()).is_none());
+    }
+
+    #[test]
+    fn the_api_wants_the_key() {
+        let publish = |auth| request("POST", "/api/publish", auth, r#"{"topic":"t","data":1}"#);
+        assert_eq!(answer(&publish(Some("Bearer s3cret")), &with_key()).0, 202);
+        let (status, body, counters) = answer(&publish(Some("Bearer nope")), &with_key());
+        assert_eq!((status, counters.auth_failures), (401, 1), "{body}");
+        assert_eq!(answer(&publish(None), &with_key()).0, 401);
+        assert_eq!(answer(&publish(Some("Basic s3cret")), &with_key()).0, 401);
+        assert_eq!(answer(&publish(Some("Bearer s3cret")), &Config::default()).0, 403, "no key configured");
+        assert_eq!(answer(&request("GET", "/api/publish", None, ""), &with_key()).0, 405);
+    }
+
+    #[test]
+    fn bad_bodies_get_400_with_a_code() {
+        let post = |path, body| answer(&request("POST", path, Some("Bearer s3cret"), body), &with_key());
+        let code = |(status, body, _): (u16, String, Counters)| {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (status, value["error"].as_str().unwrap().to_string())
+        };
+        assert_eq!(code(post("/api/publish", "{not json")), (400, "bad_json".into()));
+        assert_eq!(code(post("/api/publish", r#"{"topic":"t"}"#)), (400, "bad_field".into()));
+        assert_eq!(code(post("/api/publish", r#"{"topic":"","data":1}"#)), (400, "bad_topic".into()));
+        assert_eq!(code(post("/api/send", r#"{"user":"","data":1}"#)), (400, "bad_field".into()));
+        assert_eq!(code(post("/api/broadcast", r#"{"data":1,"from":"<b>"}"#)), (400, "bad_field".into()));
+        assert_eq!(post("/api/broadcast", r#"{"data":{"x":[1,2]},"from":"ops"}"#).0, 202);
+        assert_eq!(post("/api/send", r#"{"user":"ann","data":"hi"}"#).0, 202);
+    }
+}

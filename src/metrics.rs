@@ -1,0 +1,173 @@
+//! What the server counts, and how `/stats` and `/metrics` show it. Sits beside the shard
+//! loop: each shard counts into plain integers as it works ([`Counters`], no atomics on
+//! the delivery path) and publishes them once per loop pass into its `ShardShared`, where
+//! the HTTP endpoints and [`Hub::stats`](crate::Hub::stats) read them.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::inbox::Stats;
+
+/// Running totals of one shard (or, summed, of the server) since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// WebSocket messages received from clients (text and binary).
+    pub messages_in: u64,
+    /// Their payload bytes.
+    pub bytes_in: u64,
+    /// WebSocket messages queued to clients (one per receiving connection).
+    pub messages_out: u64,
+    /// Their payload bytes.
+    pub bytes_out: u64,
+    /// Completed WebSocket upgrades.
+    pub handshakes: u64,
+    /// Upgrade requests refused (400, 405, 426, 503) or not completed in time.
+    pub handshake_failures: u64,
+    /// Requests refused for a missing or wrong credential (the HTTP API key).
+    pub auth_failures: u64,
+    /// Plain HTTP requests answered.
+    pub http_requests: u64,
+    /// Slow consumers closed with 1008 for falling too far behind.
+    pub evictions: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self`, field by field.
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+            handshakes,
+            handshake_failures,
+            auth_failures,
+            http_requests,
+            evictions,
+        } = other;
+        self.messages_in += messages_in;
+        self.bytes_in += bytes_in;
+        self.messages_out += messages_out;
+        self.bytes_out += bytes_out;
+        self.handshakes += handshakes;
+        self.handshake_failures += handshake_failures;
+        self.auth_failures += auth_failures;
+        self.http_requests += http_requests;
+        self.evictions += evictions;
+    }
+
+    /// Each counter with its Prometheus name and help text, in exposition order.
+    fn named(&self) -> [(&'static str, &'static str, u64); 9] {
+        [
+            ("wshub_messages_received_total", "WebSocket messages received from clients.", self.messages_in),
+            ("wshub_received_bytes_total", "Payload bytes of the messages received.", self.bytes_in),
+            ("wshub_messages_sent_total", "WebSocket messages queued to clients, one per receiver.", self.messages_out),
+            ("wshub_sent_bytes_total", "Payload bytes of the messages sent.", self.bytes_out),
+            ("wshub_handshakes_total", "Completed WebSocket upgrades.", self.handshakes),
+            ("wshub_handshake_failures_total", "Upgrades refused or not completed in time.", self.handshake_failures),
+            ("wshub_auth_failures_total", "Requests refused for a missing or wrong credential.", self.auth_failures),
+            ("wshub_http_requests_total", "Plain HTTP requests answered.", self.http_requests),
+            ("wshub_evictions_total", "Slow consumers closed with 1008.", self.evictions),
+        ]
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of `stats`.
+pub fn prometheus(stats: &Stats) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (Option<usize>, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, value) in samples {
+            match shard {
+                Some(shard) => {
+                    let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name} {value}");
+                }
+            }
+        }
+    };
+    let per_shard = |values: &[u64]| values.iter().copied().enumerate().map(|(i, v)| (Some(i), v)).collect::<Vec<_>>();
+    let connections: Vec<u64> = stats.connections_per_shard.iter().map(|&c| c as u64).collect();
+    family(
+        "wshub_connections",
+        "gauge",
+        "Sockets held (upgraded, handshaking or on plain HTTP).",
+        &mut per_shard(&connections).into_iter(),
+    );
+    let depths: Vec<u64> = stats.inbox_depths.iter().map(|&d| d as u64).collect();
+    family(
+        "wshub_inbox_depth",
+        "gauge",
+        "Cross-shard commands waiting in the shard's inbox.",
+        &mut per_shard(&depths).into_iter(),
+    );
+    family(
+        "wshub_topics",
+        "gauge",
+        "Distinct topics with a subscriber.",
+        &mut [(None, stats.topics as u64)].into_iter(),
+    );
+    family(
+        "wshub_users",
+        "gauge",
+        "Distinct named users with an open connection.",
+        &mut [(None, stats.users as u64)].into_iter(),
+    );
+    family(
+        "wshub_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &mut [(None, stats.uptime_seconds)].into_iter(),
+    );
+    let named: Vec<_> = stats.per_shard.iter().map(Counters::named).collect();
+    for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
+        let values: Vec<u64> = named.iter().map(|counters| counters[i].2).collect();
+        family(name, "counter", help, &mut per_shard(&values).into_iter());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_field_by_field() {
+        let mut total = Counters { messages_in: 1, evictions: 2, ..Counters::default() };
+        total.add(&Counters { messages_in: 10, bytes_out: 5, ..Counters::default() });
+        assert_eq!(total, Counters { messages_in: 11, bytes_out: 5, evictions: 2, ..Counters::default() });
+    }
+
+    #[test]
+    fn the_exposition_has_help_type_and_a_sample_per_shard() {
+        let stats = Stats {
+            connections: 3,
+            connections_per_shard: vec![1, 2],
+            topics: 4,
+            users: 2,
+            sessions: 0,
+            inbox_depths: vec![0, 7],
+            uptime_seconds: 9,
+            totals: Counters { messages_in: 5, ..Counters::default() },
+            per_shard: vec![
+                Counters { messages_in: 2, ..Counters::default() },
+                Counters { messages_in: 3, ..Counters::default() },
+            ],
+        };
+        let text = prometheus(&stats);
+        assert!(text.contains(
+            "# TYPE wshub_connections gauge\nwshub_connections{shard=\"0\"} 1\nwshub_connections{shard=\"1\"} 2\n"
+        ));
+        assert!(text.contains("wshub_inbox_depth{shard=\"1\"} 7\n"));
+        assert!(text.contains("# TYPE wshub_messages_received_total counter\n"));
+        assert!(text.contains("wshub_messages_received_total{shard=\"1\"} 3\n"));
+        assert!(text.contains("wshub_topics 4\n"));
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
