@@ -18,18 +18,19 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::Message;
 
-use crate::batch::{Batcher, Hold};
+use crate::batch::Batcher;
 use crate::config::Config;
-use crate::conn::{Connection, Cx, Delivery, Incoming, Limits, Outcome};
+use crate::conn::{Connection, Cx, Incoming, Limits, Outcome};
 use crate::front_door::HttpResponse;
 use crate::handler::{Context, Effect, Handler, ShardRouting};
 use crate::http_api;
-use crate::inbox::{lock, Command, ConnId, Filter, Hub, InboxReceiver, Publication};
+use crate::inbox::{lock, Command, ConnId, Hub, InboxReceiver};
 use crate::metrics::Counters;
 use crate::routing::Routes;
 use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
+
+mod delivery;
 
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 const LISTENER: Token = Token(usize::MAX - 2);
@@ -358,107 +359,6 @@ impl<H: Handler> Shard<H> {
                 Command::Filtered(filter, message) => self.filtered_local(&filter, message, now),
                 Command::Shutdown => self.begin_shutdown(now),
             }
-        }
-    }
-
-    fn deliver(&mut self, key: usize, message: Message, now: Tick) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let len = message.len() as u64;
-        let delivery = conn.send(message, now);
-        if delivery == Delivery::Queued {
-            self.io.counters.messages_out += 1;
-            self.io.counters.bytes_out += len;
-        }
-        if delivery == Delivery::Evicted {
-            self.io.counters.evictions += 1;
-            log::warn!(
-                "shard {}: evicting slow consumer {} (over {} bytes pending), close 1008",
-                self.index,
-                ConnId::new(self.index, key, conn.generation),
-                self.shared.config.max_pending_bytes
-            );
-        }
-        self.settle(key);
-    }
-
-    fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
-        let live = self.conns.get(id.slot()).is_some_and(|conn| conn.generation == id.generation());
-        if live {
-            self.deliver(id.slot(), message, now);
-        }
-    }
-
-    fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
-        let mut keys = mem::take(&mut self.targets);
-        match self.users.get(user) {
-            Some(local) => keys.extend(local),
-            // In open mode a connection without a user goes by its connection id.
-            None => keys.extend(self.anonymous_conn(user)),
-        }
-        self.deliver_to_all(&mut keys, message, now);
-        self.targets = keys;
-    }
-
-    fn broadcast_local(&mut self, message: Message, now: Tick) {
-        let mut keys = mem::take(&mut self.targets);
-        keys.extend(self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key));
-        self.deliver_to_all(&mut keys, message, now);
-        self.targets = keys;
-    }
-
-    /// The local connection whose id is `name`, if it has no user of its own.
-    fn anonymous_conn(&self, name: &str) -> Option<usize> {
-        let id = ConnId::from_u64(name.parse().ok()?);
-        let conn = self.conns.get(id.slot())?;
-        (id.shard() == self.index && conn.generation == id.generation() && conn.user.is_none()).then_some(id.slot())
-    }
-
-    fn publish_local(&mut self, publication: Publication, now: Tick) {
-        let frame = match self.batcher.hold(&publication, now) {
-            Hold::NotBatched => publication.frame,
-            Hold::Full(batch) => batch,
-            Hold::Held => return,
-        };
-        self.deliver_to_topic(&publication.topic, frame, now);
-    }
-
-    fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
-        let mut keys = mem::take(&mut self.targets);
-        keys.extend_from_slice(self.routing.routes.subscribers(topic));
-        self.deliver_to_all(&mut keys, frame, now);
-        self.targets = keys;
-    }
-
-    /// Sends the batches whose interval has ended to their topics' local subscribers.
-    fn deliver_batches(&mut self, now: Tick) {
-        let mut due = Vec::new();
-        self.batcher.take_due(now, &mut due);
-        for (topic, frame) in due {
-            self.deliver_to_topic(&topic, frame, now);
-        }
-    }
-
-    fn filtered_local(&mut self, filter: &Filter, message: Message, now: Tick) {
-        let mut keys = mem::take(&mut self.targets);
-        {
-            let sessions = lock(&self.routing.hub.shared(self.index).sessions);
-            for (id, session) in sessions.iter() {
-                let live = self.conns.get(id.slot()).is_some_and(|c| c.generation == id.generation() && c.is_open());
-                if live && filter(session) {
-                    keys.push(id.slot());
-                }
-            }
-        }
-        self.deliver_to_all(&mut keys, message, now);
-        self.targets = keys;
-    }
-
-    /// Delivers one shared payload to every key in `keys` (left empty afterwards).
-    fn deliver_to_all(&mut self, keys: &mut Vec<usize>, message: Message, now: Tick) {
-        for key in keys.drain(..) {
-            self.deliver(key, message.clone(), now);
         }
     }
 
