@@ -153,21 +153,29 @@ fn a_slow_reader_is_evicted_while_another_keeps_receiving() {
     let mut slow = upgrade_raw(slow_stream);
 
     let mut fast = connect(addr, "/");
-    let count = 600;
+    // ~12 MB in all: far more than the kernel can buffer between the server and the slow
+    // reader, even with the server's send buffer autotuned to its 4 MiB maximum.
+    let count = 1500;
     let payload = "x".repeat(8 * 1024);
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = progress.clone();
     let reader = thread::spawn(move || {
         let mut received = 0;
         while received < count {
             let text = next_text(&mut fast);
             assert!(text.starts_with(&format!("{received}:")), "in order");
             received += 1;
+            seen.store(received, std::sync::atomic::Ordering::Release);
         }
         received
     });
-    // ~4.8 MB in all: far more than the kernel buffers between server and slow reader.
+    // Paced to the fast reader (at most 4 messages ahead of it), so only the slow reader
+    // can fall behind by more than `max_pending_bytes`, however loaded the machine is.
     let hub = server.hub();
     for i in 0..count {
         hub.broadcast(Message::text(format!("{i}:{payload}")));
+        let ahead_limit = i.saturating_sub(4);
+        eventually("the fast reader keeps up", || progress.load(std::sync::atomic::Ordering::Acquire) >= ahead_limit);
     }
     assert_eq!(reader.join().unwrap(), count, "the fast reader got everything");
 
