@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it:
 #   1. unit and integration tests of every workspace crate (real sockets on 127.0.0.1);
 #   2. RFC 6455 conformance with the Autobahn|Testsuite (installs itself on first use);
-#   3. smoke runs of every load-tool subcommand (hold, fanout, echo) against real servers,
+#   3. the web demo in headless Chromium (installs Chromium and playwright-core on first use);
+#   4. smoke runs of every load-tool subcommand (hold, fanout, echo) against real servers,
 #      checking their JSON for zero loss and zero failures (not timings), and a small run
 #      of the memory script (checks the tooling works; its figure is not asserted).
 set -euo pipefail
@@ -12,6 +13,8 @@ echo "== cargo test"
 cargo test --workspace --all-targets
 echo "== autobahn"
 scripts/autobahn.sh
+echo "== browser test of the web demo"
+scripts/browser-test.sh
 echo "== load tool smoke"
 scripts/smoke-load.sh
 echo "== memory script smoke (2,000 idle connections)"

@@ -28,8 +28,19 @@ type EventHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<(), AppError> + Se
 type RequestHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<Value, AppError> + Send + Sync>;
 
 /// Client frame types the protocol defines; an application cannot take these names.
-const BUILT_IN_TYPES: [&str; 10] =
-    ["subscribe", "join", "unsubscribe", "leave", "publish", "message", "broadcast", "send", "request", "ping"];
+const BUILT_IN_TYPES: [&str; 11] = [
+    "subscribe",
+    "join",
+    "unsubscribe",
+    "leave",
+    "publish",
+    "message",
+    "broadcast",
+    "send",
+    "request",
+    "ping",
+    "refresh",
+];
 
 /// An application's handlers, to run with the hub protocol.
 ///

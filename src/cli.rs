@@ -2,12 +2,14 @@
 //! onto a [`Config`]. Lives in the library so `main.rs` stays a few lines.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::jwt::JwtVerifier;
 use crate::batch::BatchRule;
-use crate::config::{defaults, parse_duration, parse_size, ApiKey, Config};
+use crate::config::{defaults, parse_duration, parse_size, ApiKey, AuthSettings, Config, Secret, StaticToken};
 
 /// A WebSocket hub that holds very many connections on a few threads.
 #[derive(Debug, Parser)]
@@ -65,6 +67,39 @@ pub struct Cli {
     /// A file of API keys, one per line (blank lines and `#` comments ignored).
     #[arg(long, env = "WSHUB_API_KEY_FILE")]
     pub api_key_file: Option<std::path::PathBuf>,
+    /// How clients prove who they are: `none` (open: `?user=` taken as given), or one or
+    /// more of `token`, `jwt`, `ticket` (comma-separated).
+    #[arg(long, env = "WSHUB_AUTH", value_delimiter = ',', default_value = "none")]
+    pub auth: Vec<AuthMode>,
+    /// A static token for `--auth token`, as `TOKEN=USER` or `TOKEN=USER:admin`
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(long, env = "WSHUB_AUTH_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub auth_token: Vec<String>,
+    /// A file of static tokens, one `TOKEN USER [admin]` per line.
+    #[arg(long, env = "WSHUB_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// The HS256 secret for `--auth jwt` (prefer the environment variable or the file).
+    #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (trailing newline ignored).
+    #[arg(long, env = "WSHUB_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+    /// Require this `iss` claim.
+    #[arg(long, env = "WSHUB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Require this `aud` claim.
+    #[arg(long, env = "WSHUB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "WSHUB_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+    /// How long a ticket from `POST /api/ticket` stays redeemable.
+    #[arg(long, env = "WSHUB_TICKET_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub ticket_ttl: Duration,
+    /// Origins browsers may connect from (`https://app.example`, or `*` for any);
+    /// default: only pages served from the host they connect to.
+    #[arg(long, env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Do not serve the web demo page at `/`.
     #[arg(long, env = "WSHUB_NO_DEMO")]
     pub no_demo: bool,
@@ -74,6 +109,15 @@ pub struct Cli {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "WSHUB_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
+}
+
+/// A way clients may authenticate (`--auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    None,
+    Token,
+    Jwt,
+    Ticket,
 }
 
 /// Which built-in handler the binary runs.
@@ -98,10 +142,11 @@ impl Cli {
     pub fn config(&self) -> Result<Config, String> {
         let mut api_keys: Vec<ApiKey> = self.api_key.iter().map(ApiKey::new).collect();
         if let Some(path) = &self.api_key_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = read(path)?;
             let lines = text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
             api_keys.extend(lines.map(ApiKey::new));
         }
+        let auth = self.auth_settings()?;
         Ok(Config {
             listen: self.listen,
             shards: self.shards.unwrap_or_else(|| Config::default().shards),
@@ -117,7 +162,65 @@ impl Cli {
             batch: self.batch.clone(),
             api_keys,
             serve_demo: !self.no_demo,
+            auth,
         })
+    }
+
+    fn auth_settings(&self) -> Result<AuthSettings, String> {
+        let on = |mode| self.auth.contains(&mode);
+        if on(AuthMode::None) && self.auth.len() > 1 {
+            return Err("--auth none cannot be combined with other modes".into());
+        }
+        let mut settings = AuthSettings {
+            allowed_origins: self.allowed_origins.clone(),
+            ticket_ttl: self.ticket_ttl,
+            tickets: on(AuthMode::Ticket),
+            ..AuthSettings::default()
+        };
+        if on(AuthMode::Token) {
+            for spec in &self.auth_token {
+                let (token, who) = spec.split_once('=').ok_or("--auth-token takes TOKEN=USER[:admin]")?;
+                let (user, admin) = match who.strip_suffix(":admin") {
+                    Some(user) => (user, true),
+                    None => (who, false),
+                };
+                settings.tokens.push(StaticToken { token: Secret::new(token), user: user.into(), admin });
+            }
+            if let Some(path) = &self.auth_token_file {
+                let text = read(path)?;
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (token, user, admin) = match fields[..] {
+                        [token, user] => (token, user, false),
+                        [token, user, "admin"] => (token, user, true),
+                        _ => return Err(format!("{}: expected 'TOKEN USER [admin]' lines", path.display())),
+                    };
+                    settings.tokens.push(StaticToken { token: Secret::new(token), user: user.into(), admin });
+                }
+            }
+            if settings.tokens.is_empty() {
+                return Err("--auth token needs --auth-token or --auth-token-file".into());
+            }
+        }
+        if on(AuthMode::Jwt) {
+            let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+                (Some(secret), _) => secret.clone(),
+                (None, Some(path)) => read(path)?.trim_end_matches(['\r', '\n']).to_string(),
+                (None, None) => return Err("--auth jwt needs --jwt-secret or --jwt-secret-file".into()),
+            };
+            if secret.len() < 16 {
+                return Err("the JWT secret must be at least 16 bytes".into());
+            }
+            let mut verifier = JwtVerifier::new(secret.into_bytes()).leeway(self.jwt_leeway);
+            if let Some(issuer) = &self.jwt_issuer {
+                verifier = verifier.issuer(issuer);
+            }
+            if let Some(audience) = &self.jwt_audience {
+                verifier = verifier.audience(audience);
+            }
+            settings.jwt = Some(Arc::new(verifier));
+        }
+        Ok(settings)
     }
 
     /// Logs to stderr at the chosen level; tungstenite's own chatter only from warn up.
@@ -127,6 +230,10 @@ impl Cli {
             .with_module_level("tungstenite", log::LevelFilter::Warn.min(self.log_level))
             .init();
     }
+}
+
+fn read(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]

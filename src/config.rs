@@ -3,8 +3,10 @@
 //! shared read-only by every shard.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::jwt::JwtVerifier;
 use crate::batch::BatchRule;
 
 /// Everything a server needs to know before it starts.
@@ -44,16 +46,63 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// Serve the web demo page at `/` (and its script at `/app.js`).
     pub serve_demo: bool,
+    pub auth: AuthSettings,
 }
 
-/// A secret a client presents. Never printed: `Debug` shows only that it is set, so a
-/// logged `Config` leaks nothing.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+/// A secret a client presents (an API key, a static token). Never printed: `Debug`
+/// shows only that it is set, so a logged `Config` leaks nothing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
 
-impl ApiKey {
+/// A key for the HTTP publish API.
+pub type ApiKey = Secret;
+
+impl std::borrow::Borrow<str> for Secret {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who may connect, and how they prove it (see the README's "Authentication").
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Static tokens (`--auth token`).
+    pub tokens: Vec<StaticToken>,
+    /// JWT (HS256) verification (`--auth jwt`).
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// One-time tickets from `POST /api/ticket` (`--auth ticket`).
+    pub tickets: bool,
+    /// How long an issued ticket stays redeemable.
+    pub ticket_ttl: Duration,
+    /// Origins a browser may connect from: exact values (`https://app.example`) or `*`;
+    /// empty means the page must come from the host it connects to.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            tokens: Vec::new(),
+            jwt: None,
+            tickets: false,
+            ticket_ttl: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// A static token and the identity it stands for.
+#[derive(Debug, Clone)]
+pub struct StaticToken {
+    pub token: Secret,
+    pub user: String,
+    /// May broadcast (and use any topic).
+    pub admin: bool,
+}
+
+impl Secret {
     pub fn new(key: impl Into<String>) -> Self {
-        ApiKey(key.into())
+        Secret(key.into())
     }
 
     /// Compares in time independent of where the two differ, so response timing does not
@@ -64,9 +113,9 @@ impl ApiKey {
     }
 }
 
-impl std::fmt::Debug for ApiKey {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -102,6 +151,7 @@ impl Default for Config {
             batch: Vec::new(),
             api_keys: Vec::new(),
             serve_demo: true,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -114,6 +164,17 @@ impl Config {
         }
         if self.api_keys.iter().any(|key| key.0.trim().is_empty() || key.0.contains(char::is_whitespace)) {
             return Err("an API key must not be empty or contain whitespace".into());
+        }
+        for token in &self.auth.tokens {
+            if token.token.0.is_empty() || token.token.0.contains(char::is_whitespace) {
+                return Err("a static token must not be empty or contain whitespace".into());
+            }
+            if !crate::front_door::is_valid_user(&token.user) {
+                return Err(format!("static token user {:?} is not a valid user name", token.user));
+            }
+        }
+        if self.auth.tickets && self.api_keys.is_empty() {
+            return Err("--auth ticket needs --api-key: backends ask for tickets with it".into());
         }
         if self.max_message_size < 125 {
             return Err("--max-message-size must be at least 125 bytes".into());

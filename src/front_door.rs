@@ -12,6 +12,10 @@ use std::fmt::Write as _;
 /// Largest request head accepted; the connection buffers no more than this.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
+/// The subprotocol wshub confirms when a client offers it.
+pub const SUBPROTOCOL: &str = "wshub";
+/// A subprotocol starting with this carries a token: `bearer.<token>`.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// Longest `?user=` name accepted in open (no auth) mode.
 pub const MAX_USER_LEN: usize = 64;
 
@@ -33,15 +37,57 @@ pub enum Verdict {
     Refuse { response: HttpResponse, upgrade: bool },
 }
 
-/// An accepted upgrade: what to send, and what the request told us.
+/// A well-formed upgrade request: what it told us, for the auth gate to decide on.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Upgrade {
-    /// The complete `101 Switching Protocols` response.
-    pub response: Vec<u8>,
-    /// `?user=` from the request target (open mode identity), if any.
+    /// `Sec-WebSocket-Accept` for the 101.
+    pub accept: String,
+    /// `?user=` from the request target (the identity in open mode), if any.
     pub user: Option<String>,
+    /// The credential presented, wherever it came from.
+    pub credential: Option<Credential>,
+    /// `Origin` (sent by browsers) and `Host`, for the cross-site check.
+    pub origin: Option<String>,
+    pub host: Option<String>,
+    /// The subprotocol to confirm in the 101: `wshub` if offered, else a `bearer.` one
+    /// (browsers fail a connection whose offered subprotocols are all ignored).
+    pub subprotocol: Option<String>,
     /// How many bytes the request head used; anything after is WebSocket data.
     pub head_len: usize,
+}
+
+/// A credential on an upgrade request. Browsers cannot set headers on a WebSocket, so a
+/// token may also come as `?token=` or as a `bearer.<token>` subprotocol.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A static token or a JWT (`Authorization: Bearer`, `?token=`, subprotocol).
+    Token(String),
+    /// A one-time ticket (`?ticket=`).
+    Ticket(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Token(_) => "Token(<redacted>)",
+            Credential::Ticket(_) => "Ticket(<redacted>)",
+        })
+    }
+}
+
+impl Upgrade {
+    /// The complete `101 Switching Protocols` response.
+    pub fn response(&self) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+            self.accept
+        );
+        if let Some(protocol) = &self.subprotocol {
+            let _ = write!(head, "Sec-WebSocket-Protocol: {protocol}\r\n");
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
 }
 
 /// A non-upgrade request, as the HTTP endpoints and the handler's hook see it.
@@ -258,12 +304,36 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
             )))
         }
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes();
-    Verdict::Upgrade(Upgrade { response, user, head_len })
+    let offered: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let bearer_protocol = offered.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX));
+    let subprotocol = match offered.iter().find(|p| *p == SUBPROTOCOL) {
+        Some(ours) => Some(ours.clone()),
+        None => bearer_protocol.cloned(),
+    };
+    let bearer_header = header("Authorization").and_then(|value| {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim().to_string())
+    });
+    let credential = match (query_param(target, "ticket"), bearer_header, query_param(target, "token")) {
+        (Some(ticket), _, _) => Some(Credential::Ticket(ticket)),
+        (_, Some(token), _) | (_, None, Some(token)) => Some(Credential::Token(token)),
+        _ => bearer_protocol.map(|p| Credential::Token(p[BEARER_PROTOCOL_PREFIX.len()..].to_string())),
+    };
+    Verdict::Upgrade(Upgrade {
+        accept: tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
+        user,
+        credential,
+        origin: header("Origin"),
+        host: header("Host"),
+        subprotocol,
+        head_len,
+    })
 }
 
 /// The body length a request announces: 0 without `Content-Length`; several differing
@@ -366,12 +436,31 @@ mod tests {
     fn accepts_an_upgrade_with_the_rfc_accept_key() {
         let request = upgrade_request("");
         let Verdict::Upgrade(upgrade) = examine(request.as_bytes()) else { panic!("not an upgrade") };
-        let response = String::from_utf8(upgrade.response).unwrap();
+        let response = String::from_utf8(upgrade.response()).unwrap();
         // The worked example from RFC 6455 section 1.3.
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(response.starts_with("HTTP/1.1 101 "));
         assert_eq!(upgrade.user.as_deref(), Some("ann"));
         assert_eq!(upgrade.head_len, request.len());
+    }
+
+    #[test]
+    fn finds_the_credential_wherever_a_client_can_put_it() {
+        let credential = |extra: &str, target: &str| {
+            let request = upgrade_request(extra).replace("/ws?user=ann", target);
+            let Verdict::Upgrade(upgrade) = examine(request.as_bytes()) else { panic!("not an upgrade") };
+            (upgrade.credential, upgrade.subprotocol)
+        };
+        let token = |t: &str| Some(Credential::Token(t.into()));
+        assert_eq!(credential("Authorization: Bearer abc\r\n", "/"), (token("abc"), None));
+        assert_eq!(credential("", "/ws?token=a%2Eb"), (token("a.b"), None));
+        assert_eq!(credential("", "/ws?ticket=t1").0, Some(Credential::Ticket("t1".into())));
+        let protocols = "Sec-WebSocket-Protocol: wshub, bearer.xyz\r\n";
+        assert_eq!(credential(protocols, "/"), (token("xyz"), Some("wshub".into())));
+        let only_bearer = "Sec-WebSocket-Protocol: bearer.xyz\r\n";
+        assert_eq!(credential(only_bearer, "/"), (token("xyz"), Some("bearer.xyz".into())));
+        assert_eq!(credential("", "/"), (None, None));
+        assert!(!format!("{:?}", token("secret")).contains("secret"));
     }
 
     #[test]

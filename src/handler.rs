@@ -6,11 +6,14 @@
 //! close) is recorded as an effect and applied by the shard once the handler returns,
 //! so handlers stay testable in memory and cannot re-enter the event loop.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
+use crate::auth::gate::Gate;
+use crate::auth::Grants;
 use crate::front_door::{HttpResponse, PlainRequest};
 use crate::inbox::{lock, ConnId, Filter, Hub, Publication};
 use crate::routing::{Routes, SubscribeError};
@@ -51,6 +54,11 @@ pub(crate) struct ShardRouting {
     pub hub: Hub,
     pub routes: Routes,
     pub max_subscriptions: usize,
+    /// What each connection's credential grants, by slab key; absent in open mode.
+    /// Entries live from the upgrade until the connection is removed.
+    pub grants: HashMap<usize, Arc<Grants>>,
+    /// Verifies `refresh` tokens.
+    pub gate: Arc<Gate>,
 }
 
 impl ShardRouting {
@@ -69,6 +77,9 @@ pub(crate) enum Effect {
     Publish(Publication),
     Filtered(Filter, Message),
     Close(CloseCode, &'static str),
+    /// The connection presented a fresh credential (its grants are already replaced):
+    /// its new expiry, if it has one.
+    Refreshed(Option<u64>),
 }
 
 impl<'a> Context<'a> {
@@ -94,6 +105,26 @@ impl<'a> Context<'a> {
     /// The name the connection goes by: its user, or else its connection id.
     pub fn identity(&self) -> Arc<str> {
         ShardRouting::identity(self.conn, self.user)
+    }
+
+    /// What the connection's credential grants; `None` in open mode (no auth).
+    pub fn grants(&self) -> Option<&Grants> {
+        self.routing.grants.get(&self.conn.slot()).map(|grants| &**grants)
+    }
+
+    /// Replaces the connection's expiring credential with `token`, which must name the
+    /// same user. On success its grants and expiry are the new token's.
+    pub fn refresh(&mut self, token: &str) -> Result<(), String> {
+        if self.routing.gate.is_open() {
+            return Err("this server does not use credentials".into());
+        }
+        let identity = self.routing.gate.verify_token(token).map_err(|e| e.to_string())?;
+        if Some(identity.user.as_str()) != self.user() {
+            return Err("the new token is for another user".into());
+        }
+        self.routing.grants.insert(self.conn.slot(), Arc::new(identity.grants));
+        self.effects.push(Effect::Refreshed(identity.expires_at));
+        Ok(())
     }
 
     /// Topics one connection may subscribe to at once.
@@ -213,8 +244,14 @@ mod tests {
     fn handlers_record_effects_without_io() {
         let mut effects = Vec::new();
         let user: Arc<str> = "ann".into();
-        let mut routing =
-            ShardRouting { index: 0, hub: Hub::detached(1), routes: Routes::default(), max_subscriptions: 8 };
+        let mut routing = ShardRouting {
+            index: 0,
+            hub: Hub::detached(1),
+            routes: Routes::default(),
+            max_subscriptions: 8,
+            grants: Default::default(),
+            gate: Arc::new(Gate::new(&Default::default())),
+        };
         let mut cx = Context::new(ConnId::new(0, 2, 3), Some(&user), &mut effects, &mut routing);
         Echo.on_message(&mut cx, Message::text("hi"));
         Relay.on_message(&mut cx, Message::text("all"));
@@ -227,7 +264,14 @@ mod tests {
     fn subscriptions_update_routes_and_the_directory_at_once() {
         let mut effects = Vec::new();
         let hub = Hub::detached(1);
-        let mut routing = ShardRouting { index: 0, hub: hub.clone(), routes: Routes::default(), max_subscriptions: 1 };
+        let mut routing = ShardRouting {
+            index: 0,
+            hub: hub.clone(),
+            routes: Routes::default(),
+            max_subscriptions: 1,
+            grants: Default::default(),
+            gate: Arc::new(Gate::new(&Default::default())),
+        };
         let mut cx = Context::new(ConnId::new(0, 5, 1), None, &mut effects, &mut routing);
         assert_eq!(cx.subscribe("room"), Ok(true));
         assert_eq!(cx.subscribe("room"), Ok(false));

@@ -1,13 +1,18 @@
 //! The built-in HTTP endpoints, answered on the WebSocket port by the shard that accepted
-//! the connection: the web demo, the publish API for backends, health, stats and
-//! Prometheus metrics. Sits after the front door (which hands over a complete
+//! the connection: the web demo, the publish API for backends (and one-time tickets for
+//! their browser clients), health, stats and Prometheus metrics. Sits after the front door (which hands over a complete
 //! [`PlainRequest`]) and before the handler's own `on_http` hook, which gets every path
 //! not served here. Free of sockets: a request goes in, a response comes out.
+
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
+use crate::auth::gate::Gate;
+use crate::auth::tickets::IssueError;
+use crate::auth::{Grants, Identity};
 use crate::config::{ApiKey, Config};
 use crate::front_door::{is_valid_user, HttpResponse, PlainRequest};
 use crate::inbox::Hub;
@@ -25,6 +30,7 @@ pub(crate) fn serve(
     request: &PlainRequest,
     hub: &Hub,
     config: &Config,
+    gate: &Gate,
     counters: &mut Counters,
 ) -> Option<HttpResponse> {
     let path = request.path();
@@ -42,7 +48,7 @@ pub(crate) fn serve(
             response.content_type = "text/plain; version=0.0.4; charset=utf-8";
             response
         }),
-        "/api/publish" | "/api/broadcast" | "/api/send" => {
+        "/api/publish" | "/api/broadcast" | "/api/send" | "/api/ticket" => {
             if request.method != "POST" {
                 return Some(not_allowed("POST"));
             }
@@ -55,6 +61,7 @@ pub(crate) fn serve(
             match path {
                 "/api/publish" => publish(&request.body, hub),
                 "/api/broadcast" => broadcast(&request.body, hub),
+                "/api/ticket" => ticket(&request.body, gate),
                 _ => send(&request.body, hub),
             }
             .unwrap_or_else(|refusal| refusal)
@@ -160,6 +167,36 @@ fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
     Ok(accepted())
 }
 
+#[derive(Deserialize)]
+struct TicketBody {
+    user: String,
+    subs: Option<Vec<String>>,
+    pubs: Option<Vec<String>>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// A one-time ticket for a browser to connect as `user` (with the grants given).
+fn ticket(body: &[u8], gate: &Gate) -> Result<HttpResponse, HttpResponse> {
+    let Some(tickets) = &gate.tickets else {
+        return Err(error(403, "tickets_disabled", "start the server with --auth ticket to issue tickets"));
+    };
+    let body: TicketBody = parse(body)?;
+    if !is_valid_user(&body.user) {
+        return Err(error(400, "bad_field", "user must be 1-64 characters of A-Z a-z 0-9 _ . @ -, not all digits"));
+    }
+    let grants = Grants { subscribe: body.subs, publish: body.pubs, admin: body.admin };
+    let identity = Identity { user: body.user, grants, expires_at: None };
+    match tickets.issue(identity, Instant::now()) {
+        Ok(ticket) => {
+            let answer = serde_json::json!({ "ticket": ticket, "expires_in": tickets.ttl().as_secs() });
+            Ok(HttpResponse::json(201, answer.to_string()).with_header("Cache-Control", "no-store"))
+        }
+        Err(e @ IssueError::TooMany) => Err(error(503, "too_many_tickets", &e.to_string())),
+        Err(e @ IssueError::NoRandomness) => Err(error(500, "no_randomness", &e.to_string())),
+    }
+}
+
 /// Parses a JSON body; a syntax error is `bad_json`, a missing or mistyped field `bad_field`.
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpResponse> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
@@ -194,7 +231,8 @@ mod tests {
     fn answer(request: &PlainRequest, config: &Config) -> (u16, String, Counters) {
         let hub = Hub::detached(2);
         let mut counters = Counters::default();
-        let response = serve(request, &hub, config, &mut counters).expect("a built-in endpoint");
+        let gate = Gate::new(&config.auth);
+        let response = serve(request, &hub, config, &gate, &mut counters).expect("a built-in endpoint");
         (response.status, String::from_utf8(response.body).unwrap(), counters)
     }
 
@@ -218,10 +256,13 @@ mod tests {
     fn other_paths_go_to_the_handler_except_under_api() {
         let hub = Hub::detached(1);
         let config = Config::default();
-        assert!(serve(&request("GET", "/elsewhere", None, ""), &hub, &config, &mut Counters::default()).is_none());
+        let gate = Gate::new(&config.auth);
+        assert!(
+            serve(&request("GET", "/elsewhere", None, ""), &hub, &config, &gate, &mut Counters::default()).is_none()
+        );
         assert_eq!(answer(&request("POST", "/api/nothing", None, ""), &config).0, 404);
         let no_demo = Config { serve_demo: false, ..Config::default() };
-        assert!(serve(&request("GET", "/", None, ""), &hub, &no_demo, &mut Counters::default()).is_none());
+        assert!(serve(&request("GET", "/", None, ""), &hub, &no_demo, &gate, &mut Counters::default()).is_none());
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
 //!   and flushes output and runs its deadlines.
 //! - [`front_door`]: each request before the upgrade: upgrade, plain HTTP, or refusal.
+//! - [`auth`]: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
+//!   what the identity may do with topics and broadcasts.
 //! - `http_api`: the plain HTTP endpoints (web demo, publish API, health, stats,
 //!   metrics); [`metrics`]: what the shards count, rendered for `/stats` and `/metrics`.
 //! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
@@ -27,6 +29,7 @@
 //! - [`config`] and [`cli`]: settings, and the command line that fills them.
 
 pub mod app;
+pub mod auth;
 mod batch;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use tungstenite::Message;
 
 use crate::app::{AppCore, Job, JobKind};
+use crate::auth::policy::{self, TopicAction};
 use crate::handler::{Context, Handler};
 use crate::inbox::Publication;
 use crate::protocol::{self, ClientOp, ErrorCode};
@@ -60,24 +61,36 @@ impl Handler for Messaging {
         };
         let id = frame.id;
         let answer = match frame.op {
-            ClientOp::Subscribe { topic } => match cx.subscribe(&topic) {
-                Ok(_) => Answer::Ack,
-                Err(SubscribeError::TooMany) => Answer::Error(
-                    ErrorCode::TooManySubscriptions,
-                    format!("at most {} subscriptions per connection", cx.max_subscriptions()),
-                ),
-            },
+            ClientOp::Subscribe { topic } => {
+                match policy::check_topic(cx.grants(), &cx.identity(), &topic, TopicAction::Subscribe) {
+                    Err(why) => Answer::Error(ErrorCode::Forbidden, why),
+                    Ok(()) => match cx.subscribe(&topic) {
+                        Ok(_) => Answer::Ack,
+                        Err(SubscribeError::TooMany) => Answer::Error(
+                            ErrorCode::TooManySubscriptions,
+                            format!("at most {} subscriptions per connection", cx.max_subscriptions()),
+                        ),
+                    },
+                }
+            }
             ClientOp::Unsubscribe { topic } => {
                 cx.unsubscribe(&topic);
                 Answer::Ack
             }
             ClientOp::Publish { topic, data } => {
+                if let Err(why) = policy::check_topic(cx.grants(), &cx.identity(), &topic, TopicAction::Publish) {
+                    return reply_error(cx, ErrorCode::Forbidden, &why, id.as_deref());
+                }
                 let frame = protocol::message(Some(&topic), &cx.identity(), &data, protocol::now_millis());
                 let data: Arc<str> = Arc::from(data.get());
                 cx.publish(Publication { topic: topic.into(), frame: Message::text(frame), data });
                 Answer::Ack
             }
             ClientOp::Broadcast { data } => {
+                if !policy::may_broadcast(cx.grants()) {
+                    let why = "broadcast needs the admin role";
+                    return reply_error(cx, ErrorCode::Forbidden, why, id.as_deref());
+                }
                 let frame = protocol::message(None, &cx.identity(), &data, protocol::now_millis());
                 cx.broadcast(Message::text(frame));
                 Answer::Ack
@@ -88,6 +101,10 @@ impl Handler for Messaging {
                 Answer::Ack
             }
             ClientOp::Ping => Answer::Pong,
+            ClientOp::Refresh { token } => match cx.refresh(&token) {
+                Ok(()) => Answer::Ack,
+                Err(why) => Answer::Error(ErrorCode::Unauthorized, why),
+            },
             ClientOp::Request { method, params } => {
                 let id = id.expect("decode requires an id on requests");
                 self.request(cx, method, params, id);
@@ -111,6 +128,10 @@ impl Handler for Messaging {
         };
         cx.reply(Message::text(reply));
     }
+}
+
+fn reply_error(cx: &mut Context<'_>, code: ErrorCode, why: &str, id: Option<&RawValue>) {
+    cx.reply(Message::text(protocol::error(code.as_str(), why, id)));
 }
 
 /// How a built-in frame is answered.

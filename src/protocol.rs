@@ -43,6 +43,10 @@ pub enum ClientOp {
         params: Box<RawValue>,
     },
     Ping,
+    /// A fresh credential for a connection whose token is about to expire.
+    Refresh {
+        token: String,
+    },
     /// Any other type: an application event, if one is registered under that name.
     Event {
         name: String,
@@ -69,6 +73,11 @@ pub enum ErrorCode {
     BinaryNotSupported,
     /// The application's handler failed (its own code and message are used when it gives one).
     HandlerFailed,
+    /// The connection's identity may not do this (a `user:` topic of someone else, a topic
+    /// outside its credential's `subs`/`pubs`, a broadcast without the admin role).
+    Forbidden,
+    /// A `refresh` token was refused (the connection keeps its old one until it expires).
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -82,6 +91,8 @@ impl ErrorCode {
             ErrorCode::UnknownMethod => "unknown_method",
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::HandlerFailed => "handler_failed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -105,6 +116,7 @@ struct Envelope {
     to: Option<Box<RawValue>>,
     method: Option<Box<RawValue>>,
     params: Option<Box<RawValue>>,
+    token: Option<Box<RawValue>>,
 }
 
 /// Decodes one client text frame.
@@ -122,7 +134,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
         message: format!("expected a JSON object with a string \"type\": {e}"),
         id: None,
     })?;
-    let Envelope { kind, id, topic, data, to, method, params } = envelope;
+    let Envelope { kind, id, topic, data, to, method, params, token } = envelope;
     let refuse = |code, message: String, id| Refusal { code, message, id };
     let op = (|| {
         Ok(match kind.as_str() {
@@ -135,6 +147,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
                 ClientOp::Request { method: string_field(method, "method")?, params: params.unwrap_or_else(null) }
             }
             "ping" => ClientOp::Ping,
+            "refresh" => ClientOp::Refresh { token: string_field(token, "token")? },
             _ => ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) },
         })
     })()
@@ -209,6 +222,10 @@ enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
     },
+    #[serde(rename = "token_expiring")]
+    TokenExpiring {
+        expires_at: u64,
+    },
     Response {
         id: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +256,11 @@ pub fn message(topic: Option<&str>, from: &str, data: &RawValue, ts: u64) -> Str
 
 pub fn ack(id: &RawValue) -> String {
     encode(&ServerFrame::Ack { id })
+}
+
+/// Tells a client its credential expires at `expires_at` (Unix seconds): send `refresh`.
+pub fn token_expiring(expires_at: u64) -> String {
+    encode(&ServerFrame::TokenExpiring { expires_at })
 }
 
 pub fn pong(id: Option<&RawValue>) -> String {

@@ -12,6 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::gate::Gate;
 use crate::config::Config;
 use crate::error::Error;
 use crate::handler::Handler;
@@ -58,7 +59,8 @@ where
         receivers.push(receiver);
     }
     let hub = Hub::new(inboxes);
-    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0) });
+    let gate = Arc::new(Gate::new(&config.auth));
+    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate });
 
     let mut threads = Vec::new();
     let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();

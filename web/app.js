@@ -370,8 +370,9 @@
     sendFrame(frame, { kind: 'request', method });
   });
 
-  // presence needs a topic: offer the first joined room rather than an empty box.
-  ui.method.addEventListener('change', () => {
+  // presence needs a topic: offer the first joined room rather than an empty box. On
+  // 'input', not 'change': 'change' fires on blur, after the user may have typed params.
+  ui.method.addEventListener('input', () => {
     if (ui.method.value.trim() === 'presence' && !ui.params.value.trim()) {
       ui.params.value = JSON.stringify({ topic: [...state.rooms][0] || 'lobby' });
     }

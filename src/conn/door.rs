@@ -5,11 +5,13 @@
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::Shutdown;
+use std::time::Instant;
 
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
-use super::{Connection, Cx, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
+use super::{Admission, Connection, Cx, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
+use crate::auth::gate::Admitted;
 use crate::front_door::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
 use crate::wire::Wire;
 
@@ -35,6 +37,8 @@ pub(crate) struct FrontDoor {
     pub(super) continued: bool,
     /// Plain requests answered on this connection so far.
     pub(super) served: u16,
+    /// Who the gate let in, between its decision and the upgrade.
+    pub(super) admitted: Option<Admitted>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,7 @@ impl FrontDoor {
             head_only: false,
             continued: false,
             served: 0,
+            admitted: None,
         }
     }
 }
@@ -119,14 +124,28 @@ impl Connection {
                 }
                 None
             }
-            Verdict::Upgrade(upgrade) => {
-                self.stash = door.request.split_off(upgrade.head_len);
-                door.request = Vec::new();
-                door.reply = upgrade.response;
-                door.stage = DoorStage::ReplyingThenUpgrade;
-                self.user = upgrade.user.map(Into::into);
-                Some(self.door_write(cx))
-            }
+            Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, Instant::now()) {
+                Ok(admitted) => {
+                    self.stash = door.request.split_off(upgrade.head_len);
+                    door.request = Vec::new();
+                    door.reply = upgrade.response();
+                    door.stage = DoorStage::ReplyingThenUpgrade;
+                    self.user = admitted.user.as_deref().map(Into::into);
+                    door.admitted = Some(admitted);
+                    Some(self.door_write(cx))
+                }
+                Err(refusal) => {
+                    log::debug!(
+                        "upgrade refused: {} {}",
+                        refusal.status,
+                        String::from_utf8_lossy(&refusal.body).trim()
+                    );
+                    if refusal.status == 401 {
+                        cx.counters.auth_failures += 1;
+                    }
+                    Some(self.door_refuse(&refusal, true, cx))
+                }
+            },
             Verdict::Plain { request, len } => {
                 door.request.drain(..len);
                 door.keep_alive = request.keep_alive && door.served + 1 < MAX_REQUESTS_PER_CONNECTION;
@@ -137,17 +156,24 @@ impl Connection {
                 cx.incoming.push(Incoming::Http(request));
                 Some(Outcome::Keep)
             }
-            Verdict::Refuse { response, upgrade } => {
-                if upgrade {
-                    cx.counters.handshake_failures += 1;
-                }
-                door.request = Vec::new();
-                door.keep_alive = false;
-                door.reply = response.to_bytes(false, false);
-                door.stage = DoorStage::ReplyingThenClose;
-                Some(self.door_write(cx))
-            }
+            Verdict::Refuse { response, upgrade } => Some(self.door_refuse(&response, upgrade, cx)),
         }
+    }
+
+    /// Answers `response` and closes; `upgrade`: a failed handshake, for the counters.
+    fn door_refuse(&mut self, response: &HttpResponse, upgrade: bool, cx: &mut Cx<'_>) -> Outcome {
+        let Phase::Handshaking(door) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        if upgrade {
+            cx.counters.handshake_failures += 1;
+        }
+        door.request = Vec::new();
+        door.keep_alive = false;
+        door.reply = response.to_bytes(false, false);
+        door.written = 0;
+        door.stage = DoorStage::ReplyingThenClose;
+        self.door_write(cx)
     }
 
     /// The answer to a plain HTTP request (or a 503 to a connection over the limit).
@@ -220,7 +246,8 @@ impl Connection {
     }
 
     fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
+        let Phase::Handshaking(mut door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
+        let admitted = door.admitted.take();
         let websocket = WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
         self.phase = Phase::Open(websocket);
         self.since = cx.now;
@@ -228,7 +255,7 @@ impl Connection {
         self.last_ping = cx.now;
         self.flags |= RESCHEDULE;
         cx.counters.handshakes += 1;
-        cx.incoming.push(Incoming::Opened);
+        cx.incoming.push(Incoming::Opened(admitted.map(|a| Admission { grants: a.grants, expires_at: a.expires_at })));
         if let Outcome::Remove = self.sync_interest(cx) {
             return Outcome::Remove;
         }

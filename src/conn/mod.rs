@@ -30,6 +30,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::auth::gate::Gate;
+use crate::auth::Grants;
 use crate::config::Config;
 use crate::front_door::{HttpResponse, PlainRequest};
 use crate::metrics::Counters;
@@ -86,13 +88,22 @@ impl Limits {
 /// What happened on a connection, for the shard to pass to the handler.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Opened,
+    /// Upgraded; with what the auth gate decided (none in open mode).
+    Opened(Option<Admission>),
     Message(Message),
     Http(PlainRequest),
     /// The peer broke the protocol after the messages before this one: the shard closes
     /// the connection with this code once the handler has seen them (so replies to them
     /// still go out, ahead of the close frame).
     Failed(CloseCode, &'static str),
+}
+
+/// What a credential grants an upgraded connection, for the shard to keep.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub grants: Option<Arc<Grants>>,
+    /// Unix seconds when the credential expires.
+    pub expires_at: Option<u64>,
 }
 
 /// Everything `ready`, `flush` and `on_timer` need from the shard.
@@ -103,6 +114,7 @@ pub(crate) struct Cx<'a> {
     pub now: Tick,
     pub incoming: &'a mut Vec<Incoming>,
     pub counters: &'a mut Counters,
+    pub gate: &'a Gate,
 }
 
 /// Whether the shard keeps the connection after a call.

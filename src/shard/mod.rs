@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::auth::gate::{unix_now, Gate};
 use crate::batch::Batcher;
 use crate::config::Config;
 use crate::conn::{Connection, Cx, Incoming, Limits, Outcome};
@@ -27,12 +28,18 @@ use crate::handler::{Context, Effect, Handler, ShardRouting};
 use crate::http_api;
 use crate::inbox::{lock, Command, ConnId, Hub, InboxReceiver};
 use crate::metrics::Counters;
+use crate::protocol;
 use crate::routing::Routes;
 use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
 
 mod delivery;
+mod expiry;
+
+use expiry::{Expiries, ExpiryEvent};
 
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+/// The close code for a connection whose credential expired without a refresh.
+pub const TOKEN_EXPIRED: u16 = 4001;
 const LISTENER: Token = Token(usize::MAX - 2);
 /// How long accepting pauses after the process runs out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -42,6 +49,8 @@ pub(crate) struct Shared {
     pub config: Config,
     /// Connections held across all shards, for `--max-connections`.
     pub live: AtomicUsize,
+    /// The auth policy every upgrade passes; holds the outstanding tickets.
+    pub gate: Arc<Gate>,
 }
 
 /// What a connection call borrows from its shard, kept apart from the slab so both can
@@ -53,6 +62,7 @@ struct ShardIo {
     incoming: Vec<Incoming>,
     /// This shard's running totals; published to `ShardShared` once per loop pass.
     counters: Counters,
+    gate: Arc<Gate>,
 }
 
 impl ShardIo {
@@ -64,6 +74,7 @@ impl ShardIo {
             now,
             incoming: &mut self.incoming,
             counters: &mut self.counters,
+            gate: &self.gate,
         }
     }
 }
@@ -103,6 +114,10 @@ pub(crate) struct Shard<H> {
     next_generation: u32,
     /// Accepting is paused (out of file descriptors) until this tick.
     accept_paused_until: Option<Tick>,
+    /// Connections whose credential expires: warnings and 4001 closes.
+    expiries: Expiries,
+    /// The Unix second the expiries were last checked.
+    expiries_checked: u64,
     /// Shutdown has begun; everything still here at this tick is dropped.
     shutdown_deadline: Option<Tick>,
 }
@@ -119,8 +134,14 @@ impl<H: Handler> Shard<H> {
     ) -> io::Result<Self> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let clock = Clock::new();
-        let routing =
-            ShardRouting { index, hub, routes: Routes::default(), max_subscriptions: shared.config.max_subscriptions };
+        let routing = ShardRouting {
+            index,
+            hub,
+            routes: Routes::default(),
+            max_subscriptions: shared.config.max_subscriptions,
+            grants: HashMap::new(),
+            gate: shared.gate.clone(),
+        };
         Ok(Shard {
             index,
             io: ShardIo {
@@ -128,6 +149,7 @@ impl<H: Handler> Shard<H> {
                 poll,
                 incoming: Vec::new(),
                 counters: Counters::default(),
+                gate: shared.gate.clone(),
             },
             listener: Some(listener),
             conns: Slab::new(),
@@ -149,6 +171,8 @@ impl<H: Handler> Shard<H> {
             effects: Vec::new(),
             next_generation: 0,
             accept_paused_until: None,
+            expiries: Expiries::default(),
+            expiries_checked: 0,
             shutdown_deadline: None,
         })
     }
@@ -182,6 +206,7 @@ impl<H: Handler> Shard<H> {
             self.deliver_batches(now);
             self.flush_all(now);
             self.sweep_buffers(now);
+            self.fire_expiries(now);
             self.resume_accepting(now);
             self.publish_counters();
             if let Some(deadline) = self.shutdown_deadline {
@@ -266,7 +291,15 @@ impl<H: Handler> Shard<H> {
             };
             let id = ConnId::new(self.index, key, conn.generation);
             match item {
-                Incoming::Opened => {
+                Incoming::Opened(admission) => {
+                    if let Some(admission) = admission {
+                        if let Some(grants) = admission.grants {
+                            self.routing.grants.insert(key, grants);
+                        }
+                        if let Some(expires_at) = admission.expires_at {
+                            self.expiries.set(key, expires_at, unix_now());
+                        }
+                    }
                     if let Some(user) = &conn.user {
                         let keys = self.users.entry(user.clone()).or_default();
                         if keys.is_empty() {
@@ -289,9 +322,14 @@ impl<H: Handler> Shard<H> {
                     }
                 }
                 Incoming::Http(request) => {
-                    let response =
-                        http_api::serve(&request, &self.routing.hub, &self.shared.config, &mut self.io.counters)
-                            .unwrap_or_else(|| self.handler.on_http(&request));
+                    let response = http_api::serve(
+                        &request,
+                        &self.routing.hub,
+                        &self.shared.config,
+                        &self.shared.gate,
+                        &mut self.io.counters,
+                    )
+                    .unwrap_or_else(|| self.handler.on_http(&request));
                     let mut cx = self.io.cx(key, now);
                     if conn.respond(&response, &mut cx) == Outcome::Remove {
                         self.remove(key, now);
@@ -329,6 +367,8 @@ impl<H: Handler> Shard<H> {
                     self.to_other_shards(|| Command::Filtered(filter.clone(), message.clone()));
                     self.filtered_local(&filter, message, now);
                 }
+                Effect::Refreshed(Some(expires_at)) => self.expiries.set(key, expires_at, unix_now()),
+                Effect::Refreshed(None) => self.expiries.clear(key),
                 Effect::Close(code, reason) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         if conn.close(code, reason, now) == Outcome::Remove {
@@ -486,6 +526,33 @@ impl<H: Handler> Shard<H> {
         self.flush_list = list;
     }
 
+    /// Once a second: warns connections whose credential expires soon, closes those
+    /// whose credential has expired (4001).
+    fn fire_expiries(&mut self, now: Tick) {
+        let unix = unix_now();
+        if unix == self.expiries_checked {
+            return;
+        }
+        self.expiries_checked = unix;
+        let mut due = Vec::new();
+        self.expiries.take_due(unix, &mut due);
+        for (key, event) in due {
+            match event {
+                ExpiryEvent::Warn(expires_at) => {
+                    let frame = protocol::token_expiring(expires_at);
+                    self.deliver(key, tungstenite::Message::text(frame), now);
+                }
+                ExpiryEvent::Expired => {
+                    let Some(conn) = self.conns.get_mut(key) else { continue };
+                    if conn.close(CloseCode::Library(TOKEN_EXPIRED), "token expired", now) == Outcome::Remove {
+                        self.remove(key, now);
+                    }
+                    self.settle(key);
+                }
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self, now: Tick) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -534,6 +601,8 @@ impl<H: Handler> Shard<H> {
             }
         }
         lock(&shared.sessions).remove(&id);
+        self.routing.grants.remove(&key);
+        self.expiries.clear(key);
         // A descriptor is free again: an accept paused on the fd limit may resume (at the
         // end of this pass, not here, so no key freed in this pass is reused within it).
         if self.accept_paused_until.is_some() {

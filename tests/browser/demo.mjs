@@ -147,6 +147,20 @@ class Demo {
     }
   }
 
+  // Waits for a log entry of `type` (any direction) after `since`; returns its data-seq.
+  async waitEntry(type, since, what, timeout = STEP_MS) {
+    try {
+      const handle = await this.page.waitForFunction(({ type, since }) => {
+        const li = [...document.querySelectorAll(`[data-testid="log-entry"][data-type="${type}"]`)]
+          .find((e) => Number(e.dataset.seq) > since);
+        return li ? Number(li.dataset.seq) : null;
+      }, { type, since }, { timeout, polling: 50 });
+      return await handle.jsonValue();
+    } catch {
+      throw new Error(`${this.name}: ${what}: no "${type}" log entry within ${timeout} ms\n${await this.tail()}`);
+    }
+  }
+
   async frames(dir, since) {
     return this.page.evaluate(({ dir, since }) =>
       [...document.querySelectorAll(`[data-testid="log-entry"][data-dir="${dir}"]`)]
@@ -167,7 +181,9 @@ class Demo {
   async tail(n = 12) {
     const lines = await this.page.$$eval(tid('log-entry'), (lis) =>
       lis.map((li) => `  ${li.dataset.dir} ${li.dataset.type} ${li.querySelector('[data-testid="log-json"]').textContent}`));
-    return `--- ${this.name}'s last log entries ---\n${lines.slice(-n).join('\n')}`;
+    const formErrors = await this.page.$$eval('.form-error', (ps) => ps.map((p) => p.textContent).filter(Boolean));
+    const errors = formErrors.length ? `--- ${this.name}'s form errors ---\n  ${formErrors.join('\n  ')}\n` : '';
+    return `${errors}--- ${this.name}'s last log entries ---\n${lines.slice(-n).join('\n')}`;
   }
 
   async submit(form, fields) {
@@ -298,6 +314,15 @@ async function main() {
     }
     pass('server killed (SIGKILL); both pages show "reconnecting in Ns"');
 
+    // Let each page fail one retry against the closed port, so the back-off (and the
+    // console filter for refused connections) is exercised, not just the first drop.
+    for (const [i, demo] of [alice, bob].entries()) {
+      const attempt = await demo.waitEntry('connect', marks[i], 'a retry while the server is down', RECONNECT_MS);
+      await demo.waitEntry('close', attempt, 'the retry fails while the server is down');
+      await demo.waitStatus('reconnecting');
+    }
+    pass('both pages retried while the server was down, and are still reconnecting');
+
     // 8. the server comes back on the same port
     await server.start();
     for (const [i, demo] of [alice, bob].entries()) {
@@ -324,8 +349,7 @@ async function main() {
     since = await alice.seq();
     await alice.page.click(tid('disconnect'));
     await alice.waitStatus('disconnected');
-    await alice.page.waitForFunction((since) => [...document.querySelectorAll('[data-testid="log-entry"][data-type="close"]')]
-      .some((li) => Number(li.dataset.seq) > since), since);
+    await alice.waitEntry('close', since, 'disconnect');
     const after = await alice.page.evaluate(() => ({ wanted: window.wshubDemo.state.wanted, timer: window.wshubDemo.state.retryTimer }));
     if (after.wanted || after.timer) throw new Error(`alice: a manual disconnect must not schedule a reconnect: ${JSON.stringify(after)}`);
     pass('manual disconnect: status disconnected, no reconnect scheduled');
