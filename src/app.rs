@@ -115,13 +115,15 @@ impl App {
     /// Starts the server in the background (see [`server::start`]).
     pub fn start(self, config: Config) -> Result<Server, Error> {
         let core = self.into_core();
-        server::start(config, move |_| Messaging::new(core.clone()))
+        let (rate, burst) = (config.max_messages_per_second, config.message_burst);
+        server::start(config, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
     /// Runs the server until SIGINT or SIGTERM (see [`server::run`]).
     pub fn run(self, config: Config) -> Result<(), Error> {
         let core = self.into_core();
-        server::run(config, move |_| Messaging::new(core.clone()))
+        let (rate, burst) = (config.max_messages_per_second, config.message_burst);
+        server::run(config, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
     fn into_core(self) -> Arc<AppCore> {

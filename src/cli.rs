@@ -55,6 +55,16 @@ pub struct Cli {
     /// Topics one connection may subscribe to at once.
     #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = defaults::MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
+    /// Messages a connection may send per second on average (0: no limit). Over it a
+    /// client gets `rate_limited` errors, then a 1008 close if it keeps on.
+    #[arg(long, env = "WSHUB_MAX_MESSAGES_PER_SECOND", default_value_t = 0)]
+    pub max_messages_per_second: u32,
+    /// Messages a connection may send in a burst [default: twice the rate].
+    #[arg(long, env = "WSHUB_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
+    /// Connections one source address may hold at once (0: no limit); more get 429.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
     /// Deliver topics matching PATTERN in batches every INTERVAL, e.g. 'ticker.*=100ms'
     /// (repeatable; comma-separated in the environment variable).
     #[arg(long, env = "WSHUB_BATCH", value_delimiter = ',')]
@@ -160,6 +170,9 @@ impl Cli {
             shutdown_timeout: self.shutdown_timeout,
             max_subscriptions: self.max_subscriptions,
             batch: self.batch.clone(),
+            max_messages_per_second: self.max_messages_per_second,
+            message_burst: self.message_burst.unwrap_or(self.max_messages_per_second.saturating_mul(2)),
+            max_connections_per_ip: self.max_connections_per_ip,
             api_keys,
             serve_demo: !self.no_demo,
             auth,

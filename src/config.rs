@@ -39,6 +39,13 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Topics one connection may subscribe to at once.
     pub max_subscriptions: usize,
+    /// Messages a connection may send per second on average (0: no limit); past the
+    /// burst it gets `rate_limited` errors, and if it persists a 1008 close.
+    pub max_messages_per_second: u32,
+    /// Messages a connection may send at once before the rate applies.
+    pub message_burst: u32,
+    /// Connections one source address may hold at once (0: no limit); more get 429.
+    pub max_connections_per_ip: usize,
     /// Topics whose publications are delivered in batches, and how often.
     pub batch: Vec<BatchRule>,
     /// Keys a backend presents (`Authorization: Bearer`) to use the HTTP publish API;
@@ -149,6 +156,9 @@ impl Default for Config {
             shutdown_timeout: duration(defaults::SHUTDOWN_TIMEOUT),
             max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
             batch: Vec::new(),
+            max_messages_per_second: 0,
+            message_burst: 0,
+            max_connections_per_ip: 0,
             api_keys: Vec::new(),
             serve_demo: true,
             auth: AuthSettings::default(),

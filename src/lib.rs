@@ -38,6 +38,7 @@ pub mod error;
 pub mod front_door;
 pub mod handler;
 mod http_api;
+mod limits;
 pub mod inbox;
 pub mod messaging;
 pub mod metrics;

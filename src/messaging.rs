@@ -4,15 +4,18 @@
 //! the worker pool (custom events and requests). Sits between the connection and routing.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::app::{AppCore, Job, JobKind};
 use crate::auth::policy::{self, TopicAction};
 use crate::handler::{Context, Handler};
 use crate::inbox::Publication;
+use crate::limits::{RateLimiter, RateVerdict};
 use crate::protocol::{self, ClientOp, ErrorCode};
 use crate::routing::SubscribeError;
 
@@ -22,11 +25,13 @@ pub const BUILT_IN_METHODS: [&str; 2] = ["presence", "stats"];
 /// One per shard; shares the application's registered handlers.
 pub struct Messaging {
     app: Arc<AppCore>,
+    /// Messages per second per connection (`--max-messages-per-second`).
+    limiter: RateLimiter,
 }
 
 impl Messaging {
-    pub(crate) fn new(app: Arc<AppCore>) -> Self {
-        Messaging { app }
+    pub(crate) fn new(app: Arc<AppCore>, rate: u32, burst: u32) -> Self {
+        Messaging { app, limiter: RateLimiter::new(rate, burst) }
     }
 }
 
@@ -45,7 +50,20 @@ impl Handler for Messaging {
         cx.reply(Message::text(welcome));
     }
 
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        self.limiter.forget(cx.conn().slot());
+    }
+
     fn on_message(&mut self, cx: &mut Context<'_>, message: Message) {
+        // Before decoding: a flood costs the shard as little as possible.
+        match self.limiter.check(cx.conn().slot(), Instant::now()) {
+            RateVerdict::Allow => {}
+            RateVerdict::Refuse => {
+                let why = "too many messages; slow down or be disconnected";
+                return reply_error(cx, ErrorCode::RateLimited, why, None);
+            }
+            RateVerdict::Close => return cx.close(CloseCode::Policy, "rate limit exceeded"),
+        }
         let Message::Text(text) = message else {
             let why = "binary frames carry no meaning in this protocol; send JSON text";
             cx.reply(Message::text(protocol::error(ErrorCode::BinaryNotSupported.as_str(), why, None)));

@@ -76,6 +76,8 @@ pub enum ErrorCode {
     /// The connection's identity may not do this (a `user:` topic of someone else, a topic
     /// outside its credential's `subs`/`pubs`, a broadcast without the admin role).
     Forbidden,
+    /// More messages than `--max-messages-per-second` allows; persisting closes with 1008.
+    RateLimited,
     /// A `refresh` token was refused (the connection keeps its old one until it expires).
     Unauthorized,
 }
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::HandlerFailed => "handler_failed",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::inbox::{inbox, Hub};
+use crate::limits::PerIp;
 use crate::shard::{Shard, Shared, WAKER};
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
@@ -60,7 +61,8 @@ where
     }
     let hub = Hub::new(inboxes);
     let gate = Arc::new(Gate::new(&config.auth));
-    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate });
+    let per_ip = (config.max_connections_per_ip > 0).then(|| PerIp::new(config.max_connections_per_ip));
+    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate, per_ip });
 
     let mut threads = Vec::new();
     let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::mem;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::front_door::HttpResponse;
 use crate::handler::{Context, Effect, Handler, ShardRouting};
 use crate::http_api;
 use crate::inbox::{lock, Command, ConnId, Hub, InboxReceiver};
+use crate::limits::PerIp;
 use crate::metrics::Counters;
 use crate::protocol;
 use crate::routing::Routes;
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     pub live: AtomicUsize,
     /// The auth policy every upgrade passes; holds the outstanding tickets.
     pub gate: Arc<Gate>,
+    /// Connections per source address, with `--max-connections-per-ip`.
+    pub per_ip: Option<PerIp>,
 }
 
 /// What a connection call borrows from its shard, kept apart from the slab so both can
@@ -114,6 +118,8 @@ pub(crate) struct Shard<H> {
     next_generation: u32,
     /// Accepting is paused (out of file descriptors) until this tick.
     accept_paused_until: Option<Tick>,
+    /// Each connection's source address, kept only with `--max-connections-per-ip`.
+    peer_ips: HashMap<usize, IpAddr>,
     /// Connections whose credential expires: warnings and 4001 closes.
     expiries: Expiries,
     /// The Unix second the expiries were last checked.
@@ -171,6 +177,7 @@ impl<H: Handler> Shard<H> {
             effects: Vec::new(),
             next_generation: 0,
             accept_paused_until: None,
+            peer_ips: HashMap::new(),
             expiries: Expiries::default(),
             expiries_checked: 0,
             shutdown_deadline: None,
@@ -412,7 +419,7 @@ impl<H: Handler> Shard<H> {
                 return;
             };
             match listener.accept() {
-                Ok((tcp, _peer)) => self.admit(tcp, now),
+                Ok((tcp, peer)) => self.admit(tcp, peer.ip(), now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if out_of_descriptors(&e) => {
@@ -428,7 +435,7 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    fn admit(&mut self, mut tcp: TcpStream, now: Tick) {
+    fn admit(&mut self, mut tcp: TcpStream, ip: IpAddr, now: Tick) {
         // Over the limit, the connection is still taken in, briefly: it is answered 503
         // and lingers until the client has read that (closing at once could turn the
         // answer into a reset). It counts toward the limit until it is gone.
@@ -453,9 +460,23 @@ impl<H: Handler> Shard<H> {
         let at = now + self.io.limits.handshake;
         let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
-        if over_limit {
+        // Counted per address only once admitted, so `remove` releases exactly what was taken.
+        let ip_refused = match &self.shared.per_ip {
+            Some(per_ip) if !over_limit => {
+                let acquired = per_ip.acquire(ip);
+                if acquired {
+                    self.peer_ips.insert(key, ip);
+                }
+                !acquired
+            }
+            _ => false,
+        };
+        if over_limit || ip_refused {
             self.io.counters.handshake_failures += 1;
-            let busy = HttpResponse::text(503, "Service Unavailable", "connection limit reached");
+            let busy = match over_limit {
+                true => HttpResponse::text(503, "Service Unavailable", "connection limit reached"),
+                false => HttpResponse::text(429, "Too Many Requests", "too many connections from your address"),
+            };
             let mut cx = self.io.cx(key, now);
             if conn.respond(&busy, &mut cx) == Outcome::Remove {
                 self.remove(key, now);
@@ -603,6 +624,9 @@ impl<H: Handler> Shard<H> {
         lock(&shared.sessions).remove(&id);
         self.routing.grants.remove(&key);
         self.expiries.clear(key);
+        if let (Some(ip), Some(per_ip)) = (self.peer_ips.remove(&key), &self.shared.per_ip) {
+            per_ip.release(ip);
+        }
         // A descriptor is free again: an accept paused on the fd limit may resume (at the
         // end of this pass, not here, so no key freed in this pass is reused within it).
         if self.accept_paused_until.is_some() {
