@@ -69,25 +69,10 @@ fn each_address_may_hold_only_so_many_connections() {
     let addr = server.local_addr();
     let first = upgrade_raw(connect_from("127.0.0.7", addr));
     let _second = upgrade_raw(connect_from("127.0.0.7", addr));
-    let third = http_upgrade_status(connect_from("127.0.0.7", addr));
+    let third = send_upgrade(&mut connect_from("127.0.0.7", addr)).0;
     assert_eq!(third, 429, "a third from the same address");
     let _elsewhere = upgrade_raw(connect_from("127.0.0.8", addr));
     drop(first);
-    eventually("the slot is released", || http_upgrade_status(connect_from("127.0.0.7", addr)) == 101);
+    eventually("the slot is released", || send_upgrade(&mut connect_from("127.0.0.7", addr)).0 == 101);
     stop(server);
-}
-
-/// Sends an upgrade on `stream` and returns the status of the answer.
-fn http_upgrade_status(mut stream: TcpStream) -> u16 {
-    use std::io::{Read, Write};
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).unwrap();
-    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
 }

@@ -90,22 +90,29 @@ pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
     upgrade_raw(TcpStream::connect(addr).unwrap())
 }
 
-/// Upgrades an already connected socket by hand.
-pub fn upgrade_raw(mut stream: TcpStream) -> TcpStream {
+/// A valid upgrade request for `/`.
+pub const UPGRADE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Sends [`UPGRADE_REQUEST`] on `stream` and returns the status and head of the answer.
+pub fn send_upgrade(stream: &mut TcpStream) -> (u16, String) {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+    stream.write_all(UPGRADE_REQUEST).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8];
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).expect("response head");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head)
+}
+
+/// Upgrades an already connected socket by hand.
+pub fn upgrade_raw(mut stream: TcpStream) -> TcpStream {
+    let (status, head) = send_upgrade(&mut stream);
+    assert_eq!(status, 101, "{head}");
     stream
 }
 
