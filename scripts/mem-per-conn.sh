@@ -9,6 +9,10 @@
 # before and after. Every wait is bounded; the load and the server are stopped on any
 # exit. Exits 0 only if all N connections were established.
 #
+# MEM_URL_PATH sets the path and query the clients connect to (default `/`), e.g.
+# MEM_URL_PATH='/?token=t1' with `--auth token --auth-token t1=ann` to measure
+# authenticated connections.
+#
 # N defaults to 19000 because the server, like every process here, may have at most
 # 20000 open files: one server process cannot hold many more connections than that.
 set -euo pipefail
@@ -111,7 +115,7 @@ sleep 1 # let the probe connection above be closed and forgotten
 RSS_BEFORE=$(kib VmRSS "$SERVER_PID")
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 
-"${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT/" \
+"${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
     --connections "$N" --rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
 LOAD_PID=$!
 

@@ -33,6 +33,9 @@ pub struct Gate {
     pub tickets: Option<Tickets>,
     /// Exact origins allowed; empty: same origin only; `*`: any.
     allowed_origins: Vec<String>,
+    /// The grants of a credential without claims, shared by every such connection so an
+    /// idle authenticated connection holds a pointer, not an allocation of its own.
+    plain_grants: Arc<Grants>,
 }
 
 impl Gate {
@@ -42,6 +45,7 @@ impl Gate {
             jwt: settings.jwt.clone(),
             tickets: settings.tickets.then(|| Tickets::new(settings.ticket_ttl)),
             allowed_origins: settings.allowed_origins.clone(),
+            plain_grants: Arc::new(Grants::default()),
         }
     }
 
@@ -63,11 +67,11 @@ impl Gate {
         let identity = self.identify(upgrade.credential.as_ref(), now).map_err(|e| {
             HttpResponse::text(401, reason_phrase(401), e.to_string()).with_header("WWW-Authenticate", "Bearer")
         })?;
-        Ok(Admitted {
-            user: Some(identity.user),
-            grants: Some(Arc::new(identity.grants)),
-            expires_at: identity.expires_at,
-        })
+        let grants = match identity.grants == *self.plain_grants {
+            true => self.plain_grants.clone(),
+            false => Arc::new(identity.grants),
+        };
+        Ok(Admitted { user: Some(identity.user), grants: Some(grants), expires_at: identity.expires_at })
     }
 
     fn identify(&self, credential: Option<&Credential>, now: Instant) -> Result<Identity, AuthError> {
