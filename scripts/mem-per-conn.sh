@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Measures the server's user-space memory per idle WebSocket connection.
 #
-# Usage: scripts/mem-per-conn.sh [N=19000] [extra wshub args...]
+# Usage: scripts/mem-per-conn.sh [--tls] [N=19000] [extra wshub args...]
 #
 # Starts one wshub running the hub protocol (one shard, pinned to CPU 0 when taskset
 # exists; pass --echo to measure the echo handler instead), opens N idle
 # connections with `wshub-load hold` (pinned to CPU 1), and compares the server's RSS
 # before and after. Every wait is bounded; the load and the server are stopped on any
 # exit. Exits 0 only if all N connections were established.
+#
+# --tls: serve wss:// with a fresh self-signed certificate (scripts/gencert.sh) and
+# hold the connections with scripts/wss-hold.py (python3, standard library) instead,
+# each past its TLS handshake, upgrade and welcome.
 #
 # MEM_URL_PATH sets the path and query the clients connect to (default `/`), e.g.
 # MEM_URL_PATH='/?token=t1' with `--auth token --auth-token t1=ann` to measure
@@ -17,11 +21,16 @@
 # 20000 open files: one server process cannot hold many more connections than that.
 set -euo pipefail
 
+TLS=0
+if [[ ${1:-} == --tls ]]; then
+    TLS=1
+    shift
+fi
 N=${1:-19000}
 [[ $# -gt 0 ]] && shift
 EXTRA_SERVER_ARGS=("$@")
 if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then
-    echo "usage: $0 [N=19000] [extra wshub args...]" >&2
+    echo "usage: $0 [--tls] [N=19000] [extra wshub args...]" >&2
     exit 2
 fi
 
@@ -91,6 +100,11 @@ fi
 echo "building release binaries..." >&2
 timeout 1200 cargo build --release -p wshub -p wshub-load >&2
 
+if ((TLS)); then
+    scripts/gencert.sh "$WORK/cert" 2>/dev/null
+    EXTRA_SERVER_ARGS+=(--tls-cert "$WORK/cert/cert.pem" --tls-key "$WORK/cert/key.pem")
+fi
+
 PORT=$(pick_port)
 "${SERVER_PIN[@]}" target/release/wshub --listen "127.0.0.1:$PORT" --shards 1 \
     --log-level warn "${EXTRA_SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
@@ -115,8 +129,13 @@ sleep 1 # let the probe connection above be closed and forgotten
 RSS_BEFORE=$(kib VmRSS "$SERVER_PID")
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 
-"${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
-    --connections "$N" --rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
+if ((TLS)); then
+    "${LOAD_PIN[@]}" python3 scripts/wss-hold.py 127.0.0.1 "$PORT" "$N" "$WORK/cert/cert.pem" \
+        --path "${MEM_URL_PATH:-/}" >"$WORK/load.out" 2>"$WORK/load.err" &
+else
+    "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
+        --connections "$N" --rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
+fi
 LOAD_PID=$!
 
 # The ramp takes N/RATE seconds plus at most a 10 s handshake timeout; allow slack.

@@ -110,6 +110,13 @@ pub struct Cli {
     /// default: only pages served from the host they connect to.
     #[arg(long, env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Serve wss:// (and https://) with this PEM certificate chain (leaf first); needs
+    /// --tls-key. `scripts/gencert.sh` makes a self-signed one for development.
+    #[arg(long, env = "WSHUB_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Do not serve the web demo page at `/`.
     #[arg(long, env = "WSHUB_NO_DEMO")]
     pub no_demo: bool,
@@ -176,6 +183,11 @@ impl Cli {
             api_keys,
             serve_demo: !self.no_demo,
             auth,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsSettings::load(cert, key)?),
+                (None, None) => None,
+                _ => return Err("--tls-cert and --tls-key go together: give both, or neither".into()),
+            },
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::auth::jwt::JwtVerifier;
 use crate::batch::BatchRule;
+use crate::tls::TlsSettings;
 
 /// Everything a server needs to know before it starts.
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct Config {
     /// Serve the web demo page at `/` (and its script at `/app.js`).
     pub serve_demo: bool,
     pub auth: AuthSettings,
+    /// Serve `wss://` (and `https://`) with this certificate and key; `None`: plain.
+    pub tls: Option<TlsSettings>,
 }
 
 /// A secret a client presents (an API key, a static token). Never printed: `Debug`
@@ -162,6 +165,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             serve_demo: true,
             auth: AuthSettings::default(),
+            tls: None,
         }
     }
 }

@@ -26,7 +26,8 @@
 //!   `batch`: topics delivered in batches.
 //! - [`inbox`]: crossing shards: per-shard inboxes, the [`Hub`] handle, [`ConnId`].
 //! - `timers`: per-shard timing wheel for handshake, ping, idle and close deadlines.
-//! - [`config`] and [`cli`]: settings, and the command line that fills them.
+//! - [`config`] and [`cli`]: settings, and the command line that fills them; [`tls`]: the
+//!   certificate and key for `wss://` (the per-connection TLS session lives in `wire`).
 
 pub mod app;
 pub mod auth;
@@ -38,8 +39,8 @@ pub mod error;
 pub mod front_door;
 pub mod handler;
 mod http_api;
-mod limits;
 pub mod inbox;
+mod limits;
 pub mod messaging;
 pub mod metrics;
 pub mod protocol;
@@ -47,6 +48,7 @@ mod routing;
 pub mod server;
 mod shard;
 mod timers;
+pub mod tls;
 mod wire;
 
 pub use app::{App, AppError, Ctx};
@@ -59,5 +61,6 @@ pub use inbox::{ConnId, Filter, Hub, Presence, Publication, Session, Stats};
 pub use metrics::Counters;
 pub use routing::SubscribeError;
 pub use server::{run, start, Server};
+pub use tls::TlsSettings;
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -86,11 +86,13 @@ where
     F: Fn(usize) -> H,
 {
     let shards = config.shards;
+    let tls = config.tls.is_some();
     // Before accepting: once connections arrive they may take every descriptor left.
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Startup)?;
     let signal_handle = signals.handle();
     let server = start(config, make_handler)?;
-    log::info!("wshub listening on ws://{} with {shards} shard(s)", server.local_addr());
+    let scheme = if tls { "wss" } else { "ws" };
+    log::info!("wshub listening on {scheme}://{} with {shards} shard(s)", server.local_addr());
     let hub = server.hub();
     let watcher = thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {

@@ -1,8 +1,8 @@
 //! JWT (HS256) verification for the gate and for `refresh` frames: signature, then the
 //! time claims (`exp`, `nbf` with leeway), then `iss` / `aud` when configured; `sub`
 //! becomes the user, `subs` / `pubs` / `admin` / `role(s)` the grants. Only HS256 is
-//! accepted: a token naming any other algorithm (`none` included) is refused before its
-//! signature is looked at.
+//! accepted: a token naming any other algorithm (`none` included), another `typ`, or any
+//! `crit` extension is refused before its signature is looked at.
 
 use std::fmt;
 use std::time::Duration;
@@ -45,6 +45,12 @@ impl fmt::Debug for JwtVerifier {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// Optional; when present it must say JWT, so a token minted for another purpose under
+    /// the same key (an `at+jwt`, a JWS of some other document) is not taken as a login.
+    typ: Option<String>,
+    /// RFC 7515 requires refusing a token whose `crit` names extensions we do not
+    /// implement, and we implement none (e.g. `b64: false` would change what is signed).
+    crit: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +113,12 @@ impl JwtVerifier {
         if header.alg != "HS256" {
             return Err(AuthError::Invalid("only HS256 is accepted"));
         }
+        if header.typ.as_deref().is_some_and(|typ| !typ.eq_ignore_ascii_case("JWT")) {
+            return Err(AuthError::Invalid("typ is not JWT"));
+        }
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid("critical header extensions are not supported"));
+        }
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| AuthError::Invalid("bad base64url"))?;
         let mut mac = HmacSha256::new_from_slice(&self.secret).map_err(|_| AuthError::Invalid("unusable secret"))?;
         mac.update(signed_input.as_bytes());
@@ -168,6 +180,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::auth::Grants;
 
     const SECRET: &[u8] = b"test-secret";
     const NOW: u64 = 1_800_000_000;
@@ -255,6 +268,93 @@ mod tests {
         assert!(v.verify(&padded, NOW).is_err(), "padding is not base64url without padding");
         assert!(matches!(v.verify(&token(json!({"name": "x"})), NOW), Err(AuthError::Invalid(_))), "no sub");
         assert!(matches!(v.verify(&token(json!({"sub": "a", "subs": "room"})), NOW), Err(AuthError::Invalid(_))));
+    }
+
+    /// Signed with a header of the test's choosing, to reach the header checks.
+    fn token_with_header(header: &str, claims: serde_json::Value) -> String {
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut mac = HmacSha256::new_from_slice(SECRET).unwrap();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn the_header_must_be_a_plain_hs256_jwt() {
+        let v = verifier();
+        let sub = || json!({"sub": "ann"});
+        assert!(v.verify(&token_with_header(r#"{"alg":"HS256"}"#, sub()), NOW).is_ok(), "typ is optional");
+        assert!(v.verify(&token_with_header(r#"{"alg":"HS256","typ":"jwt"}"#, sub()), NOW).is_ok());
+        let refused = [
+            (r#"{"alg":"HS256","typ":"at+jwt"}"#, "typ is not JWT"),
+            (r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, "critical header extensions are not supported"),
+            (r#"{"alg":"none"}"#, "only HS256 is accepted"),
+            (r#"{"alg":"hs256"}"#, "only HS256 is accepted"),
+            (r#"{"typ":"JWT"}"#, "bad JSON in header or claims"),
+            (r#"{"alg":"HS256","alg":"none"}"#, "bad JSON in header or claims"),
+        ];
+        for (header, why) in refused {
+            assert_eq!(v.verify(&token_with_header(header, sub()), NOW), Err(AuthError::Invalid(why)), "{header}");
+        }
+    }
+
+    #[test]
+    fn sub_must_be_a_valid_user_name() {
+        let v = verifier();
+        let max = "a".repeat(64);
+        assert_eq!(v.verify(&token(json!({"sub": max})), NOW).unwrap().user, max);
+        for sub in ["", "12345", "an n", "ann/x", "ann\u{0}", &"a".repeat(65)] {
+            let refused = v.verify(&token(json!({"sub": sub})), NOW);
+            assert_eq!(refused, Err(AuthError::Invalid("sub is not a valid user name")), "{sub:?}");
+        }
+        assert!(matches!(v.verify(&token(json!({"sub": 42})), NOW), Err(AuthError::Invalid(_))), "not a string");
+    }
+
+    #[test]
+    fn grants_come_from_the_claims() {
+        let v = verifier();
+        let grants = |claims: serde_json::Value| v.verify(&token(claims), NOW).map(|id| id.grants);
+        let plain = grants(json!({"sub": "a", "role": "user", "roles": ["ops"]})).unwrap();
+        assert_eq!(plain, Grants::default(), "no lists: no limits, and no admin");
+        assert!(grants(json!({"sub": "a", "admin": true})).unwrap().admin);
+        assert!(grants(json!({"sub": "a", "roles": ["ops", "admin"]})).unwrap().admin);
+        assert!(!grants(json!({"sub": "a", "admin": false})).unwrap().admin);
+        let listed = grants(json!({"sub": "a", "subs": [], "pubs": ["chat.*"]})).unwrap();
+        assert_eq!((listed.subscribe, listed.publish), (Some(vec![]), Some(vec!["chat.*".to_string()])));
+        for wrong in
+            [json!({"pubs": "chat.*"}), json!({"subs": [1]}), json!({"admin": "yes"}), json!({"roles": "admin"})]
+        {
+            let mut claims = wrong.clone();
+            claims["sub"] = json!("a");
+            assert!(matches!(grants(claims), Err(AuthError::Invalid(_))), "{wrong}");
+        }
+        let no_exp = v.verify(&token(json!({"sub": "a"})), NOW).unwrap();
+        assert_eq!(no_exp.expires_at, None);
+    }
+
+    #[test]
+    fn a_configured_audience_must_be_present() {
+        let v = verifier().audience("wshub");
+        assert_eq!(v.verify(&token(json!({"sub": "a"})), NOW), Err(AuthError::WrongAudience));
+        assert_eq!(v.verify(&token(json!({"sub": "a", "aud": []})), NOW), Err(AuthError::WrongAudience));
+        assert!(verifier().verify(&token(json!({"sub": "a", "aud": "other"})), NOW).is_ok(), "not configured");
+    }
+
+    #[test]
+    fn only_canonical_base64url_is_accepted() {
+        let v = verifier();
+        let good = token(json!({"sub": "a"}));
+        let (input, signature) = good.rsplit_once('.').unwrap();
+        // 32 bytes leave 2 unused bits in the last character: flipping one spells the
+        // same signature a second way, and a strict decoder refuses it.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = signature.as_bytes()[signature.len() - 1];
+        let index = ALPHABET.iter().position(|&c| c == last).unwrap();
+        let sibling = ALPHABET[index ^ 1] as char;
+        let non_canonical = format!("{input}.{}{sibling}", &signature[..signature.len() - 1]);
+        assert!(matches!(v.verify(&non_canonical, NOW), Err(AuthError::Invalid(_))));
+        let standard_alphabet = format!("{input}.+/{}", &signature[2..]);
+        assert!(matches!(v.verify(&standard_alphabet, NOW), Err(AuthError::Invalid(_))), "+ and / are not base64url");
+        assert!(matches!(v.verify(&format!("{input}.{signature} "), NOW), Err(AuthError::Invalid(_))));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! user. A ticket is 256 random bits, lives a few seconds, and is gone once redeemed, so a
 //! ticket that leaks into a log or a URL history is worthless by the time it is read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,18 +38,48 @@ impl fmt::Display for IssueError {
 /// The tickets issued and not yet redeemed or expired. Shared by every shard.
 pub struct Tickets {
     ttl: Duration,
-    outstanding: Mutex<HashMap<String, (Identity, Instant)>>,
+    outstanding: Mutex<Outstanding>,
+}
+
+/// Every ticket lives the same `ttl`, so issue order is expiry order: expired tickets are
+/// popped off the front of `by_expiry`, O(1) per ticket, instead of sweeping the whole
+/// map under a lock every shard shares.
+#[derive(Default)]
+struct Outstanding {
+    by_ticket: HashMap<Arc<str>, (Identity, Instant)>,
+    /// Also holds tickets already redeemed (dropped lazily, or by `compact`).
+    by_expiry: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl Outstanding {
+    fn purge_expired(&mut self, now: Instant) {
+        // Shards read the clock before taking the lock, so the queue may be out of order
+        // by a hair; a ticket left behind a later one is still refused at `redeem`.
+        while let Some((expires, ticket)) = self.by_expiry.front() {
+            if *expires >= now {
+                break;
+            }
+            self.by_ticket.remove(ticket);
+            self.by_expiry.pop_front();
+        }
+        // Redeemed tickets linger in the queue until they expire; when they are most of
+        // it, drop them. Runs after at least as many redeems as entries kept: amortised O(1).
+        if self.by_expiry.len() > 2 * self.by_ticket.len() + 1024 {
+            let by_ticket = &self.by_ticket;
+            self.by_expiry.retain(|(_, ticket)| by_ticket.contains_key(ticket));
+        }
+    }
 }
 
 impl fmt::Debug for Tickets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tickets {{ ttl: {:?}, outstanding: {} }}", self.ttl, lock(&self.outstanding).len())
+        write!(f, "Tickets {{ ttl: {:?}, outstanding: {} }}", self.ttl, self.outstanding())
     }
 }
 
 impl Tickets {
     pub fn new(ttl: Duration) -> Self {
-        Tickets { ttl, outstanding: Mutex::new(HashMap::new()) }
+        Tickets { ttl, outstanding: Mutex::new(Outstanding::default()) }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -61,29 +91,35 @@ impl Tickets {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|_| IssueError::NoRandomness)?;
         let ticket = URL_SAFE_NO_PAD.encode(bytes);
+        let expires = now.checked_add(self.ttl).unwrap_or(now);
         let mut outstanding = lock(&self.outstanding);
-        if outstanding.len() >= MAX_OUTSTANDING / 2 {
-            // Amortised: the sweep runs only when the map is large.
-            outstanding.retain(|_, (_, expires)| *expires > now);
-        }
-        if outstanding.len() >= MAX_OUTSTANDING {
+        outstanding.purge_expired(now);
+        if outstanding.by_ticket.len() >= MAX_OUTSTANDING {
             return Err(IssueError::TooMany);
         }
-        outstanding.insert(ticket.clone(), (identity, now + self.ttl));
+        let key: Arc<str> = Arc::from(ticket.as_str());
+        outstanding.by_expiry.push_back((expires, key.clone()));
+        outstanding.by_ticket.insert(key, (identity, expires));
         Ok(ticket)
     }
 
     /// The identity behind `ticket`; the ticket is spent either way.
     pub fn redeem(&self, ticket: &str, now: Instant) -> Result<Identity, AuthError> {
-        match lock(&self.outstanding).remove(ticket) {
+        match lock(&self.outstanding).by_ticket.remove(ticket) {
             Some((identity, expires)) if now <= expires => Ok(identity),
             Some(_) => Err(AuthError::Expired),
             None => Err(AuthError::UnknownToken),
         }
     }
 
+    /// Tickets issued and neither redeemed nor yet purged.
     pub fn outstanding(&self) -> usize {
-        lock(&self.outstanding).len()
+        lock(&self.outstanding).by_ticket.len()
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        lock(&self.outstanding).by_expiry.len()
     }
 }
 
@@ -133,8 +169,49 @@ mod tests {
         for i in 0..MAX_OUTSTANDING {
             tickets.issue(ann(), start + Duration::from_millis(i as u64 / 1000)).unwrap();
         }
-        // Far later, all have expired: issuing sweeps them instead of refusing.
+        assert!(tickets.outstanding() <= 2000, "expired ones are purged as new ones come: {}", tickets.outstanding());
+        // Far later, all have expired: issuing purges them instead of refusing.
         assert!(tickets.issue(ann(), start + Duration::from_secs(3600)).is_ok());
-        assert!(tickets.outstanding() < 10, "{}", tickets.outstanding());
+        assert_eq!((tickets.outstanding(), tickets.queued()), (1, 1));
+    }
+
+    #[test]
+    fn live_tickets_are_capped_until_some_expire() {
+        let tickets = Tickets::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let first = tickets.issue(ann(), now).unwrap();
+        for _ in 1..MAX_OUTSTANDING {
+            tickets.issue(ann(), now).unwrap();
+        }
+        assert_eq!(tickets.issue(ann(), now), Err(IssueError::TooMany));
+        assert_eq!(tickets.redeem(&first, now).unwrap().user, "ann", "refusing one spends none");
+        assert!(tickets.issue(ann(), now).is_ok(), "a redeemed ticket frees its place");
+        assert_eq!(tickets.issue(ann(), now), Err(IssueError::TooMany));
+        assert!(tickets.issue(ann(), now + Duration::from_secs(11)).is_ok());
+        assert_eq!(tickets.outstanding(), 1);
+    }
+
+    #[test]
+    fn redeemed_tickets_do_not_pile_up_in_the_queue() {
+        let tickets = Tickets::new(Duration::from_secs(3600));
+        let now = Instant::now();
+        for _ in 0..50_000 {
+            let ticket = tickets.issue(ann(), now).unwrap();
+            tickets.redeem(&ticket, now).unwrap();
+        }
+        assert_eq!(tickets.outstanding(), 0);
+        assert!(tickets.queued() <= 1025, "{}", tickets.queued());
+    }
+
+    #[test]
+    fn a_redeemed_ticket_cannot_be_redeemed_after_its_expiry_either() {
+        let tickets = Tickets::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let ticket = tickets.issue(ann(), now).unwrap();
+        tickets.redeem(&ticket, now).unwrap();
+        let later = now + Duration::from_secs(11);
+        tickets.issue(ann(), later).unwrap();
+        assert_eq!(tickets.redeem(&ticket, later), Err(AuthError::UnknownToken));
+        assert_eq!(tickets.redeem("", later), Err(AuthError::UnknownToken));
     }
 }

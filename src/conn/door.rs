@@ -2,7 +2,7 @@
 //! HTTP), writing our answer (a 101, an HTTP response, or a refusal), then upgrading,
 //! reading the next request on a kept-alive connection, or lingering until EOF.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::mem;
 use std::net::Shutdown;
 use std::time::Instant;
@@ -70,6 +70,20 @@ impl FrontDoor {
             admitted: None,
         }
     }
+
+    /// A connection that cannot be served: both directions shut, read until EOF.
+    pub(super) fn refused(wire: Wire) -> Self {
+        let _ = wire.tcp.shutdown(Shutdown::Both);
+        FrontDoor { stage: DoorStage::Lingering, ..FrontDoor::new(wire) }
+    }
+
+    /// Between an answer and what follows it (the upgrade, the next request, the close).
+    pub(super) fn replying(&self) -> bool {
+        matches!(
+            self.stage,
+            DoorStage::ReplyingThenUpgrade | DoorStage::ReplyingThenNext | DoorStage::ReplyingThenClose
+        )
+    }
 }
 
 impl Connection {
@@ -90,7 +104,7 @@ impl Connection {
             };
             let mut chunk = [0u8; 4096];
             let limit = limit.min(chunk.len());
-            match door.wire.tcp.read(&mut chunk[..limit]) {
+            match door.wire.recv(&mut chunk[..limit]) {
                 Ok(0) => return Outcome::Remove,
                 Ok(n) if door.stage == DoorStage::Reading => {
                     door.request.extend_from_slice(&chunk[..n]);
@@ -101,7 +115,14 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Keep,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Outcome::Remove,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // Not TLS, or a TLS alert, or a handshake we cannot agree on.
+                        log::debug!("TLS failed on {:?}: {e}", cx.token);
+                        cx.counters.handshake_failures += 1;
+                    }
+                    return Outcome::Remove;
+                }
             }
         }
     }
@@ -118,7 +139,7 @@ impl Connection {
                     door.continued = true;
                     // 25 bytes to a socket whose buffer holds nothing of ours yet: a short
                     // write does not happen, and if it did the stream would be corrupt.
-                    if !matches!(door.wire.tcp.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                    if !matches!(door.wire.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
                         return Some(Outcome::Remove);
                     }
                 }
@@ -192,7 +213,7 @@ impl Connection {
             return Outcome::Keep;
         };
         while door.written < door.reply.len() {
-            match door.wire.tcp.write(&door.reply[door.written..]) {
+            match door.wire.write(&door.reply[door.written..]) {
                 Ok(0) => return Outcome::Remove,
                 Ok(n) => door.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -202,6 +223,20 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Outcome::Remove,
             }
+        }
+        // On a TLS wire the reply is out once rustls has sent its last record, which it
+        // cannot before the handshake is done (an early 503): the next read resumes here.
+        match door.wire.flush() {
+            Ok(()) if door.wire.handshaking() => {
+                self.set(WANTS_WRITABLE, false);
+                return self.sync_interest(cx);
+            }
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.set(WANTS_WRITABLE, true);
+                return self.sync_interest(cx);
+            }
+            Err(_) => return Outcome::Remove,
         }
         self.flags &= !WANTS_WRITABLE;
         match door.stage {
@@ -226,7 +261,7 @@ impl Connection {
                 self.door_ready(cx)
             }
             DoorStage::ReplyingThenClose => {
-                let _ = door.wire.tcp.shutdown(Shutdown::Write);
+                door.wire.shutdown_write();
                 door.stage = DoorStage::Lingering;
                 door.reply = Vec::new();
                 if let Outcome::Remove = self.sync_interest(cx) {

@@ -22,8 +22,8 @@ impl Connection {
             if let Some(outcome) = self.feed_frames(cx) {
                 return outcome;
             }
-            let Some(tcp) = self.tcp() else { break };
-            match inbound::recv(tcp) {
+            let Some(wire) = self.wire() else { break };
+            match inbound::recv(wire) {
                 Ok(0) => {
                     inbound::discard();
                     return Outcome::Remove;

@@ -20,11 +20,11 @@
 
 use std::io;
 use std::mem;
-use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::{ServerConfig, ServerConnection};
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -59,6 +59,8 @@ pub(crate) struct Limits {
     pub ping: Tick,
     pub idle: Tick,
     pub close: Tick,
+    /// Set on a `wss://` server: every accepted socket starts a TLS handshake with it.
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 impl Limits {
@@ -81,6 +83,7 @@ impl Limits {
             ping: ticks(config.ping_interval),
             idle: ticks(config.idle_timeout),
             close: ticks(config.close_timeout),
+            tls: config.tls.as_ref().map(|tls| tls.server_config().clone()),
         }
     }
 }
@@ -199,9 +202,25 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A freshly accepted socket; its first timer entry is due at `handshake_deadline`.
-    pub fn accepted(tcp: TcpStream, generation: u32, now: Tick, handshake_deadline: Tick) -> Self {
+    /// With `tls` (a `wss://` server) it first goes through a TLS handshake.
+    pub fn accepted(
+        tcp: TcpStream,
+        generation: u32,
+        now: Tick,
+        handshake_deadline: Tick,
+        tls: Option<&Arc<ServerConfig>>,
+    ) -> Self {
+        let door = match tls.map(|config| ServerConnection::new(config.clone())).transpose() {
+            Ok(session) => FrontDoor::new(Wire::new(tcp, session.map(Box::new))),
+            Err(e) => {
+                // Not with a config `TlsSettings` accepted; but if it happens, the
+                // connection is dropped, never served in plaintext.
+                log::error!("cannot start a TLS session: {e}");
+                FrontDoor::refused(Wire::new(tcp, None))
+            }
+        };
         Connection {
-            phase: Phase::Handshaking(Box::new(FrontDoor::new(Wire { tcp }))),
+            phase: Phase::Handshaking(Box::new(door)),
             stash: Vec::new(),
             user: None,
             generation,
@@ -214,9 +233,13 @@ impl Connection {
     }
 
     pub fn tcp(&mut self) -> Option<&mut TcpStream> {
+        self.wire().map(|wire| &mut wire.tcp)
+    }
+
+    fn wire(&mut self) -> Option<&mut Wire> {
         match &mut self.phase {
-            Phase::Handshaking(door) => Some(&mut door.wire.tcp),
-            Phase::Open(ws) | Phase::Closing(ws) => Some(&mut ws.get_mut().tcp),
+            Phase::Handshaking(door) => Some(&mut door.wire),
+            Phase::Open(ws) | Phase::Closing(ws) => Some(ws.get_mut()),
             Phase::Moving => None,
         }
     }
@@ -267,6 +290,25 @@ impl Connection {
 
     /// Handles a readiness event.
     pub fn ready(&mut self, readable: bool, writable: bool, cx: &mut Cx<'_>) -> Outcome {
+        let outcome = self.ready_plain(readable, writable, cx);
+        if outcome != Outcome::Remove && self.tls_needs_flush() {
+            self.set(NEEDS_FLUSH, true);
+        }
+        outcome
+    }
+
+    /// On a TLS wire, whether the end-of-pass flush has work that no write queued: records
+    /// a read produced (handshake flights, tickets, alerts) waiting for the socket, or a
+    /// reply that was waiting for the handshake to finish.
+    fn tls_needs_flush(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Handshaking(door) if door.wire.is_tls() => door.wire.output_pending() || door.replying(),
+            Phase::Open(ws) | Phase::Closing(ws) => ws.get_ref().output_pending(),
+            _ => false,
+        }
+    }
+
+    fn ready_plain(&mut self, readable: bool, writable: bool, cx: &mut Cx<'_>) -> Outcome {
         if let Phase::Handshaking(_) = self.phase {
             if writable && self.has(WANTS_WRITABLE) {
                 if let Outcome::Remove = self.door_write(cx) {
@@ -320,7 +362,7 @@ impl Connection {
                 let shut_write = self.has(DISCARD_INPUT) && !self.has(WRITE_SHUT);
                 if let (Phase::Closing(ws), true) = (&mut self.phase, shut_write) {
                     // The peer broke the protocol: after our close frame, FIN.
-                    let _ = ws.get_mut().tcp.shutdown(Shutdown::Write);
+                    ws.get_mut().shutdown_write();
                     self.flags |= WRITE_SHUT;
                 }
             }
@@ -490,7 +532,11 @@ mod tests {
         // 512-byte target also has to cover the slab's slack and the timer entry.
         let size = mem::size_of::<slab::Slab<Connection>>();
         let entry = mem::size_of::<Connection>();
-        eprintln!("Connection: {entry} bytes; WebSocket<Wire>: {}", mem::size_of::<WebSocket<Wire>>());
+        eprintln!(
+            "Connection: {entry} bytes; WebSocket<Wire>: {}; boxed TLS session (wss only): {}",
+            mem::size_of::<WebSocket<Wire>>(),
+            mem::size_of::<ServerConnection>()
+        );
         assert!(entry <= 384, "Connection grew to {entry} bytes (slab header {size})");
     }
 }

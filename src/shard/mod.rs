@@ -458,7 +458,7 @@ impl<H: Handler> Shard<H> {
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
         self.routing.hub.shared(self.index).connections.fetch_add(1, Ordering::AcqRel);
         let at = now + self.io.limits.handshake;
-        let conn = entry.insert(Connection::accepted(tcp, generation, now, at));
+        let conn = entry.insert(Connection::accepted(tcp, generation, now, at, self.io.limits.tls.as_ref()));
         self.timers.schedule(Entry { key: key as u32, generation, at });
         // Counted per address only once admitted, so `remove` releases exactly what was taken.
         let ip_refused = match &self.shared.per_ip {
