@@ -5,8 +5,9 @@
 //!
 //! - [`server`]: binds one `SO_REUSEPORT` listener per shard, starts the shards, handles
 //!   SIGINT/SIGTERM.
-//! - `shard`: one thread per shard; accepts, dispatches readiness events, fires timers,
-//!   applies handler effects (deliveries, publishes), flushes output once per loop pass.
+//! - `shard`: one thread per shard; accepts (`shard::accept`), dispatches readiness
+//!   events, fires timers and credential expiries, applies handler effects (deliveries in
+//!   `shard::delivery`), flushes output once per loop pass.
 //! - `conn`: one connection's phases (handshaking → open → closing): `conn::door` reads
 //!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
 //!   and flushes output and runs its deadlines.
