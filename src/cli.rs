@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::jwt::JwtVerifier;
+use crate::auth::policy::{Policy, TopicRule};
 use crate::batch::BatchRule;
 use crate::config::{defaults, parse_duration, parse_size, ApiKey, AuthSettings, Config, Secret, StaticToken};
 
@@ -117,6 +118,15 @@ pub struct Cli {
     /// The PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
     #[arg(long, env = "WSHUB_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Only these users (and admins) may ACTION on topics matching PATTERN:
+    /// `ACTION:PATTERN=USER,USER`, ACTION `subscribe` or `publish`, e.g.
+    /// 'publish:news.*=ops,editor' (repeatable; the first matching rule decides).
+    #[arg(long, env = "WSHUB_TOPIC_RULE", value_delimiter = ';')]
+    pub topic_rule: Vec<TopicRule>,
+    /// Users who may broadcast, besides admins [default: anyone in open mode, only admins
+    /// with credentials].
+    #[arg(long, env = "WSHUB_BROADCASTERS", value_delimiter = ',')]
+    pub broadcasters: Option<Vec<String>>,
     /// Do not serve the web demo page at `/`.
     #[arg(long, env = "WSHUB_NO_DEMO")]
     pub no_demo: bool,
@@ -199,6 +209,7 @@ impl Cli {
         let mut settings = AuthSettings {
             allowed_origins: self.allowed_origins.clone(),
             ticket_ttl: self.ticket_ttl,
+            policy: Policy { rules: self.topic_rule.clone(), broadcasters: self.broadcasters.clone() },
             tickets: on(AuthMode::Ticket),
             ..AuthSettings::default()
         };
@@ -288,5 +299,10 @@ mod tests {
         let cli = Cli::try_parse_from(["wshub", "--batch", "ticker.*=100ms", "--batch", "news=1s"]).unwrap();
         assert_eq!(cli.config().unwrap().batch.len(), 2);
         assert!(Cli::try_parse_from(["wshub", "--batch", "nonsense"]).is_err());
+        let cli =
+            Cli::try_parse_from(["wshub", "--topic-rule", "publish:news.*=ops,ed", "--broadcasters", "a,b"]).unwrap();
+        let policy = cli.config().unwrap().auth.policy;
+        assert_eq!((policy.rules[0].users.len(), policy.broadcasters.map(|b| b.len())), (2, Some(2)));
+        assert!(Cli::try_parse_from(["wshub", "--topic-rule", "publish:news"]).is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::jwt::JwtVerifier;
+use crate::auth::policy::Policy;
 use crate::batch::BatchRule;
 use crate::tls::TlsSettings;
 
@@ -87,6 +88,8 @@ pub struct AuthSettings {
     /// Origins a browser may connect from: exact values (`https://app.example`) or `*`;
     /// empty means the page must come from the host it connects to.
     pub allowed_origins: Vec<String>,
+    /// Who may use which topics and broadcast, beyond what credentials say.
+    pub policy: Policy,
 }
 
 impl Default for AuthSettings {
@@ -97,6 +100,7 @@ impl Default for AuthSettings {
             tickets: false,
             ticket_ttl: Duration::from_secs(30),
             allowed_origins: Vec::new(),
+            policy: Policy::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::auth::gate::Gate;
+use crate::auth::policy::TopicAction;
 use crate::auth::Grants;
 use crate::front_door::{HttpResponse, PlainRequest};
 use crate::inbox::{lock, ConnId, Filter, Hub, Publication};
@@ -110,6 +111,17 @@ impl<'a> Context<'a> {
     /// What the connection's credential grants; `None` in open mode (no auth).
     pub fn grants(&self) -> Option<&Grants> {
         self.routing.grants.get(&self.conn.slot()).map(|grants| &**grants)
+    }
+
+    /// `Ok` if this connection may `action` on `topic` (its `user:` topic, the server's
+    /// rules, its credential's grants), or why not.
+    pub fn check_topic(&self, topic: &str, action: TopicAction) -> Result<(), String> {
+        self.routing.gate.policy.check_topic(self.grants(), &self.identity(), topic, action)
+    }
+
+    /// Whether this connection may broadcast.
+    pub fn may_broadcast(&self) -> bool {
+        self.routing.gate.policy.may_broadcast(self.grants(), &self.identity())
     }
 
     /// Replaces the connection's expiring credential with `token`, which must name the

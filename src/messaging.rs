@@ -12,7 +12,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::app::{AppCore, Job, JobKind};
-use crate::auth::policy::{self, TopicAction};
+use crate::auth::policy::TopicAction;
 use crate::handler::{Context, Handler};
 use crate::inbox::Publication;
 use crate::limits::{RateLimiter, RateVerdict};
@@ -79,24 +79,22 @@ impl Handler for Messaging {
         };
         let id = frame.id;
         let answer = match frame.op {
-            ClientOp::Subscribe { topic } => {
-                match policy::check_topic(cx.grants(), &cx.identity(), &topic, TopicAction::Subscribe) {
-                    Err(why) => Answer::Error(ErrorCode::Forbidden, why),
-                    Ok(()) => match cx.subscribe(&topic) {
-                        Ok(_) => Answer::Ack,
-                        Err(SubscribeError::TooMany) => Answer::Error(
-                            ErrorCode::TooManySubscriptions,
-                            format!("at most {} subscriptions per connection", cx.max_subscriptions()),
-                        ),
-                    },
-                }
-            }
+            ClientOp::Subscribe { topic } => match cx.check_topic(&topic, TopicAction::Subscribe) {
+                Err(why) => Answer::Error(ErrorCode::Forbidden, why),
+                Ok(()) => match cx.subscribe(&topic) {
+                    Ok(_) => Answer::Ack,
+                    Err(SubscribeError::TooMany) => Answer::Error(
+                        ErrorCode::TooManySubscriptions,
+                        format!("at most {} subscriptions per connection", cx.max_subscriptions()),
+                    ),
+                },
+            },
             ClientOp::Unsubscribe { topic } => {
                 cx.unsubscribe(&topic);
                 Answer::Ack
             }
             ClientOp::Publish { topic, data } => {
-                if let Err(why) = policy::check_topic(cx.grants(), &cx.identity(), &topic, TopicAction::Publish) {
+                if let Err(why) = cx.check_topic(&topic, TopicAction::Publish) {
                     return reply_error(cx, ErrorCode::Forbidden, &why, id.as_deref());
                 }
                 let frame = protocol::message(Some(&topic), &cx.identity(), &data, protocol::now_millis());
@@ -105,8 +103,8 @@ impl Handler for Messaging {
                 Answer::Ack
             }
             ClientOp::Broadcast { data } => {
-                if !policy::may_broadcast(cx.grants()) {
-                    let why = "broadcast needs the admin role";
+                if !cx.may_broadcast() {
+                    let why = "you may not broadcast on this server";
                     return reply_error(cx, ErrorCode::Forbidden, why, id.as_deref());
                 }
                 let frame = protocol::message(None, &cx.identity(), &data, protocol::now_millis());

@@ -244,3 +244,28 @@ fn secrets_never_reach_the_log() {
         assert!(!log.contains(leaked), "{leaked} appears in the log:\n{log}");
     }
 }
+
+#[test]
+fn config_rules_decide_topics_and_broadcasts() {
+    use wshub::auth::policy::Policy;
+    let policy = Policy {
+        rules: vec!["publish:news.*=ops".parse().unwrap(), "subscribe:staff.*=ops".parse().unwrap()],
+        broadcasters: Some(vec!["alerts".into()]),
+    };
+    let config = Config { auth: AuthSettings { policy, ..AuthSettings::default() }, ..config(2) };
+    let server = App::new().start(config).unwrap();
+    let addr = server.local_addr();
+    let mut ann = JsonClient::connect(addr, "/?user=ann");
+    let mut ops = JsonClient::connect(addr, "/?user=ops");
+    let mut alerts = JsonClient::connect(addr, "/?user=alerts");
+    let kind =
+        |answer: serde_json::Value| answer["code"].as_str().unwrap_or(answer["type"].as_str().unwrap()).to_string();
+    assert_eq!(kind(ann.call(json!({"type": "publish", "topic": "news.eu", "data": 1}), 1)), "forbidden");
+    assert_eq!(kind(ops.call(json!({"type": "publish", "topic": "news.eu", "data": 1}), 2)), "ack");
+    assert_eq!(kind(ann.call(json!({"type": "subscribe", "topic": "staff.room"}), 3)), "forbidden");
+    assert_eq!(kind(ann.call(json!({"type": "subscribe", "topic": "news.eu"}), 4)), "ack", "rule is for publish");
+    assert_eq!(kind(ann.call(json!({"type": "broadcast", "data": 1}), 5)), "forbidden");
+    alerts.send(json!({"type": "broadcast", "data": "fire drill"}));
+    assert_eq!(ann.next()["data"], "fire drill");
+    stop(server);
+}

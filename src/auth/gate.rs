@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::jwt::JwtVerifier;
+use super::policy::Policy;
 use super::tickets::Tickets;
 use super::{AuthError, Grants, Identity};
 use crate::config::{AuthSettings, Secret};
@@ -33,6 +34,8 @@ pub struct Gate {
     pub tickets: Option<Tickets>,
     /// Exact origins allowed; empty: same origin only; `*`: any.
     allowed_origins: Vec<String>,
+    /// The server's topic rules and broadcasters.
+    pub policy: Policy,
     /// The grants of a credential without claims, shared by every such connection so an
     /// idle authenticated connection holds a pointer, not an allocation of its own.
     plain_grants: Arc<Grants>,
@@ -46,6 +49,7 @@ impl Gate {
             tickets: settings.tickets.then(|| Tickets::new(settings.ticket_ttl)),
             allowed_origins: settings.allowed_origins.clone(),
             plain_grants: Arc::new(Grants::default()),
+            policy: settings.policy.clone(),
         }
     }
 

@@ -1,11 +1,17 @@
 //! What an identity may do with topics and broadcasts, decided per frame by the hub
-//! protocol (`messaging`) from the grants the gate gave the connection. Sans-I/O.
+//! protocol (`messaging`) from the grants the gate gave the connection and the server's
+//! own rules. Sans-I/O.
 //!
 //! - A `user:<id>` topic belongs to user `<id>`: only that user (or an admin) may
 //!   subscribe or publish to it, so a backend can address one user's devices through it.
+//! - Config rules (`--topic-rule 'publish:news.*=ops,editor'`): the first rule whose
+//!   action and pattern match a topic decides who may use it (admins always may).
 //! - With a credential (token, JWT or ticket), `subs` / `pubs` glob lists limit the topics
-//!   a connection may subscribe and publish to, and only an admin may broadcast.
-//! - In open mode (no credential, no grants) everything else is allowed.
+//!   a connection may subscribe and publish to.
+//! - Broadcast: with `--broadcasters`, those users (and admins) only; otherwise anyone in
+//!   open mode, and only admins when credentials are on.
+
+use std::str::FromStr;
 
 use super::Grants;
 use crate::routing::glob_match;
@@ -19,33 +25,92 @@ pub enum TopicAction {
     Publish,
 }
 
-/// `Ok`, or why `identity` may not do `action` on `topic` (for the `forbidden` error).
-pub fn check_topic(grants: Option<&Grants>, identity: &str, topic: &str, action: TopicAction) -> Result<(), String> {
-    let admin = grants.is_some_and(|g| g.admin);
-    if let Some(owner) = topic.strip_prefix(USER_TOPIC_PREFIX) {
-        if owner != identity && !admin {
-            return Err(format!("topic {topic:?} belongs to user {owner:?}"));
+/// `ACTION:PATTERN=USER,USER`: only these users may `ACTION` (subscribe or publish) on
+/// topics matching the glob `PATTERN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRule {
+    pub action: TopicAction,
+    pub pattern: String,
+    pub users: Vec<String>,
+}
+
+impl FromStr for TopicRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || format!("{text:?}: expected ACTION:PATTERN=USER[,USER...], ACTION subscribe or publish");
+        let (action, rest) = text.split_once(':').ok_or_else(usage)?;
+        let (pattern, users) = rest.split_once('=').ok_or_else(usage)?;
+        let action = match action.trim() {
+            "subscribe" => TopicAction::Subscribe,
+            "publish" => TopicAction::Publish,
+            _ => return Err(usage()),
+        };
+        let users: Vec<String> = users.split(',').map(str::trim).filter(|u| !u.is_empty()).map(Into::into).collect();
+        if pattern.trim().is_empty() || users.is_empty() {
+            return Err(usage());
         }
-        return Ok(());
-    }
-    let Some(grants) = grants.filter(|g| !g.admin) else {
-        return Ok(());
-    };
-    let (patterns, verb) = match action {
-        TopicAction::Subscribe => (&grants.subscribe, "subscribe to"),
-        TopicAction::Publish => (&grants.publish, "publish to"),
-    };
-    match patterns {
-        Some(patterns) if !patterns.iter().any(|pattern| glob_match(pattern, topic)) => {
-            Err(format!("your credential does not allow you to {verb} {topic:?}"))
-        }
-        _ => Ok(()),
+        Ok(TopicRule { action, pattern: pattern.trim().into(), users })
     }
 }
 
-/// Open mode lets anyone broadcast; with credentials only an admin may.
-pub fn may_broadcast(grants: Option<&Grants>) -> bool {
-    grants.is_none_or(|g| g.admin)
+/// The server's own permission settings; the same for every connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub rules: Vec<TopicRule>,
+    /// Users who may broadcast (besides admins); `None`: the default for the mode.
+    pub broadcasters: Option<Vec<String>>,
+}
+
+impl Policy {
+    /// `Ok`, or why `identity` may not do `action` on `topic` (for the `forbidden` error).
+    pub fn check_topic(
+        &self,
+        grants: Option<&Grants>,
+        identity: &str,
+        topic: &str,
+        action: TopicAction,
+    ) -> Result<(), String> {
+        let admin = grants.is_some_and(|g| g.admin);
+        if admin {
+            return Ok(());
+        }
+        if let Some(owner) = topic.strip_prefix(USER_TOPIC_PREFIX) {
+            return match owner == identity {
+                true => Ok(()),
+                false => Err(format!("topic {topic:?} belongs to user {owner:?}")),
+            };
+        }
+        let verb = match action {
+            TopicAction::Subscribe => "subscribe to",
+            TopicAction::Publish => "publish to",
+        };
+        let rule = self.rules.iter().find(|rule| rule.action == action && glob_match(&rule.pattern, topic));
+        if rule.is_some_and(|rule| !rule.users.iter().any(|user| user == identity)) {
+            return Err(format!("the server's rules do not allow you to {verb} {topic:?}"));
+        }
+        let patterns = grants.and_then(|grants| match action {
+            TopicAction::Subscribe => grants.subscribe.as_ref(),
+            TopicAction::Publish => grants.publish.as_ref(),
+        });
+        match patterns {
+            Some(patterns) if !patterns.iter().any(|pattern| glob_match(pattern, topic)) => {
+                Err(format!("your credential does not allow you to {verb} {topic:?}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn may_broadcast(&self, grants: Option<&Grants>, identity: &str) -> bool {
+        if grants.is_some_and(|g| g.admin) {
+            return true;
+        }
+        match &self.broadcasters {
+            Some(users) => users.iter().any(|user| user == identity),
+            // Open mode: anyone; with credentials: admins only.
+            None => grants.is_none(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -57,31 +122,55 @@ mod tests {
         Grants { subscribe: Some(vec!["room.*".into()]), publish: Some(vec!["room.lobby".into()]), admin: false }
     }
 
+    fn admin() -> Grants {
+        Grants { admin: true, ..Grants::default() }
+    }
+
     #[test]
     fn user_topics_belong_to_their_user() {
-        assert!(check_topic(None, "ann", "user:ann", Subscribe).is_ok());
-        assert!(check_topic(None, "bob", "user:ann", Subscribe).is_err());
-        assert!(check_topic(Some(&limited()), "bob", "user:ann", Publish).is_err());
-        assert!(check_topic(Some(&limited()), "ann", "user:ann", Subscribe).is_ok(), "a user's own topic, always");
-        let admin = Grants { admin: true, ..Grants::default() };
-        assert!(check_topic(Some(&admin), "ops", "user:ann", Publish).is_ok());
+        let policy = Policy::default();
+        assert!(policy.check_topic(None, "ann", "user:ann", Subscribe).is_ok());
+        assert!(policy.check_topic(None, "bob", "user:ann", Subscribe).is_err());
+        assert!(policy.check_topic(Some(&limited()), "bob", "user:ann", Publish).is_err());
+        assert!(policy.check_topic(Some(&limited()), "ann", "user:ann", Subscribe).is_ok(), "one's own, always");
+        assert!(policy.check_topic(Some(&admin()), "ops", "user:ann", Publish).is_ok());
     }
 
     #[test]
     fn claims_limit_subscribing_and_publishing() {
+        let policy = Policy::default();
         let grants = limited();
-        assert!(check_topic(Some(&grants), "ann", "room.7", Subscribe).is_ok());
-        assert!(check_topic(Some(&grants), "ann", "admin.log", Subscribe).is_err());
-        assert!(check_topic(Some(&grants), "ann", "room.lobby", Publish).is_ok());
-        assert!(check_topic(Some(&grants), "ann", "room.7", Publish).is_err());
-        assert!(check_topic(Some(&Grants::default()), "ann", "anything", Publish).is_ok(), "no list: no limit");
-        assert!(check_topic(None, "ann", "anything", Publish).is_ok(), "open mode");
+        assert!(policy.check_topic(Some(&grants), "ann", "room.7", Subscribe).is_ok());
+        assert!(policy.check_topic(Some(&grants), "ann", "admin.log", Subscribe).is_err());
+        assert!(policy.check_topic(Some(&grants), "ann", "room.lobby", Publish).is_ok());
+        assert!(policy.check_topic(Some(&grants), "ann", "room.7", Publish).is_err());
+        assert!(policy.check_topic(Some(&Grants::default()), "ann", "anything", Publish).is_ok(), "no list");
+        assert!(policy.check_topic(None, "ann", "anything", Publish).is_ok(), "open mode");
     }
 
     #[test]
-    fn only_admins_broadcast_when_credentials_are_on() {
-        assert!(may_broadcast(None));
-        assert!(!may_broadcast(Some(&Grants::default())));
-        assert!(may_broadcast(Some(&Grants { admin: true, ..Grants::default() })));
+    fn config_rules_decide_who_may_use_matching_topics() {
+        let rule: TopicRule = "publish:news.*=ops, editor".parse().unwrap();
+        assert_eq!(rule.users, ["ops", "editor"]);
+        let policy = Policy { rules: vec![rule], broadcasters: None };
+        assert!(policy.check_topic(None, "editor", "news.world", Publish).is_ok());
+        assert!(policy.check_topic(None, "ann", "news.world", Publish).is_err());
+        assert!(policy.check_topic(None, "ann", "news.world", Subscribe).is_ok(), "the rule is for publish");
+        assert!(policy.check_topic(Some(&admin()), "root", "news.world", Publish).is_ok());
+        for bad in ["news.*=ops", "read:news=ops", "publish:news=", "publish:=ops"] {
+            assert!(bad.parse::<TopicRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn who_may_broadcast() {
+        let open = Policy::default();
+        assert!(open.may_broadcast(None, "anyone"));
+        assert!(!open.may_broadcast(Some(&Grants::default()), "ann"), "credentials on: admins only");
+        assert!(open.may_broadcast(Some(&admin()), "ops"));
+        let listed = Policy { rules: Vec::new(), broadcasters: Some(vec!["alerts".into()]) };
+        assert!(listed.may_broadcast(None, "alerts"));
+        assert!(!listed.may_broadcast(None, "ann"));
+        assert!(listed.may_broadcast(Some(&Grants::default()), "alerts"));
     }
 }
