@@ -75,59 +75,42 @@ impl Counters {
 
 /// The Prometheus text exposition (format 0.0.4) of `stats`.
 pub fn prometheus(stats: &Stats) -> String {
-    let mut out = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (Option<usize>, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (shard, value) in samples {
-            match shard {
-                Some(shard) => {
-                    let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name} {value}");
-                }
-            }
-        }
-    };
-    let per_shard = |values: &[u64]| values.iter().copied().enumerate().map(|(i, v)| (Some(i), v)).collect::<Vec<_>>();
-    let connections: Vec<u64> = stats.connections_per_shard.iter().map(|&c| c as u64).collect();
-    family(
-        "wshub_connections",
-        "gauge",
-        "Sockets held (upgraded, handshaking or on plain HTTP).",
-        &mut per_shard(&connections).into_iter(),
-    );
-    let depths: Vec<u64> = stats.inbox_depths.iter().map(|&d| d as u64).collect();
-    family(
-        "wshub_inbox_depth",
-        "gauge",
-        "Cross-shard commands waiting in the shard's inbox.",
-        &mut per_shard(&depths).into_iter(),
-    );
-    family(
-        "wshub_topics",
-        "gauge",
-        "Distinct topics with a subscriber.",
-        &mut [(None, stats.topics as u64)].into_iter(),
-    );
-    family(
-        "wshub_users",
-        "gauge",
-        "Distinct named users with an open connection.",
-        &mut [(None, stats.users as u64)].into_iter(),
-    );
-    family(
-        "wshub_uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        &mut [(None, stats.uptime_seconds)].into_iter(),
-    );
+    let mut out = Exposition(String::with_capacity(4096));
+    let connections = stats.connections_per_shard.iter().map(|&c| c as u64);
+    out.per_shard("wshub_connections", "gauge", "Sockets held (upgraded, handshaking or on plain HTTP).", connections);
+    let depths = stats.inbox_depths.iter().map(|&d| d as u64);
+    out.per_shard("wshub_inbox_depth", "gauge", "Cross-shard commands waiting in the shard's inbox.", depths);
+    out.single("wshub_topics", "Distinct topics with a subscriber.", stats.topics as u64);
+    out.single("wshub_users", "Distinct named users with an open connection.", stats.users as u64);
+    out.single("wshub_uptime_seconds", "Seconds since the server started.", stats.uptime_seconds);
     let named: Vec<_> = stats.per_shard.iter().map(Counters::named).collect();
     for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
-        let values: Vec<u64> = named.iter().map(|counters| counters[i].2).collect();
-        family(name, "counter", help, &mut per_shard(&values).into_iter());
+        out.per_shard(name, "counter", help, named.iter().map(|counters| counters[i].2));
     }
-    out
+    out.0
+}
+
+/// Writes metric families: `# HELP` and `# TYPE`, then the samples.
+struct Exposition(String);
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A gauge without labels.
+    fn single(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    /// One sample per shard, labelled `shard="<index>"`.
+    fn per_shard(&mut self, name: &str, kind: &str, help: &str, values: impl Iterator<Item = u64>) {
+        self.header(name, kind, help);
+        for (shard, value) in values.enumerate() {
+            let _ = writeln!(self.0, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
 }
 
 #[cfg(test)]
