@@ -28,6 +28,23 @@ CONNECTIONS=1048576
 FAILED=()
 PERSISTED=()
 
+# set_sysctl KEY PATH CURRENT NEW: writes NEW unless it equals CURRENT (or --dry-run), and
+# records it for --persist; what cannot be written is reported and listed in FAILED.
+set_sysctl() {
+    local key=$1 path=$2 current=$3 new=$4
+    if [ "$current" = "$new" ]; then
+        echo "    ok ($current)"
+    elif [ $DRY = 1 ]; then
+        echo "    would change '$current' -> '$new'"
+    elif echo "$new" >"$path" 2>/dev/null; then
+        echo "    changed '$current' -> '$new'"
+    else
+        echo "    could not apply: $path is not writable here (need root, or /proc/sys is read-only)"
+        FAILED+=("$key=$new")
+    fi
+    PERSISTED+=("$key = $new")
+}
+
 # raise_sysctl KEY WANTED WHY: raise a single-number sysctl to at least WANTED.
 raise_sysctl() {
     local key=$1 wanted=$2 why=$3 path current
@@ -39,41 +56,23 @@ raise_sysctl() {
     fi
     current=$(cat "$path")
     if [ "$current" -ge "$wanted" ] 2>/dev/null; then
-        echo "    ok ($current)"
-    elif [ $DRY = 1 ]; then
-        echo "    would change $current -> $wanted"
-    elif echo "$wanted" >"$path" 2>/dev/null; then
-        echo "    changed $current -> $wanted"
+        set_sysctl "$key" "$path" "$current" "$current"
     else
-        echo "    could not apply: $path is not writable here (need root, or /proc/sys is read-only)"
-        FAILED+=("$key=$wanted")
+        set_sysctl "$key" "$path" "$current" "$wanted"
     fi
-    PERSISTED+=("$key = $wanted")
 }
 
 # raise_triple KEY "MIN DEFAULT MAX" WHY: for tcp_mem/rmem/wmem-style triples, raise each
-# field that is lower than wanted (the default field is lowered for mostly idle sockets only
-# if the caller asks for it explicitly; here every field is only raised).
+# field that is lower than wanted (every field is only raised, never lowered).
 raise_triple() {
     local key=$1 wanted=$2 why=$3 path current new
     path=/proc/sys/${key//.//}
     printf '%-36s %s\n' "$key" "# $why"
     current=$(tr -s '\t ' ' ' <"$path" 2>/dev/null) || { echo "    not present: skipped"; return; }
     new=$(python3 -c 'import sys; a=list(map(int,sys.argv[1].split())); b=list(map(int,sys.argv[2].split())); print(" ".join(str(max(x,y)) for x,y in zip(a,b)))' "$current" "$wanted")
-    if [ "$current" = "$new" ]; then
-        echo "    ok ($current)"
-    elif [ $DRY = 1 ]; then
-        echo "    would change '$current' -> '$new'"
-    elif echo "$new" >"$path" 2>/dev/null; then
-        echo "    changed '$current' -> '$new'"
-    else
-        echo "    could not apply: $path is not writable here"
-        FAILED+=("$key=$new")
-    fi
-    PERSISTED+=("$key = $new")
+    set_sysctl "$key" "$path" "$current" "$new"
 }
 
-echo "== kernel (sysctl)"
 raise_sysctl fs.nr_open $((CONNECTIONS + 65536)) \
     "most file descriptors one process may have; bounds every nofile limit below"
 raise_sysctl fs.file-max $((CONNECTIONS * 2)) \
