@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use wshub::{App, AppError, Config, Ctx};
+use wshub::{App, AppContext, AppError, Config};
 
 const MAX_TEXT: usize = 500;
 
@@ -56,7 +56,7 @@ pub fn app() -> App {
 }
 
 /// The display name: the session's nick, else the connection's user.
-fn nick(ctx: &Ctx<'_>) -> String {
+fn nick(ctx: &AppContext<'_>) -> String {
     ctx.get("nick").and_then(|nick| nick.as_str().map(String::from)).unwrap_or_else(|| ctx.user().to_string())
 }
 

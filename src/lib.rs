@@ -1,67 +1,55 @@
 //! wshub: a WebSocket hub that holds very many connections on a few mio poller threads
 //! and fans messages out to them.
 //!
-//! How a connection's bytes flow, one module per step:
+//! The folders are layers, each using only those listed before it:
 //!
-//! - [`server`]: binds one `SO_REUSEPORT` listener per shard, starts the shards, handles
-//!   SIGINT/SIGTERM.
-//! - `shard`: one thread per shard; accepts (`shard::accept`), dispatches readiness
-//!   events, fires timers and credential expiries, applies handler effects (deliveries in
-//!   `shard::delivery`), flushes output once per loop pass.
-//! - `conn`: one connection's phases (handshaking → open → closing): `conn::door` reads
-//!   the request and answers it, `conn::frames` turns bytes into messages, `conn` queues
-//!   and flushes output and runs its deadlines.
-//! - [`front_door`]: each request before the upgrade: upgrade, plain HTTP, or refusal.
-//! - [`auth`]: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
-//!   what the identity may do with topics and broadcasts.
-//! - `http_api`: the plain HTTP endpoints (web demo, publish API, health, stats,
-//!   metrics); [`metrics`]: what the shards count, rendered for `/stats` and `/metrics`.
-//! - `wire`: the bytes under tungstenite: a per-shard read buffer fed one whole frame at
-//!   a time, so idle connections own no heap memory.
-//! - [`handler`]: the engine's hook (`on_open`, `on_message`, `on_close`, `on_http`) and
-//!   the `Context` it acts through.
-//! - [`messaging`]: the hub protocol as a handler; [`protocol`] decodes and encodes its
-//!   JSON frames; [`app`] runs the application's own event and request handlers on a
-//!   worker pool.
-//! - `routing`: shard-local topic indexes and the directory other threads read;
-//!   `batch`: topics delivered in batches.
-//! - [`inbox`]: crossing shards: per-shard inboxes, the [`Hub`] handle, [`ConnId`].
-//! - `timers`: per-shard timing wheel for handshake, ping, idle and close deadlines.
-//! - [`config`] and [`cli`]: settings, and the command line that fills them; [`tls`]: the
-//!   certificate and key for `wss://` (the per-connection TLS session lives in `wire`).
+//! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames, topic names and
+//!   patterns), `metrics` (what shards count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
+//! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
+//!   the responses written back.
+//! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
+//!   what an identity may do with topics and broadcasts.
+//! - `config`: every setting ([`Config`]), the command line that fills them ([`Cli`]),
+//!   durations and sizes, the TLS certificate.
+//! - `hub`: where a message goes. The [`Hub`] handle routes a delivery (a topic, everyone,
+//!   a user, a connection, a filter) to the shards that hold receivers, through each
+//!   shard's inbox; a shard's topic tables and batches; the [`Handler`] hook and the
+//!   [`Context`] it acts through.
+//! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
+//!   metrics).
+//! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
+//!   thread each; a shard accepts, reads frames, calls the handler, applies what it asked
+//!   for through the hub, fires timers, and flushes output once per loop pass.
+//! - `app`: the hub protocol as a handler, and the [`App`] API that runs the application's
+//!   own event and request handlers on a worker pool.
+//!
+//! A message from a client thus flows: engine (bytes → frame) → hub handler (app's hub
+//! protocol) → hub routing → the shards' inboxes → engine (frame → bytes).
 
-pub mod app;
-pub mod auth;
-mod batch;
-pub mod cli;
-pub mod config;
-mod conn;
-pub mod error;
-pub mod front_door;
-pub mod handler;
-mod http_api;
-pub mod inbox;
-mod limits;
-pub mod messaging;
-pub mod metrics;
+mod api;
+mod app;
+mod auth;
+mod clock;
+mod config;
+mod engine;
+mod error;
+mod http;
+mod hub;
+mod metrics;
 pub mod protocol;
-mod routing;
-pub mod server;
-mod shard;
-mod timers;
-pub mod tls;
-mod wire;
+mod sync;
 
-pub use app::{App, AppError, Ctx};
-pub use batch::BatchRule;
-pub use config::{ApiKey, Config};
+pub use app::{App, AppContext, AppError};
+pub use auth::Grants;
+pub use auth::{
+    sign_jwt, unix_now, ApiKey, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction, TopicRule,
+};
+pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};
+pub use engine::{run, start, Server};
 pub use error::Error;
-pub use front_door::{HttpResponse, PlainRequest};
-pub use handler::{Context, Echo, Handler, Relay};
-pub use inbox::{ConnId, Filter, Hub, Presence, Publication, Session, Stats};
-pub use metrics::Counters;
-pub use routing::SubscribeError;
-pub use server::{run, start, Server};
-pub use tls::TlsSettings;
+pub use http::{HttpResponse, PlainRequest};
+pub use hub::handler::{Context, Echo, Handler, Relay};
+pub use hub::{ConnId, Filter, Hub, Presence, Publication, Session, SubscribeError};
+pub use metrics::{Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -1,7 +1,7 @@
 //! The `wshub` binary: parse the command line, build a `Config`, run the server.
 
 use clap::Parser;
-use wshub::cli::{Cli, Mode};
+use wshub::{Cli, Mode};
 
 fn main() {
     let cli = Cli::parse();

@@ -7,7 +7,29 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::inbox::Stats;
+/// A snapshot of the server's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Sockets held, in any phase: upgraded WebSockets, and also those still handshaking
+    /// or being answered over plain HTTP.
+    pub connections: usize,
+    pub connections_per_shard: Vec<usize>,
+    /// Distinct topics with at least one subscriber.
+    pub topics: usize,
+    /// Distinct named users with an open connection (anonymous connections not counted).
+    pub users: usize,
+    /// Connections holding session data.
+    pub sessions: usize,
+    /// Cross-shard commands waiting in each shard's inbox.
+    pub inbox_depths: Vec<usize>,
+    pub uptime_seconds: u64,
+    /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
+    #[serde(flatten)]
+    pub totals: Counters,
+    /// Each shard's counters, for `/metrics`.
+    #[serde(skip)]
+    pub per_shard: Vec<Counters>,
+}
 
 /// Running totals of one shard (or, summed, of the server) since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

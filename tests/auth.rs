@@ -11,10 +11,10 @@ use common::*;
 use serde_json::json;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
-use wshub::auth::gate::unix_now;
-use wshub::auth::jwt::{sign, JwtVerifier};
-use wshub::config::{AuthSettings, Secret, StaticToken};
+use wshub::unix_now;
+use wshub::{sign_jwt as sign, JwtVerifier};
 use wshub::{App, Config, Server};
+use wshub::{AuthSettings, Secret, StaticToken};
 
 const SECRET: &[u8] = b"a-test-secret-of-32-bytes-length";
 const API_KEY: &str = "backend-key";
@@ -247,7 +247,7 @@ fn secrets_never_reach_the_log() {
 
 #[test]
 fn config_rules_decide_topics_and_broadcasts() {
-    use wshub::auth::policy::Policy;
+    use wshub::Policy;
     let policy = Policy {
         rules: vec!["publish:news.*=ops".parse().unwrap(), "subscribe:staff.*=ops".parse().unwrap()],
         broadcasters: Some(vec!["alerts".into()]),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use wshub::config::ApiKey;
+use wshub::ApiKey;
 use wshub::{App, Config, Server};
 
 const KEY: &str = "test-key-1";

@@ -262,7 +262,7 @@ fn a_client_over_the_connection_limit_gets_its_503_after_the_tls_handshake() {
 
 #[test]
 fn tls_flags_come_in_pairs_and_bad_files_fail_at_startup() {
-    let cli = |args: &[&str]| wshub::cli::Cli::try_parse_from([&["wshub"], args].concat()).unwrap().config();
+    let cli = |args: &[&str]| wshub::Cli::try_parse_from([&["wshub"], args].concat()).unwrap().config();
     let lone = cli(&["--tls-cert", "cert.pem"]).unwrap_err();
     assert!(lone.contains("--tls-cert and --tls-key"), "{lone}");
     let missing = cli(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"]).unwrap_err();

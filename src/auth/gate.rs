@@ -1,4 +1,4 @@
-//! The gate every WebSocket upgrade passes: after the front door has parsed a well-formed
+//! The gate every WebSocket upgrade passes: after the request parser (`http`) has read a well-formed
 //! upgrade, and before the 101 is written. It checks the browser's `Origin` (403), then
 //! the credential the auth modes ask for (401), and says who the connection is and what it
 //! may do. Sans-I/O: one shared `Gate` per server, called from every shard.
@@ -11,8 +11,8 @@ use super::jwt::JwtVerifier;
 use super::policy::Policy;
 use super::tickets::Tickets;
 use super::{AuthError, Grants, Identity};
-use crate::config::{AuthSettings, Secret};
-use crate::front_door::{reason_phrase, Credential, HttpResponse, Upgrade};
+use super::{AuthSettings, Secret};
+use crate::http::{reason_phrase, Credential, HttpResponse, Upgrade};
 
 /// Who an upgraded connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +124,8 @@ mod tests {
 
     use super::*;
     use crate::auth::jwt;
-    use crate::config::StaticToken;
-    use crate::front_door::{examine, Verdict};
+    use crate::auth::StaticToken;
+    use crate::http::{examine, Verdict};
 
     const SECRET: &[u8] = b"jwt-test-secret";
 

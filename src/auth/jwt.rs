@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{AuthError, Grants, Identity};
-use crate::front_door::is_valid_user;
+use crate::http::is_valid_user;
 
 type HmacSha256 = Hmac<Sha256>;
 

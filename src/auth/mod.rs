@@ -1,14 +1,22 @@
-//! Who a connection is and what it may do. The front door parses a credential off the
+//! Who a connection is and what it may do. The request parser (`http`) takes a credential off the
 //! upgrade request; the [`gate`] checks it (static token, [`jwt`], or one-time
 //! [`tickets`]) and the browser's origin before the 101; [`policy`] then decides, frame by
 //! frame, which topics and broadcasts the identity may use.
 
 use std::fmt;
 
-pub mod gate;
-pub mod jwt;
-pub mod policy;
-pub mod tickets;
+mod gate;
+mod jwt;
+mod policy;
+mod settings;
+mod tickets;
+
+pub use gate::unix_now;
+pub(crate) use gate::{Admitted, Gate};
+pub use jwt::{sign as sign_jwt, JwtVerifier};
+pub use policy::{Policy, TopicAction, TopicRule};
+pub use settings::{ApiKey, AuthSettings, Secret, StaticToken};
+pub(crate) use tickets::IssueError;
 
 /// What a credential allows beyond connecting. `None` lists mean no limit from the
 /// credential (the `user:` topic rule still applies).

@@ -14,7 +14,7 @@
 use std::str::FromStr;
 
 use super::Grants;
-use crate::routing::glob_match;
+use crate::protocol::glob_match;
 
 /// Topics named `user:<id>` belong to that user.
 pub const USER_TOPIC_PREFIX: &str = "user:";

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use super::{AuthError, Identity};
-use crate::inbox::lock;
+use crate::sync::lock;
 
 /// Outstanding tickets at most; issuing more is refused until some expire or are used.
 pub const MAX_OUTSTANDING: usize = 100_000;

@@ -10,17 +10,17 @@ use std::time::Instant;
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
-use super::{Admission, Connection, Cx, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
-use crate::auth::gate::Admitted;
-use crate::front_door::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
-use crate::wire::Wire;
+use super::{Admission, ConnEnv, Connection, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
+use crate::auth::Admitted;
+use crate::engine::wire::Wire;
+use crate::http::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
 
 /// Requests one kept-alive connection may make; the answer to the last says `close`.
 const MAX_REQUESTS_PER_CONNECTION: u16 = 1000;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A connection's state before the upgrade; boxed inside `Phase::Handshaking`.
-pub(crate) struct FrontDoor {
+pub(crate) struct Handshake {
     pub(super) wire: Wire,
     /// The request received so far: at most one head and body, plus the start of a
     /// pipelined next request.
@@ -28,7 +28,7 @@ pub(crate) struct FrontDoor {
     /// Our answer; `reply[written..]` is still to go out.
     pub(super) reply: Vec<u8>,
     pub(super) written: usize,
-    pub(super) stage: DoorStage,
+    pub(super) stage: HandshakeStage,
     /// The request being answered lets the connection stay open after the answer.
     pub(super) keep_alive: bool,
     /// The request being answered is a `HEAD`: the answer goes without its body.
@@ -42,7 +42,7 @@ pub(crate) struct FrontDoor {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DoorStage {
+pub(super) enum HandshakeStage {
     Reading,
     /// The HTTP endpoints are deciding (the shard calls `respond`).
     AwaitingHttpResponse,
@@ -55,14 +55,14 @@ pub(super) enum DoorStage {
     Lingering,
 }
 
-impl FrontDoor {
+impl Handshake {
     pub(super) fn new(wire: Wire) -> Self {
-        FrontDoor {
+        Handshake {
             wire,
             request: Vec::new(),
             reply: Vec::new(),
             written: 0,
-            stage: DoorStage::Reading,
+            stage: HandshakeStage::Reading,
             keep_alive: false,
             head_only: false,
             continued: false,
@@ -74,41 +74,41 @@ impl FrontDoor {
     /// A connection that cannot be served: both directions shut, read until EOF.
     pub(super) fn refused(wire: Wire) -> Self {
         let _ = wire.tcp.shutdown(Shutdown::Both);
-        FrontDoor { stage: DoorStage::Lingering, ..FrontDoor::new(wire) }
+        Handshake { stage: HandshakeStage::Lingering, ..Handshake::new(wire) }
     }
 
     /// Between an answer and what follows it (the upgrade, the next request, the close).
     pub(super) fn replying(&self) -> bool {
         matches!(
             self.stage,
-            DoorStage::ReplyingThenUpgrade | DoorStage::ReplyingThenNext | DoorStage::ReplyingThenClose
+            HandshakeStage::ReplyingThenUpgrade | HandshakeStage::ReplyingThenNext | HandshakeStage::ReplyingThenClose
         )
     }
 }
 
 impl Connection {
-    pub(super) fn door_ready(&mut self, cx: &mut Cx<'_>) -> Outcome {
+    pub(super) fn handshake_ready(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
         loop {
-            let Phase::Handshaking(door) = &mut self.phase else {
+            let Phase::Handshaking(handshake) = &mut self.phase else {
                 return Outcome::Keep;
             };
-            let limit = match door.stage {
+            let limit = match handshake.stage {
                 // Bytes waiting now are WebSocket frames or the next request: leave them in
                 // the socket until the upgrade (or the reply) is done.
-                DoorStage::ReplyingThenUpgrade | DoorStage::AwaitingHttpResponse | DoorStage::ReplyingThenNext => {
-                    return Outcome::Keep
-                }
-                DoorStage::Reading => MAX_REQUEST_BYTES + cx.limits.max_http_body + 1 - door.request.len(),
+                HandshakeStage::ReplyingThenUpgrade
+                | HandshakeStage::AwaitingHttpResponse
+                | HandshakeStage::ReplyingThenNext => return Outcome::Keep,
+                HandshakeStage::Reading => MAX_REQUEST_BYTES + cx.limits.max_http_body + 1 - handshake.request.len(),
                 // Answered for good; later bytes are read only to notice EOF.
-                DoorStage::ReplyingThenClose | DoorStage::Lingering => usize::MAX,
+                HandshakeStage::ReplyingThenClose | HandshakeStage::Lingering => usize::MAX,
             };
             let mut chunk = [0u8; 4096];
             let limit = limit.min(chunk.len());
-            match door.wire.recv(&mut chunk[..limit]) {
+            match handshake.wire.recv(&mut chunk[..limit]) {
                 Ok(0) => return Outcome::Remove,
-                Ok(n) if door.stage == DoorStage::Reading => {
-                    door.request.extend_from_slice(&chunk[..n]);
-                    if let Some(outcome) = self.door_examine(cx) {
+                Ok(n) if handshake.stage == HandshakeStage::Reading => {
+                    handshake.request.extend_from_slice(&chunk[..n]);
+                    if let Some(outcome) = self.handshake_examine(cx) {
                         return outcome;
                     }
                 }
@@ -128,18 +128,18 @@ impl Connection {
     }
 
     /// Looks at the request bytes so far; `None` means read more.
-    fn door_examine(&mut self, cx: &mut Cx<'_>) -> Option<Outcome> {
-        let Phase::Handshaking(door) = &mut self.phase else {
+    fn handshake_examine(&mut self, cx: &mut ConnEnv<'_>) -> Option<Outcome> {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
             return Some(Outcome::Keep);
         };
-        match front_door::examine(&door.request, cx.limits.max_http_body) {
+        match http::examine(&handshake.request, cx.limits.max_http_body) {
             Verdict::Incomplete => None,
             Verdict::BodyPending { expect_continue } => {
-                if expect_continue && !door.continued {
-                    door.continued = true;
+                if expect_continue && !handshake.continued {
+                    handshake.continued = true;
                     // 25 bytes to a socket whose buffer holds nothing of ours yet: a short
                     // write does not happen, and if it did the stream would be corrupt.
-                    if !matches!(door.wire.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                    if !matches!(handshake.wire.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
                         return Some(Outcome::Remove);
                     }
                 }
@@ -147,13 +147,13 @@ impl Connection {
             }
             Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, Instant::now()) {
                 Ok(admitted) => {
-                    self.stash = door.request.split_off(upgrade.head_len);
-                    door.request = Vec::new();
-                    door.reply = upgrade.response();
-                    door.stage = DoorStage::ReplyingThenUpgrade;
+                    self.stash = handshake.request.split_off(upgrade.head_len);
+                    handshake.request = Vec::new();
+                    handshake.reply = upgrade.response();
+                    handshake.stage = HandshakeStage::ReplyingThenUpgrade;
                     self.user = admitted.user.as_deref().map(Into::into);
-                    door.admitted = Some(admitted);
-                    Some(self.door_write(cx))
+                    handshake.admitted = Some(admitted);
+                    Some(self.handshake_write(cx))
                 }
                 Err(refusal) => {
                     log::debug!(
@@ -164,58 +164,59 @@ impl Connection {
                     if refusal.status == 401 {
                         cx.counters.auth_failures += 1;
                     }
-                    Some(self.door_refuse(&refusal, true, cx))
+                    Some(self.handshake_refuse(&refusal, true, cx))
                 }
             },
             Verdict::Plain { request, len } => {
-                door.request.drain(..len);
-                door.keep_alive = request.keep_alive && door.served + 1 < MAX_REQUESTS_PER_CONNECTION;
-                door.head_only = request.method == "HEAD";
-                door.continued = false;
-                door.stage = DoorStage::AwaitingHttpResponse;
+                handshake.request.drain(..len);
+                handshake.keep_alive = request.keep_alive && handshake.served + 1 < MAX_REQUESTS_PER_CONNECTION;
+                handshake.head_only = request.method == "HEAD";
+                handshake.continued = false;
+                handshake.stage = HandshakeStage::AwaitingHttpResponse;
                 cx.counters.http_requests += 1;
                 cx.incoming.push(Incoming::Http(request));
                 Some(Outcome::Keep)
             }
-            Verdict::Refuse { response, upgrade } => Some(self.door_refuse(&response, upgrade, cx)),
+            Verdict::Refuse { response, upgrade } => Some(self.handshake_refuse(&response, upgrade, cx)),
         }
     }
 
     /// Answers `response` and closes; `upgrade`: a failed handshake, for the counters.
-    fn door_refuse(&mut self, response: &HttpResponse, upgrade: bool, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
+    fn handshake_refuse(&mut self, response: &HttpResponse, upgrade: bool, cx: &mut ConnEnv<'_>) -> Outcome {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
             return Outcome::Keep;
         };
         if upgrade {
             cx.counters.handshake_failures += 1;
         }
-        door.request = Vec::new();
-        door.keep_alive = false;
-        door.reply = response.to_bytes(false, false);
-        door.written = 0;
-        door.stage = DoorStage::ReplyingThenClose;
-        self.door_write(cx)
+        handshake.request = Vec::new();
+        handshake.keep_alive = false;
+        handshake.reply = response.to_bytes(false, false);
+        handshake.written = 0;
+        handshake.stage = HandshakeStage::ReplyingThenClose;
+        self.handshake_write(cx)
     }
 
     /// The answer to a plain HTTP request (or a 503 to a connection over the limit).
-    pub(super) fn door_respond(&mut self, response: &HttpResponse, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
+    pub(super) fn handshake_respond(&mut self, response: &HttpResponse, cx: &mut ConnEnv<'_>) -> Outcome {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
             return Outcome::Keep;
         };
-        door.reply = response.to_bytes(door.keep_alive, door.head_only);
-        door.written = 0;
-        door.stage = if door.keep_alive { DoorStage::ReplyingThenNext } else { DoorStage::ReplyingThenClose };
-        self.door_write(cx)
+        handshake.reply = response.to_bytes(handshake.keep_alive, handshake.head_only);
+        handshake.written = 0;
+        handshake.stage =
+            if handshake.keep_alive { HandshakeStage::ReplyingThenNext } else { HandshakeStage::ReplyingThenClose };
+        self.handshake_write(cx)
     }
 
-    pub(super) fn door_write(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(door) = &mut self.phase else {
+    pub(super) fn handshake_write(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
             return Outcome::Keep;
         };
-        while door.written < door.reply.len() {
-            match door.wire.write(&door.reply[door.written..]) {
+        while handshake.written < handshake.reply.len() {
+            match handshake.wire.write(&handshake.reply[handshake.written..]) {
                 Ok(0) => return Outcome::Remove,
-                Ok(n) => door.written += n,
+                Ok(n) => handshake.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.set(WANTS_WRITABLE, true);
                     return self.sync_interest(cx);
@@ -226,8 +227,8 @@ impl Connection {
         }
         // On a TLS wire the reply is out once rustls has sent its last record, which it
         // cannot before the handshake is done (an early 503): the next read resumes here.
-        match door.wire.flush() {
-            Ok(()) if door.wire.handshaking() => {
+        match handshake.wire.flush() {
+            Ok(()) if handshake.wire.handshaking() => {
                 self.set(WANTS_WRITABLE, false);
                 return self.sync_interest(cx);
             }
@@ -239,13 +240,13 @@ impl Connection {
             Err(_) => return Outcome::Remove,
         }
         self.flags &= !WANTS_WRITABLE;
-        match door.stage {
-            DoorStage::ReplyingThenUpgrade => self.upgrade(cx),
-            DoorStage::ReplyingThenNext => {
-                door.stage = DoorStage::Reading;
-                door.served += 1;
-                door.reply = Vec::new();
-                door.written = 0;
+        match handshake.stage {
+            HandshakeStage::ReplyingThenUpgrade => self.upgrade(cx),
+            HandshakeStage::ReplyingThenNext => {
+                handshake.stage = HandshakeStage::Reading;
+                handshake.served += 1;
+                handshake.reply = Vec::new();
+                handshake.written = 0;
                 // The handshake deadline doubles as the keep-alive idle timeout, and the
                 // next request must arrive in full within it.
                 self.since = cx.now;
@@ -255,20 +256,20 @@ impl Connection {
                 }
                 // A pipelined request may be buffered already, or waiting in the socket
                 // with no new edge to announce it.
-                if let Some(outcome) = self.door_examine(cx) {
+                if let Some(outcome) = self.handshake_examine(cx) {
                     return outcome;
                 }
-                self.door_ready(cx)
+                self.handshake_ready(cx)
             }
-            DoorStage::ReplyingThenClose => {
-                door.wire.shutdown_write();
-                door.stage = DoorStage::Lingering;
-                door.reply = Vec::new();
+            HandshakeStage::ReplyingThenClose => {
+                handshake.wire.shutdown_write();
+                handshake.stage = HandshakeStage::Lingering;
+                handshake.reply = Vec::new();
                 if let Outcome::Remove = self.sync_interest(cx) {
                     return Outcome::Remove;
                 }
                 // Drain what the peer already sent, so EOF is seen even without a new edge.
-                self.door_ready(cx)
+                self.handshake_ready(cx)
             }
             _ => self.sync_interest(cx),
         }
@@ -276,14 +277,14 @@ impl Connection {
 
     /// True while the connection is part-way through its first request: if its deadline
     /// passes now, that is a failed handshake (a socket that never sent a byte is not).
-    pub(super) fn door_first_request_pending(&self) -> bool {
-        matches!(&self.phase, Phase::Handshaking(door) if door.served == 0 && door.stage == DoorStage::Reading && !door.request.is_empty())
+    pub(super) fn handshake_first_request_pending(&self) -> bool {
+        matches!(&self.phase, Phase::Handshaking(handshake) if handshake.served == 0 && handshake.stage == HandshakeStage::Reading && !handshake.request.is_empty())
     }
 
-    fn upgrade(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        let Phase::Handshaking(mut door) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-        let admitted = door.admitted.take();
-        let websocket = WebSocket::from_raw_socket(door.wire, Role::Server, Some(cx.limits.websocket));
+    fn upgrade(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
+        let Phase::Handshaking(mut handshake) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
+        let admitted = handshake.admitted.take();
+        let websocket = WebSocket::from_raw_socket(handshake.wire, Role::Server, Some(cx.limits.websocket));
         self.phase = Phase::Open(websocket);
         self.since = cx.now;
         self.last_heard = cx.now;

@@ -9,42 +9,9 @@
 //! to about 12 bytes per connection. Deadlines past the wheel's span come round early
 //! and go back in the wheel without firing.
 
-use std::time::{Duration, Instant};
+use crate::clock::Tick;
 
-/// Timer resolution. Every deadline is rounded up to a tick.
-pub const TICK: Duration = Duration::from_millis(100);
 const SLOTS: usize = 1024;
-
-/// A point in time in ticks since the shard started; `u32` lasts 13 years.
-pub type Tick = u32;
-
-/// Converts a duration into whole ticks, rounding up, at least one.
-pub fn ticks(duration: Duration) -> Tick {
-    let tick = TICK.as_millis();
-    (duration.as_millis().div_ceil(tick)).clamp(1, Tick::MAX as u128) as Tick
-}
-
-/// Monotonic shard clock in ticks.
-pub struct Clock {
-    started: Instant,
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        Clock { started: Instant::now() }
-    }
-
-    pub fn now(&self) -> Tick {
-        (self.started.elapsed().as_millis() / TICK.as_millis()) as Tick
-    }
-
-    /// How long until the next tick boundary: the poll timeout.
-    pub fn until_next_tick(&self) -> Duration {
-        let tick = TICK.as_nanos();
-        let elapsed = self.started.elapsed().as_nanos();
-        Duration::from_nanos((tick - elapsed % tick) as u64)
-    }
-}
 
 /// One timer entry: a slab key, the generation it belonged to, and when it is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,12 +132,5 @@ mod tests {
             });
         }
         assert_eq!(count, 5, "every second tick from 2 to 10");
-    }
-
-    #[test]
-    fn ticks_round_up() {
-        assert_eq!(ticks(Duration::from_millis(1)), 1);
-        assert_eq!(ticks(Duration::from_millis(250)), 3);
-        assert_eq!(ticks(Duration::from_secs(10)), 100);
     }
 }

@@ -16,16 +16,18 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tungstenite::Message;
 
-use crate::config::Config;
-use crate::error::Error;
-use crate::handler::Context;
-use crate::inbox::{ConnId, Filter, Hub, Session};
-use crate::messaging::{Messaging, BUILT_IN_METHODS};
-use crate::protocol::{self, ErrorCode};
-use crate::server::{self, Server};
+mod messaging;
 
-type EventHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<(), AppError> + Send + Sync>;
-type RequestHandler = Arc<dyn Fn(&mut Ctx<'_>, Value) -> Result<Value, AppError> + Send + Sync>;
+use crate::app::messaging::{Messaging, BUILT_IN_METHODS};
+use crate::config::Config;
+use crate::engine::{self, Server};
+use crate::error::Error;
+use crate::hub::handler::Context;
+use crate::hub::{ConnId, Filter, Hub, Session};
+use crate::protocol::{self, ErrorCode};
+
+type EventHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync>;
+type RequestHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync>;
 
 /// Client frame types the protocol defines; an application cannot take these names.
 const BUILT_IN_TYPES: [&str; 11] = [
@@ -86,7 +88,7 @@ impl App {
     /// If `event` is a built-in type such as `subscribe`.
     pub fn on<F>(mut self, event: &str, handler: F) -> Self
     where
-        F: Fn(&mut Ctx<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
+        F: Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
     {
         assert!(!BUILT_IN_TYPES.contains(&event), "\"{event}\" is a built-in frame type");
         self.events.insert(event.to_string(), Arc::new(handler));
@@ -99,7 +101,7 @@ impl App {
     /// If `method` is built in (`presence`, `stats`).
     pub fn on_request<F>(mut self, method: &str, handler: F) -> Self
     where
-        F: Fn(&mut Ctx<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
+        F: Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
     {
         assert!(!BUILT_IN_METHODS.contains(&method), "\"{method}\" is a built-in request method");
         self.requests.insert(method.to_string(), Arc::new(handler));
@@ -112,18 +114,18 @@ impl App {
         self
     }
 
-    /// Starts the server in the background (see [`server::start`]).
+    /// Starts the server in the background (see [`start`](crate::start)).
     pub fn start(self, config: Config) -> Result<Server, Error> {
         let core = self.into_core();
         let (rate, burst) = (config.max_messages_per_second, config.message_burst);
-        server::start(config, move |_| Messaging::new(core.clone(), rate, burst))
+        engine::start(config, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
-    /// Runs the server until SIGINT or SIGTERM (see [`server::run`]).
+    /// Runs the server until SIGINT or SIGTERM (see [`run`](crate::run)).
     pub fn run(self, config: Config) -> Result<(), Error> {
         let core = self.into_core();
         let (rate, burst) = (config.max_messages_per_second, config.message_burst);
-        server::run(config, move |_| Messaging::new(core.clone(), rate, burst))
+        engine::run(config, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
     fn into_core(self) -> Arc<AppCore> {
@@ -195,7 +197,7 @@ impl Job {
 /// A worker: runs its queue's jobs until every shard has gone and the queue closes.
 fn work(core: &AppCore, queue: &Receiver<Job>) {
     for job in queue.iter() {
-        let mut ctx = Ctx { conn: job.conn, user: &job.identity, hub: &job.hub };
+        let mut ctx = AppContext { conn: job.conn, user: &job.identity, hub: &job.hub };
         let payload: Value = serde_json::from_str(job.payload.get()).unwrap_or(Value::Null);
         let reply = match &job.kind {
             JobKind::Event(name) => {
@@ -230,13 +232,13 @@ fn guarded<T>(handler: impl FnOnce() -> Result<T, AppError>) -> Result<T, AppErr
 
 /// What an application handler sees of the connection it runs for, and can do. Sends go
 /// through the shards' inboxes, so they may arrive after the handler returns.
-pub struct Ctx<'a> {
+pub struct AppContext<'a> {
     conn: ConnId,
     user: &'a str,
     hub: &'a Hub,
 }
 
-impl Ctx<'_> {
+impl AppContext<'_> {
     pub fn conn(&self) -> ConnId {
         self.conn
     }

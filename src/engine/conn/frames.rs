@@ -10,13 +10,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use super::{
-    Connection, Cx, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET, RECENT, RESCHEDULE,
-    USED_BUFFERS,
+    ConnEnv, Connection, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET, RECENT,
+    RESCHEDULE, USED_BUFFERS,
 };
-use crate::wire::{inbound, FrameError};
+use crate::engine::wire::{inbound, FrameError};
 
 impl Connection {
-    pub(super) fn read_frames(&mut self, cx: &mut Cx<'_>) -> Outcome {
+    pub(super) fn read_frames(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
         inbound::load(&mut self.stash);
         for _ in 0..READ_BUDGET {
             if let Some(outcome) = self.feed_frames(cx) {
@@ -49,7 +49,7 @@ impl Connection {
 
     /// Hands every complete frame in the inbound buffer to tungstenite. `Some` ends the
     /// read burst with that outcome (the inbound buffer already stashed or discarded).
-    fn feed_frames(&mut self, cx: &mut Cx<'_>) -> Option<Outcome> {
+    fn feed_frames(&mut self, cx: &mut ConnEnv<'_>) -> Option<Outcome> {
         if self.has(DISCARD_INPUT) {
             inbound::discard();
             return None;
@@ -115,7 +115,7 @@ impl Connection {
     /// The peer broke the protocol: stop parsing its bytes and ask the shard to close with
     /// `code` after the messages that came before. Once the close frame is out, our write
     /// side is shut and the connection goes at EOF or the close deadline.
-    fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut Cx<'_>) -> Outcome {
+    fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut ConnEnv<'_>) -> Outcome {
         log::debug!("failing connection {:?}: {reason}", cx.token);
         inbound::discard();
         self.flags |= DISCARD_INPUT;

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-use crate::auth::gate::Gate;
-use crate::auth::policy::TopicAction;
+use crate::auth::Gate;
 use crate::auth::Grants;
-use crate::front_door::{HttpResponse, PlainRequest};
-use crate::inbox::{lock, ConnId, Filter, Hub, Publication};
-use crate::routing::{Routes, SubscribeError};
+use crate::auth::TopicAction;
+use crate::http::{HttpResponse, PlainRequest};
+use crate::hub::routes::{Routes, SubscribeError};
+use crate::hub::{ConnId, Filter, Hub, Publication};
+use crate::sync::lock;
 
 /// One instance per shard, called on that shard's thread only, so it may keep
 /// shard-local state (indexes, caches) without locks.

@@ -1,80 +1,34 @@
-//! Cross-shard delivery: each shard's inbox (a crossbeam channel plus a mio `Waker`), and
-//! the [`Hub`] handle that reaches every shard. Sits between a handler or an embedding
-//! application (the senders) and the shard loops (the receivers).
+//! Where a message goes: the [`Hub`] handle that reaches every shard, each shard's inbox
+//! ([`inbox`]), its topic tables ([`routes`]) and batches ([`batch`]), and the hook through
+//! which handlers act ([`handler`]). Sits between the senders (a handler, the worker pool,
+//! the HTTP API, an embedding application) and the shard loops (the receivers).
 //!
-//! A sender wakes a shard at most once per batch: the first send after the shard last
-//! drained its inbox sets `wake_pending` and calls the waker; later sends only enqueue. The
-//! shard clears the flag *before* draining, so a message sent during the drain is either
-//! drained now or triggers a fresh wake, never stranded. A message meant for many
-//! connections crosses to each shard once, as one shared payload (`Message` clones share
-//! their bytes).
+//! A message meant for many connections crosses to each shard once, as one shared payload
+//! (`Message` clones share their bytes).
+
+pub(crate) mod batch;
+pub(crate) mod handler;
+mod id;
+pub(crate) mod inbox;
+pub(crate) mod routes;
+
+pub use id::ConnId;
+pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
-use mio::Waker;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Stats};
 use crate::protocol;
-use crate::routing::Directory;
-
-/// A connection's identity, unique across shards and stable for its lifetime; a stale id
-/// (its connection closed, its slot reused) matches nothing. It fits in 53 bits, so a
-/// JavaScript client can hold it as a number without losing precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    const SLOT_BITS: u32 = 24;
-    const GENERATION_BITS: u32 = 21;
-    /// Connections one shard can hold at once (16.7 M).
-    pub(crate) const MAX_SLOTS: usize = 1 << Self::SLOT_BITS;
-    /// Generations wrap at this; a stale id only matches after 2M reuses of one slot.
-    pub(crate) const GENERATION_MASK: u32 = (1 << Self::GENERATION_BITS) - 1;
-
-    pub(crate) fn new(shard: usize, slot: usize, generation: u32) -> Self {
-        debug_assert!(shard < 256 && slot < Self::MAX_SLOTS);
-        ConnId(
-            (shard as u64) << (Self::SLOT_BITS + Self::GENERATION_BITS)
-                | (slot as u64) << Self::GENERATION_BITS
-                | (generation & Self::GENERATION_MASK) as u64,
-        )
-    }
-
-    pub fn shard(self) -> usize {
-        (self.0 >> (Self::SLOT_BITS + Self::GENERATION_BITS)) as usize
-    }
-
-    pub(crate) fn slot(self) -> usize {
-        ((self.0 >> Self::GENERATION_BITS) as usize) & (Self::MAX_SLOTS - 1)
-    }
-
-    pub(crate) fn generation(self) -> u32 {
-        (self.0 as u32) & Self::GENERATION_MASK
-    }
-
-    /// The id as one number (for logs and the wire protocol).
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    pub fn from_u64(raw: u64) -> Self {
-        ConnId(raw)
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+use crate::sync::lock;
+use routes::Directory;
+pub use routes::SubscribeError;
 
 /// A connection's session data: whatever the application stores with `set`.
 pub type Session = serde_json::Map<String, serde_json::Value>;
@@ -91,22 +45,6 @@ pub struct Publication {
     pub data: Arc<str>,
 }
 
-/// What one shard asks of another.
-pub(crate) enum Command {
-    /// Deliver to every open connection on the shard.
-    Broadcast(Message),
-    /// Deliver to the shard's subscribers of a topic (or hold it for their next batch).
-    Publish(Publication),
-    /// Deliver to every open connection whose session matches.
-    Filtered(Filter, Message),
-    /// Deliver to one connection, if it still exists.
-    ToConn(ConnId, Message),
-    /// Deliver to every local connection of this user.
-    ToUser(Arc<str>, Message),
-    /// Stop accepting, close every connection with 1001, exit when done or at the deadline.
-    Shutdown,
-}
-
 /// What other threads may read or change of a shard: its topic directory, its
 /// connections' session data, its connection count. Each lock is taken by the shard's
 /// own thread for its own work and only briefly by others (presence, stats, handlers
@@ -121,55 +59,6 @@ pub(crate) struct ShardShared {
     pub connections: AtomicUsize,
     /// The shard's counters as of its last loop pass (it publishes them once per pass).
     pub counters: Mutex<Counters>,
-}
-
-/// Locks a mutex even if a panicking thread poisoned it: the data is plain maps whose
-/// invariants hold between statements.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The sending side of one shard's inbox.
-#[derive(Clone)]
-pub(crate) struct ShardInbox {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    wake_pending: Arc<AtomicBool>,
-}
-
-/// The shard's side: its receiver and the flag it clears before draining.
-pub(crate) struct InboxReceiver {
-    pub commands: Receiver<Command>,
-    wake_pending: Arc<AtomicBool>,
-}
-
-pub(crate) fn inbox(waker: Waker) -> (ShardInbox, InboxReceiver) {
-    let (commands, receiver) = crossbeam_channel::unbounded();
-    let wake_pending = Arc::new(AtomicBool::new(false));
-    let sender = ShardInbox { commands, waker: Arc::new(waker), wake_pending: wake_pending.clone() };
-    (sender, InboxReceiver { commands: receiver, wake_pending })
-}
-
-impl ShardInbox {
-    pub fn send(&self, command: Command) {
-        // A closed inbox means the shard has exited (shutdown); nothing is left to deliver to.
-        if self.commands.send(command).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("failed to wake shard: {e}");
-            }
-        }
-    }
-
-    pub fn depth(&self) -> usize {
-        self.commands.len()
-    }
-}
-
-impl InboxReceiver {
-    /// Call on the waker's event, then drain with `try_recv` until empty.
-    pub fn woken(&self) {
-        self.wake_pending.store(false, Ordering::Release);
-    }
 }
 
 /// Reaches every shard: what handlers and embedding applications use to send.
@@ -195,30 +84,6 @@ pub struct Presence {
 /// Longest user list a presence answer carries.
 pub const PRESENCE_LIST_LIMIT: usize = 1000;
 
-/// A snapshot of the server's state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Stats {
-    /// Sockets held, in any phase: upgraded WebSockets, and also those still handshaking
-    /// or being answered over plain HTTP.
-    pub connections: usize,
-    pub connections_per_shard: Vec<usize>,
-    /// Distinct topics with at least one subscriber.
-    pub topics: usize,
-    /// Distinct named users with an open connection (anonymous connections not counted).
-    pub users: usize,
-    /// Connections holding session data.
-    pub sessions: usize,
-    /// Cross-shard commands waiting in each shard's inbox.
-    pub inbox_depths: Vec<usize>,
-    pub uptime_seconds: u64,
-    /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
-    #[serde(flatten)]
-    pub totals: Counters,
-    /// Each shard's counters, for `/metrics`.
-    #[serde(skip)]
-    pub per_shard: Vec<Counters>,
-}
-
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
         let shared = (0..shards.len()).map(|_| ShardShared::default()).collect();
@@ -230,7 +95,7 @@ impl Hub {
     #[cfg(test)]
     pub(crate) fn detached(shards: usize) -> Self {
         // One poll per waker: mio allows a single waker per poll.
-        let waker = |_| Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
+        let waker = |_| mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
         let inboxes = (0..shards).map(|i| inbox(waker(i)).0).collect();
         Hub::new(inboxes)
     }
@@ -379,18 +244,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mio::{Events, Poll, Token};
-    use std::time::Duration;
-
-    #[test]
-    fn conn_ids_round_trip_their_parts() {
-        let id = ConnId::new(255, ConnId::MAX_SLOTS - 1, ConnId::GENERATION_MASK);
-        assert_eq!((id.shard(), id.slot(), id.generation()), (255, ConnId::MAX_SLOTS - 1, ConnId::GENERATION_MASK));
-        assert!(id.as_u64() < 1 << 53, "exact as a JavaScript number");
-        let id = ConnId::new(3, 17, ConnId::GENERATION_MASK + 5);
-        assert_eq!((id.shard(), id.slot(), id.generation()), (3, 17, 4), "generation wraps");
-        assert_eq!(ConnId::from_u64(id.as_u64()), id);
-    }
+    use mio::{Poll, Token, Waker};
 
     #[test]
     fn user_sends_cross_only_to_shards_that_hold_the_user() {
@@ -407,28 +261,5 @@ mod tests {
         assert_eq!(receivers.iter().map(|r| r.commands.len()).collect::<Vec<_>>(), vec![0, 1, 1]);
         hub.send_to_user("nobody", Message::text("lost"));
         assert_eq!(receivers.iter().map(|r| r.commands.len()).sum::<usize>(), 2);
-    }
-
-    #[test]
-    fn a_batch_of_sends_wakes_the_shard_once() {
-        let mut poll = Poll::new().unwrap();
-        let waker = Waker::new(poll.registry(), Token(0)).unwrap();
-        let (sender, receiver) = inbox(waker);
-        let mut events = Events::with_capacity(8);
-        for i in 0..100 {
-            sender.send(Command::Broadcast(Message::text(i.to_string())));
-        }
-        poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
-        assert_eq!(events.iter().count(), 1);
-        receiver.woken();
-        assert_eq!(receiver.commands.try_iter().count(), 100);
-
-        // Nothing sent since the drain: no further wake.
-        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
-        assert_eq!(events.iter().count(), 0);
-        // The next send wakes again.
-        sender.send(Command::Shutdown);
-        poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
-        assert_eq!(events.iter().count(), 1);
     }
 }

@@ -3,13 +3,17 @@
 //! shared read-only by every shard.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::jwt::JwtVerifier;
-use crate::auth::policy::Policy;
-use crate::batch::BatchRule;
-use crate::tls::TlsSettings;
+pub(crate) mod cli;
+mod tls;
+mod units;
+
+pub use cli::{Cli, Mode};
+pub use tls::TlsSettings;
+pub(crate) use units::{parse_duration, parse_size};
+
+use crate::auth::{ApiKey, AuthSettings};
 
 /// Everything a server needs to know before it starts.
 #[derive(Debug, Clone)]
@@ -60,76 +64,27 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
 }
 
-/// A secret a client presents (an API key, a static token). Never printed: `Debug`
-/// shows only that it is set, so a logged `Config` leaks nothing.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Secret(String);
-
-/// A key for the HTTP publish API.
-pub type ApiKey = Secret;
-
-impl std::borrow::Borrow<str> for Secret {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
+/// `PATTERN=INTERVAL`: topics matching the glob are delivered in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRule {
+    pub pattern: String,
+    pub interval: Duration,
 }
 
-/// Who may connect, and how they prove it (see the README's "Authentication").
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    /// Static tokens (`--auth token`).
-    pub tokens: Vec<StaticToken>,
-    /// JWT (HS256) verification (`--auth jwt`).
-    pub jwt: Option<Arc<JwtVerifier>>,
-    /// One-time tickets from `POST /api/ticket` (`--auth ticket`).
-    pub tickets: bool,
-    /// How long an issued ticket stays redeemable.
-    pub ticket_ttl: Duration,
-    /// Origins a browser may connect from: exact values (`https://app.example`) or `*`;
-    /// empty means the page must come from the host it connects to.
-    pub allowed_origins: Vec<String>,
-    /// Who may use which topics and broadcast, beyond what credentials say.
-    pub policy: Policy,
-}
+impl std::str::FromStr for BatchRule {
+    type Err = String;
 
-impl Default for AuthSettings {
-    fn default() -> Self {
-        AuthSettings {
-            tokens: Vec::new(),
-            jwt: None,
-            tickets: false,
-            ticket_ttl: Duration::from_secs(30),
-            allowed_origins: Vec::new(),
-            policy: Policy::default(),
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (pattern, interval) =
+            text.split_once('=').ok_or_else(|| format!("'{text}' is not PATTERN=INTERVAL, e.g. 'ticker.*=100ms'"))?;
+        if pattern.is_empty() {
+            return Err(format!("'{text}': the pattern is empty"));
         }
-    }
-}
-
-/// A static token and the identity it stands for.
-#[derive(Debug, Clone)]
-pub struct StaticToken {
-    pub token: Secret,
-    pub user: String,
-    /// May broadcast (and use any topic).
-    pub admin: bool,
-}
-
-impl Secret {
-    pub fn new(key: impl Into<String>) -> Self {
-        Secret(key.into())
-    }
-
-    /// Compares in time independent of where the two differ, so response timing does not
-    /// reveal how much of a guess was right.
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        let interval = parse_duration(interval)?;
+        if interval.is_zero() {
+            return Err(format!("'{text}': the interval must be above zero"));
+        }
+        Ok(BatchRule { pattern: pattern.to_string(), interval })
     }
 }
 
@@ -187,7 +142,7 @@ impl Config {
             if token.token.0.is_empty() || token.token.0.contains(char::is_whitespace) {
                 return Err("a static token must not be empty or contain whitespace".into());
             }
-            if !crate::front_door::is_valid_user(&token.user) {
+            if !crate::http::is_valid_user(&token.user) {
                 return Err(format!("static token user {:?} is not a valid user name", token.user));
             }
         }
@@ -218,57 +173,17 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration like 250ms, 10s, 2m"))?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value.saturating_mul(1_000),
-        "m" => value.saturating_mul(60_000),
-        "h" => value.saturating_mul(3_600_000),
-        other => return Err(format!("unknown duration unit '{other}' in '{text}'")),
-    };
-    Ok(Duration::from_millis(millis))
-}
-
-/// Parses a byte size: `65536`, `64KiB`, `1MiB` (also `k`/`K`/`KB`, `m`/`M`/`MB`, as powers of 2).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 65536, 64KiB, 1MiB"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
-    };
-    value.checked_mul(scale).ok_or_else(|| format!("size '{text}' is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5 days").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1m"), Ok(1 << 20));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("12 parsecs").is_err());
+    fn rules_parse() {
+        let rule: BatchRule = "ticker.*=250ms".parse().unwrap();
+        assert_eq!(rule, BatchRule { pattern: "ticker.*".into(), interval: Duration::from_millis(250) });
+        assert!("ticker.*".parse::<BatchRule>().is_err());
+        assert!("=1s".parse::<BatchRule>().is_err());
+        assert!("a=0ms".parse::<BatchRule>().is_err());
     }
 
     #[test]

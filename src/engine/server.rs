@@ -12,13 +12,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::gate::Gate;
+use crate::auth::Gate;
 use crate::config::Config;
+use crate::engine::limits::PerIp;
+use crate::engine::shard::{Shard, Shared, WAKER};
 use crate::error::Error;
-use crate::handler::Handler;
-use crate::inbox::{inbox, Hub};
-use crate::limits::PerIp;
-use crate::shard::{Shard, Shared, WAKER};
+use crate::hub::handler::Handler;
+use crate::hub::{inbox, Hub};
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;

@@ -8,11 +8,12 @@ use std::mem;
 use tungstenite::Message;
 
 use super::Shard;
-use crate::batch::Hold;
-use crate::conn::Delivery;
-use crate::handler::Handler;
-use crate::inbox::{lock, ConnId, Filter, Publication};
-use crate::timers::Tick;
+use crate::clock::Tick;
+use crate::engine::conn::Delivery;
+use crate::hub::batch::Hold;
+use crate::hub::handler::Handler;
+use crate::hub::{ConnId, Filter, Publication};
+use crate::sync::lock;
 
 impl<H: Handler> Shard<H> {
     pub(super) fn deliver(&mut self, key: usize, message: Message, now: Tick) {

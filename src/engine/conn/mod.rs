@@ -30,18 +30,18 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::auth::gate::Gate;
+use crate::auth::Gate;
 use crate::auth::Grants;
+use crate::clock::{ticks, Tick};
 use crate::config::Config;
-use crate::front_door::{HttpResponse, PlainRequest};
+use crate::engine::wire::Wire;
+use crate::http::{HttpResponse, PlainRequest};
 use crate::metrics::Counters;
-use crate::timers::{ticks, Tick};
-use crate::wire::Wire;
 
-mod door;
 mod frames;
+mod handshake;
 
-use door::FrontDoor;
+use handshake::Handshake;
 
 /// Recv calls one readiness event may make before the connection yields to others.
 const READ_BUDGET: usize = 16;
@@ -110,7 +110,7 @@ pub(crate) struct Admission {
 }
 
 /// Everything `ready`, `flush` and `on_timer` need from the shard.
-pub(crate) struct Cx<'a> {
+pub(crate) struct ConnEnv<'a> {
     pub registry: &'a Registry,
     pub token: Token,
     pub limits: &'a Limits,
@@ -146,7 +146,7 @@ pub(crate) enum Delivery {
 pub(crate) enum Phase {
     /// Reading the request, writing our answer. Boxed: its buffers must not weigh on
     /// every open connection's slab entry.
-    Handshaking(Box<FrontDoor>),
+    Handshaking(Box<Handshake>),
     /// Upgraded; messages flow both ways.
     Open(WebSocket<Wire>),
     /// A close frame was sent or received; waiting for the handshake to finish.
@@ -210,17 +210,17 @@ impl Connection {
         handshake_deadline: Tick,
         tls: Option<&Arc<ServerConfig>>,
     ) -> Self {
-        let door = match tls.map(|config| ServerConnection::new(config.clone())).transpose() {
-            Ok(session) => FrontDoor::new(Wire::new(tcp, session.map(Box::new))),
+        let handshake = match tls.map(|config| ServerConnection::new(config.clone())).transpose() {
+            Ok(session) => Handshake::new(Wire::new(tcp, session.map(Box::new))),
             Err(e) => {
                 // Not with a config `TlsSettings` accepted; but if it happens, the
                 // connection is dropped, never served in plaintext.
                 log::error!("cannot start a TLS session: {e}");
-                FrontDoor::refused(Wire::new(tcp, None))
+                Handshake::refused(Wire::new(tcp, None))
             }
         };
         Connection {
-            phase: Phase::Handshaking(Box::new(door)),
+            phase: Phase::Handshaking(Box::new(handshake)),
             stash: Vec::new(),
             user: None,
             generation,
@@ -238,7 +238,7 @@ impl Connection {
 
     fn wire(&mut self) -> Option<&mut Wire> {
         match &mut self.phase {
-            Phase::Handshaking(door) => Some(&mut door.wire),
+            Phase::Handshaking(handshake) => Some(&mut handshake.wire),
             Phase::Open(ws) | Phase::Closing(ws) => Some(ws.get_mut()),
             Phase::Moving => None,
         }
@@ -289,7 +289,7 @@ impl Connection {
     }
 
     /// Handles a readiness event.
-    pub fn ready(&mut self, readable: bool, writable: bool, cx: &mut Cx<'_>) -> Outcome {
+    pub fn ready(&mut self, readable: bool, writable: bool, cx: &mut ConnEnv<'_>) -> Outcome {
         let outcome = self.ready_plain(readable, writable, cx);
         if outcome != Outcome::Remove && self.tls_needs_flush() {
             self.set(NEEDS_FLUSH, true);
@@ -302,20 +302,22 @@ impl Connection {
     /// reply that was waiting for the handshake to finish.
     fn tls_needs_flush(&mut self) -> bool {
         match &mut self.phase {
-            Phase::Handshaking(door) if door.wire.is_tls() => door.wire.output_pending() || door.replying(),
+            Phase::Handshaking(handshake) if handshake.wire.is_tls() => {
+                handshake.wire.output_pending() || handshake.replying()
+            }
             Phase::Open(ws) | Phase::Closing(ws) => ws.get_ref().output_pending(),
             _ => false,
         }
     }
 
-    fn ready_plain(&mut self, readable: bool, writable: bool, cx: &mut Cx<'_>) -> Outcome {
+    fn ready_plain(&mut self, readable: bool, writable: bool, cx: &mut ConnEnv<'_>) -> Outcome {
         if let Phase::Handshaking(_) = self.phase {
             if writable && self.has(WANTS_WRITABLE) {
-                if let Outcome::Remove = self.door_write(cx) {
+                if let Outcome::Remove = self.handshake_write(cx) {
                     return Outcome::Remove;
                 }
             }
-            return if readable { self.door_ready(cx) } else { Outcome::Keep };
+            return if readable { self.handshake_ready(cx) } else { Outcome::Keep };
         }
         if writable && self.has(WANTS_WRITABLE) {
             self.set(NEEDS_FLUSH, true);
@@ -349,10 +351,10 @@ impl Connection {
     }
 
     /// Writes queued output. Called once per loop pass for listed connections.
-    pub fn flush(&mut self, cx: &mut Cx<'_>) -> Outcome {
+    pub fn flush(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
         self.flags &= !(NEEDS_FLUSH | LISTED);
         let result = match &mut self.phase {
-            Phase::Handshaking(_) => return self.door_write(cx),
+            Phase::Handshaking(_) => return self.handshake_write(cx),
             Phase::Open(ws) | Phase::Closing(ws) => ws.flush(),
             Phase::Moving => return Outcome::Remove,
         };
@@ -377,13 +379,13 @@ impl Connection {
 
     /// The answer to a plain HTTP request (kept alive if the request allows), or a 503
     /// to a connection over the limit.
-    pub fn respond(&mut self, response: &HttpResponse, cx: &mut Cx<'_>) -> Outcome {
-        self.door_respond(response, cx)
+    pub fn respond(&mut self, response: &HttpResponse, cx: &mut ConnEnv<'_>) -> Outcome {
+        self.handshake_respond(response, cx)
     }
 
     /// True while the connection is part-way through its first request.
     pub fn first_request_pending(&self) -> bool {
-        self.door_first_request_pending()
+        self.handshake_first_request_pending()
     }
 
     /// Starts a close handshake with `code` (idle, shutdown, handler request, protocol
@@ -501,7 +503,7 @@ impl Connection {
         }
     }
 
-    fn sync_interest(&mut self, cx: &mut Cx<'_>) -> Outcome {
+    fn sync_interest(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
         // Registered READABLE at accept; WRITABLE is added only while a write is blocked.
         // `registered` mirrors what epoll holds, so the syscall happens only on a change.
         let wants = self.has(WANTS_WRITABLE);

@@ -12,12 +12,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::app::{AppCore, Job, JobKind};
-use crate::auth::policy::TopicAction;
-use crate::handler::{Context, Handler};
-use crate::inbox::Publication;
-use crate::limits::{RateLimiter, RateVerdict};
+use crate::auth::TopicAction;
+use crate::engine::{RateLimiter, RateVerdict};
+use crate::hub::handler::{Context, Handler};
+use crate::hub::routes::SubscribeError;
+use crate::hub::Publication;
 use crate::protocol::{self, ClientOp, ErrorCode};
-use crate::routing::SubscribeError;
 
 /// Request methods the hub answers itself.
 pub const BUILT_IN_METHODS: [&str; 2] = ["presence", "stats"];

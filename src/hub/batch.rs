@@ -4,38 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tungstenite::Message;
 
-use crate::inbox::Publication;
+use crate::clock::{ticks, Tick};
+use crate::config::BatchRule;
+use crate::hub::Publication;
 use crate::protocol;
-use crate::routing::glob_match;
-use crate::timers::{ticks, Tick};
-
-/// `PATTERN=INTERVAL`: topics matching the glob are delivered in batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchRule {
-    pub pattern: String,
-    pub interval: Duration,
-}
-
-impl std::str::FromStr for BatchRule {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (pattern, interval) =
-            text.split_once('=').ok_or_else(|| format!("'{text}' is not PATTERN=INTERVAL, e.g. 'ticker.*=100ms'"))?;
-        if pattern.is_empty() {
-            return Err(format!("'{text}': the pattern is empty"));
-        }
-        let interval = crate::config::parse_duration(interval)?;
-        if interval.is_zero() {
-            return Err(format!("'{text}': the interval must be above zero"));
-        }
-        Ok(BatchRule { pattern: pattern.to_string(), interval })
-    }
-}
+use crate::protocol::glob_match;
 
 /// One topic's held items and when they go out.
 struct Held {
@@ -126,15 +102,6 @@ mod tests {
 
     fn publication(topic: &str, data: &str) -> Publication {
         Publication { topic: topic.into(), frame: Message::text(""), data: data.into() }
-    }
-
-    #[test]
-    fn rules_parse() {
-        let rule: BatchRule = "ticker.*=250ms".parse().unwrap();
-        assert_eq!(rule, BatchRule { pattern: "ticker.*".into(), interval: Duration::from_millis(250) });
-        assert!("ticker.*".parse::<BatchRule>().is_err());
-        assert!("=1s".parse::<BatchRule>().is_err());
-        assert!("a=0ms".parse::<BatchRule>().is_err());
     }
 
     #[test]

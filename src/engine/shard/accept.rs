@@ -11,11 +11,12 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{Shard, ACCEPT_BACKOFF};
-use crate::conn::{Connection, Outcome};
-use crate::front_door::HttpResponse;
-use crate::handler::Handler;
-use crate::inbox::ConnId;
-use crate::timers::{self, Entry, Tick};
+use crate::clock::{self, Tick};
+use crate::engine::conn::{Connection, Outcome};
+use crate::engine::timers::Entry;
+use crate::http::HttpResponse;
+use crate::hub::handler::Handler;
+use crate::hub::ConnId;
 
 impl<H: Handler> Shard<H> {
     /// Accepts until the listener would block (its readiness is edge-triggered).
@@ -35,7 +36,7 @@ impl<H: Handler> Shard<H> {
                     // Retrying now would spin: the backlog keeps the connections until a
                     // descriptor frees up (a close) or the back-off ends.
                     log::warn!("shard {}: accept paused: {e}", self.index);
-                    self.accept_paused_until = Some(now + timers::ticks(ACCEPT_BACKOFF));
+                    self.accept_paused_until = Some(now + clock::ticks(ACCEPT_BACKOFF));
                     return;
                 }
                 // The peer gave up while queued (ECONNABORTED and the like).

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::jwt::JwtVerifier;
-use crate::auth::policy::{Policy, TopicRule};
-use crate::batch::BatchRule;
-use crate::config::{defaults, parse_duration, parse_size, ApiKey, AuthSettings, Config, Secret, StaticToken};
+use crate::auth::JwtVerifier;
+use crate::auth::{ApiKey, AuthSettings, Secret, StaticToken};
+use crate::auth::{Policy, TopicRule};
+use crate::config::{defaults, parse_duration, parse_size, BatchRule, Config};
 
 /// A WebSocket hub that holds very many connections on a few threads.
 #[derive(Debug, Parser)]
@@ -194,7 +194,7 @@ impl Cli {
             serve_demo: !self.no_demo,
             auth,
             tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(crate::tls::TlsSettings::load(cert, key)?),
+                (Some(cert), Some(key)) => Some(crate::config::TlsSettings::load(cert, key)?),
                 (None, None) => None,
                 _ => return Err("--tls-cert and --tls-key go together: give both, or neither".into()),
             },

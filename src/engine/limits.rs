@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::inbox::lock;
+use crate::sync::lock;
 
 /// What to do with a message under the rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,18 +20,20 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::gate::{unix_now, Gate};
-use crate::batch::Batcher;
+use crate::api;
+use crate::auth::{unix_now, Gate};
+use crate::clock::{self, Clock, Tick};
 use crate::config::Config;
-use crate::conn::{Connection, Cx, Incoming, Limits, Outcome};
-use crate::handler::{Context, Effect, Handler, ShardRouting};
-use crate::http_api;
-use crate::inbox::{lock, Command, ConnId, Hub, InboxReceiver};
-use crate::limits::PerIp;
+use crate::engine::conn::{ConnEnv, Connection, Incoming, Limits, Outcome};
+use crate::engine::limits::PerIp;
+use crate::engine::timers::{Entry, TimerWheel};
+use crate::hub::batch::Batcher;
+use crate::hub::handler::{Context, Effect, Handler, ShardRouting};
+use crate::hub::routes::Routes;
+use crate::hub::{Command, ConnId, Hub, InboxReceiver};
 use crate::metrics::Counters;
 use crate::protocol;
-use crate::routing::Routes;
-use crate::timers::{self, Clock, Entry, Tick, TimerWheel};
+use crate::sync::lock;
 
 mod accept;
 mod delivery;
@@ -70,8 +72,8 @@ struct ShardIo {
 }
 
 impl ShardIo {
-    fn cx(&mut self, key: usize, now: Tick) -> Cx<'_> {
-        Cx {
+    fn cx(&mut self, key: usize, now: Tick) -> ConnEnv<'_> {
+        ConnEnv {
             registry: self.poll.registry(),
             token: Token(key),
             limits: &self.limits,
@@ -329,7 +331,7 @@ impl<H: Handler> Shard<H> {
                     }
                 }
                 Incoming::Http(request) => {
-                    let response = http_api::serve(
+                    let response = api::serve(
                         &request,
                         &self.routing.hub,
                         &self.shared.config,
@@ -495,7 +497,7 @@ impl<H: Handler> Shard<H> {
             return;
         }
         self.listener = None;
-        self.shutdown_deadline = Some(now + timers::ticks(self.shared.config.shutdown_timeout));
+        self.shutdown_deadline = Some(now + clock::ticks(self.shared.config.shutdown_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             if self.conns[key].close(CloseCode::Away, "server shutting down", now) == Outcome::Remove {

@@ -1,6 +1,6 @@
 //! The built-in HTTP endpoints, answered on the WebSocket port by the shard that accepted
 //! the connection: the web demo, the publish API for backends (and one-time tickets for
-//! their browser clients), health, stats and Prometheus metrics. Sits after the front door (which hands over a complete
+//! their browser clients), health, stats and Prometheus metrics. Sits after the request parser (`http`, which hands over a complete
 //! [`PlainRequest`]) and before the handler's own `on_http` hook, which gets every path
 //! not served here. Free of sockets: a request goes in, a response comes out.
 
@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
-use crate::auth::gate::Gate;
-use crate::auth::tickets::IssueError;
+use crate::auth::ApiKey;
+use crate::auth::Gate;
+use crate::auth::IssueError;
 use crate::auth::{Grants, Identity};
-use crate::config::{ApiKey, Config};
-use crate::front_door::{is_valid_user, HttpResponse, PlainRequest};
-use crate::inbox::Hub;
+use crate::config::Config;
+use crate::http::{is_valid_user, HttpResponse, PlainRequest};
+use crate::hub::Hub;
 use crate::metrics::{self, Counters};
 use crate::protocol;
 
@@ -72,7 +73,7 @@ pub(crate) fn serve(
     Some(response)
 }
 
-/// Serves `make()` to GET and HEAD (the front door drops the body for HEAD).
+/// Serves `make()` to GET and HEAD (the response drops the body for HEAD).
 fn get(request: &PlainRequest, make: impl FnOnce() -> HttpResponse) -> HttpResponse {
     match request.method.as_str() {
         "GET" | "HEAD" => make(),

@@ -18,7 +18,7 @@
 //! # TLS
 //! On a `wss://` server the wire also carries the connection's rustls `ServerConnection`
 //! (boxed, so a plain connection's slab entry grows by one pointer only). Everything above
-//! the wire sees plaintext: [`Wire::recv`] (the front door's reads and [`inbound::recv`])
+//! the wire sees plaintext: [`Wire::recv`] (the handshake's reads and [`inbound::recv`])
 //! returns decrypted bytes, writes are encrypted on their way out. The handshake needs no
 //! phase of its own; it is driven by the same readiness events:
 //! - a read first hands out plaintext rustls already holds, then pulls records from the
