@@ -142,7 +142,7 @@ fn run(case: &Case) {
     let allocations_before = SHARD_ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
     for _ in 0..case.messages {
-        hub.broadcast(Message::text(payload.as_str()));
+        hub.broadcast(Message::text(payload.as_str())).unwrap();
     }
     let sockets = reader.join().unwrap();
     let elapsed = started.elapsed();

@@ -16,7 +16,7 @@ use crate::auth::IssueError;
 use crate::auth::{Grants, Identity};
 use crate::config::Config;
 use crate::http::{is_valid_user, HttpResponse, PlainRequest};
-use crate::hub::Hub;
+use crate::hub::{Hub, InboxFull};
 use crate::metrics::{self, Counters};
 use crate::protocol;
 
@@ -138,24 +138,26 @@ struct SendBody<'a> {
     from: Option<String>,
 }
 
-/// Queued for delivery on every shard: the answer cannot wait for the deliveries.
-fn accepted() -> HttpResponse {
-    HttpResponse::json(202, r#"{"ok":true}"#)
+/// Queued for delivery on every shard (the answer cannot wait for the deliveries), or
+/// 503 where a shard's inbox was full: its receivers miss the message, the others get it.
+fn accepted(routed: Result<(), InboxFull>) -> Result<HttpResponse, HttpResponse> {
+    match routed {
+        Ok(()) => Ok(HttpResponse::json(202, r#"{"ok":true}"#)),
+        Err(full) => Err(error(503, "overloaded", &full.to_string())),
+    }
 }
 
 fn publish(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
     let body: PublishBody<'_> = parse(body)?;
     protocol::check_topic(&body.topic).map_err(|why| error(400, "bad_topic", &why))?;
     let from = sender(body.from.as_deref())?;
-    hub.publish(&body.topic, from, body.data);
-    Ok(accepted())
+    accepted(hub.publish(&body.topic, from, body.data))
 }
 
 fn broadcast(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
     let body: BroadcastBody<'_> = parse(body)?;
     let from = sender(body.from.as_deref())?;
-    hub.broadcast(Message::text(protocol::message(None, from, body.data, protocol::now_millis())));
-    Ok(accepted())
+    accepted(hub.broadcast(Message::text(protocol::message(None, from, body.data, protocol::now_millis()))))
 }
 
 fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
@@ -164,8 +166,8 @@ fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
         return Err(error(400, "bad_field", "user must not be empty"));
     }
     let from = sender(body.from.as_deref())?;
-    hub.send_to_user(&body.user, Message::text(protocol::message(None, from, body.data, protocol::now_millis())));
-    Ok(accepted())
+    let frame = protocol::message(None, from, body.data, protocol::now_millis());
+    accepted(hub.send_to_user(&body.user, Message::text(frame)))
 }
 
 #[derive(Deserialize)]
@@ -292,5 +294,19 @@ mod tests {
         assert_eq!(code(post("/api/broadcast", r#"{"data":1,"from":"<b>"}"#)), (400, "bad_field".into()));
         assert_eq!(post("/api/broadcast", r#"{"data":{"x":[1,2]},"from":"ops"}"#).0, 202);
         assert_eq!(post("/api/send", r#"{"user":"ann","data":"hi"}"#).0, 202);
+    }
+
+    #[test]
+    fn a_full_shard_inbox_is_answered_503() {
+        let (hub, _receivers) = Hub::undrained(2, 1);
+        let config = with_key();
+        let gate = Gate::new(&config.auth);
+        let broadcast = request("POST", "/api/broadcast", Some("Bearer s3cret"), r#"{"data":1}"#);
+        let post = || serve(&broadcast, &hub, &config, &gate, &mut Counters::default()).unwrap();
+        assert_eq!(post().status, 202);
+        let refused = post();
+        let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+        assert_eq!((refused.status, body["error"].as_str()), (503, Some("overloaded")));
+        assert_eq!(hub.stats().inbox_refused, [1, 1]);
     }
 }

@@ -49,7 +49,7 @@ pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
 pub use hub::handler::{Context, Echo, Handler, Relay};
-pub use hub::{ConnId, Filter, Hub, Presence, Publication, Session, SubscribeError};
+pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
 pub use metrics::{Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -20,8 +20,11 @@ pub struct Stats {
     pub users: usize,
     /// Connections holding session data.
     pub sessions: usize,
-    /// Cross-shard commands waiting in each shard's inbox.
+    /// Deliveries waiting in each shard's inbox.
     pub inbox_depths: Vec<usize>,
+    /// Deliveries each shard's inbox refused since the start because it was full
+    /// (`--inbox-capacity`): that shard's receivers missed them.
+    pub inbox_refused: Vec<u64>,
     pub uptime_seconds: u64,
     /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
     #[serde(flatten)]
@@ -101,7 +104,9 @@ pub fn prometheus(stats: &Stats) -> String {
     let connections = stats.connections_per_shard.iter().map(|&c| c as u64);
     out.per_shard("wshub_connections", "gauge", "Sockets held (upgraded, handshaking or on plain HTTP).", connections);
     let depths = stats.inbox_depths.iter().map(|&d| d as u64);
-    out.per_shard("wshub_inbox_depth", "gauge", "Cross-shard commands waiting in the shard's inbox.", depths);
+    out.per_shard("wshub_inbox_depth", "gauge", "Deliveries waiting in the shard's inbox.", depths);
+    let refused = stats.inbox_refused.iter().copied();
+    out.per_shard("wshub_inbox_refused_total", "counter", "Deliveries refused by the shard's full inbox.", refused);
     out.single("wshub_topics", "Distinct topics with a subscriber.", stats.topics as u64);
     out.single("wshub_users", "Distinct named users with an open connection.", stats.users as u64);
     out.single("wshub_uptime_seconds", "Seconds since the server started.", stats.uptime_seconds);
@@ -155,6 +160,7 @@ mod tests {
             users: 2,
             sessions: 0,
             inbox_depths: vec![0, 7],
+            inbox_refused: vec![3, 0],
             uptime_seconds: 9,
             totals: Counters { messages_in: 5, ..Counters::default() },
             per_shard: vec![
@@ -167,6 +173,7 @@ mod tests {
             "# TYPE wshub_connections gauge\nwshub_connections{shard=\"0\"} 1\nwshub_connections{shard=\"1\"} 2\n"
         ));
         assert!(text.contains("wshub_inbox_depth{shard=\"1\"} 7\n"));
+        assert!(text.contains("# TYPE wshub_inbox_refused_total counter\nwshub_inbox_refused_total{shard=\"0\"} 3\n"));
         assert!(text.contains("# TYPE wshub_messages_received_total counter\n"));
         assert!(text.contains("wshub_messages_received_total{shard=\"1\"} 3\n"));
         assert!(text.contains("wshub_topics 4\n"));

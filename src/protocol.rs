@@ -80,6 +80,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A `refresh` token was refused (the connection keeps its old one until it expires).
     Unauthorized,
+    /// A shard's inbox was full: some receivers missed what the handler sent.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -95,6 +97,7 @@ impl ErrorCode {
             ErrorCode::HandlerFailed => "handler_failed",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::RateLimited => "rate_limited",
         }
     }

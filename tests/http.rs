@@ -53,7 +53,7 @@ fn the_publish_api_reaches_websocket_clients() {
         assert!(frame.get("topic").is_none());
     }
     // ann got no copy of bob's direct message: her next frame is the marker.
-    server.hub().broadcast(wshub::Message::text(r#"{"type":"marker"}"#));
+    server.hub().broadcast(wshub::Message::text(r#"{"type":"marker"}"#)).unwrap();
     assert_eq!(ann.next()["type"], "marker");
     stop(server);
 }

@@ -21,7 +21,7 @@ fn start_hub(app: App, config: Config) -> wshub::Server {
 /// A marker broadcast from outside; every client's next frame must be it, which proves
 /// nothing else (no duplicate) was queued before it.
 fn assert_nothing_else(server: &wshub::Server, clients: &mut [JsonClient]) {
-    server.hub().broadcast(Message::text(r#"{"type":"marker"}"#));
+    server.hub().broadcast(Message::text(r#"{"type":"marker"}"#)).unwrap();
     for client in clients {
         let frame = client.next();
         assert_eq!(frame["type"], "marker", "unexpected frame before the marker: {frame}");

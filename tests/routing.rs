@@ -61,7 +61,7 @@ fn a_broadcast_reaches_every_connection_exactly_once_across_shards() {
     for peer in &mut peers {
         assert_eq!(next_text(&mut peer.client), "hello all");
     }
-    hub.broadcast(Message::text("marker"));
+    hub.broadcast(Message::text("marker")).unwrap();
     for peer in &mut peers {
         assert_eq!(next_text(&mut peer.client), "marker", "no duplicate before the marker");
     }
@@ -77,14 +77,14 @@ fn a_user_send_reaches_all_of_that_users_connections_and_nobody_else() {
     let mut eve = join(addr, "/?user=eve");
 
     eve.client.send(Message::text("user:ann:for ann")).unwrap();
-    server.hub().send_to_user("bob", Message::text("for bob"));
+    server.hub().send_to_user("bob", Message::text("for bob")).unwrap();
     for peer in &mut ann {
         assert_eq!(next_text(&mut peer.client), "for ann");
     }
     for peer in &mut bob {
         assert_eq!(next_text(&mut peer.client), "for bob");
     }
-    server.hub().broadcast(Message::text("marker"));
+    server.hub().broadcast(Message::text("marker")).unwrap();
     for peer in ann.iter_mut().chain(bob.iter_mut()).chain([&mut eve]) {
         assert_eq!(next_text(&mut peer.client), "marker", "nothing else was delivered");
     }
@@ -107,8 +107,8 @@ fn a_connection_send_crosses_shards_and_stale_ids_match_nobody() {
     drop(gone);
     eventually("connection released", || server.connection_count() == 15);
     let mut newcomer = join(addr, "/");
-    server.hub().send_to(wshub::ConnId::from_u64(target), Message::text("stale"));
-    server.hub().broadcast(Message::text("marker"));
+    server.hub().send_to(wshub::ConnId::from_u64(target), Message::text("stale")).unwrap();
+    server.hub().broadcast(Message::text("marker")).unwrap();
     assert_eq!(next_text(&mut newcomer.client), "marker");
     stop(server);
 }
@@ -173,7 +173,7 @@ fn a_slow_reader_is_evicted_while_another_keeps_receiving() {
     // can fall behind by more than `max_pending_bytes`, however loaded the machine is.
     let hub = server.hub();
     for i in 0..count {
-        hub.broadcast(Message::text(format!("{i}:{payload}")));
+        hub.broadcast(Message::text(format!("{i}:{payload}"))).unwrap();
         let ahead_limit = i.saturating_sub(4);
         eventually("the fast reader keeps up", || progress.load(std::sync::atomic::Ordering::Acquire) >= ahead_limit);
     }

@@ -16,7 +16,6 @@ use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
 use crate::hub::handler::{Context, Handler};
 use crate::hub::routes::SubscribeError;
-use crate::hub::Publication;
 use crate::protocol::{self, ClientOp, ErrorCode};
 
 /// Request methods the hub answers itself.
@@ -97,9 +96,7 @@ impl Handler for Messaging {
                 if let Err(why) = cx.check_topic(&topic, TopicAction::Publish) {
                     return reply_error(cx, ErrorCode::Forbidden, &why, id.as_deref());
                 }
-                let frame = protocol::message(Some(&topic), &cx.identity(), &data, protocol::now_millis());
-                let data: Arc<str> = Arc::from(data.get());
-                cx.publish(Publication { topic: topic.into(), frame: Message::text(frame), data });
+                cx.publish(&topic, &cx.identity(), &data);
                 Answer::Ack
             }
             ClientOp::Broadcast { data } => {

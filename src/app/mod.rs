@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::engine::{self, Server};
 use crate::error::Error;
 use crate::hub::handler::Context;
-use crate::hub::{ConnId, Filter, Hub, Session};
+use crate::hub::{ConnId, Filter, Hub, InboxFull, Session};
 use crate::protocol::{self, ErrorCode};
 
 type EventHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync>;
@@ -217,7 +217,8 @@ fn work(core: &AppCore, queue: &Receiver<Job>) {
             }
         };
         if let Some(reply) = reply {
-            job.hub.send_to(job.conn, Message::text(reply));
+            // A full inbox is counted there; the client sees no answer, as for any overload.
+            let _ = job.hub.send_to(job.conn, Message::text(reply));
         }
     }
 }
@@ -254,27 +255,23 @@ impl AppContext<'_> {
 
     /// Sends `frame` (any JSON) to this connection as it is.
     pub fn reply(&self, frame: &impl Serialize) -> Result<(), AppError> {
-        self.hub.send_to(self.conn, Message::text(serde_json::to_string(frame)?));
-        Ok(())
+        Ok(self.hub.send_to(self.conn, Message::text(serde_json::to_string(frame)?))?)
     }
 
     /// Publishes `data` to `topic` as this connection's user.
     pub fn publish(&self, topic: &str, data: &impl Serialize) -> Result<(), AppError> {
         protocol::check_topic(topic).map_err(|why| AppError::new(ErrorCode::BadTopic.as_str(), why))?;
-        self.hub.publish(topic, self.user, &raw(data)?);
-        Ok(())
+        Ok(self.hub.publish(topic, self.user, &raw(data)?)?)
     }
 
     /// Sends `data` to every connection, as a `message` from this user.
     pub fn broadcast(&self, data: &impl Serialize) -> Result<(), AppError> {
-        self.hub.broadcast(self.delivery(data)?);
-        Ok(())
+        Ok(self.hub.broadcast(self.delivery(data)?)?)
     }
 
     /// Sends `data` to every connection of `user`, as a `message` from this user.
     pub fn send_to_user(&self, user: &str, data: &impl Serialize) -> Result<(), AppError> {
-        self.hub.send_to_user(user, self.delivery(data)?);
-        Ok(())
+        Ok(self.hub.send_to_user(user, self.delivery(data)?)?)
     }
 
     /// Sends `data` to every connection whose session data satisfies `filter`.
@@ -284,8 +281,7 @@ impl AppContext<'_> {
         data: &impl Serialize,
     ) -> Result<(), AppError> {
         let filter: Filter = Arc::new(filter);
-        self.hub.send_filtered(filter, self.delivery(data)?);
-        Ok(())
+        Ok(self.hub.send_filtered(filter, self.delivery(data)?)?)
     }
 
     /// One value of this connection's session data.
@@ -332,6 +328,12 @@ impl fmt::Display for AppError {
 }
 
 impl std::error::Error for AppError {}
+
+impl From<InboxFull> for AppError {
+    fn from(full: InboxFull) -> Self {
+        AppError::new(ErrorCode::Overloaded.as_str(), full.to_string())
+    }
+}
 
 impl From<serde_json::Error> for AppError {
     fn from(e: serde_json::Error) -> Self {

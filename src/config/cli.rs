@@ -56,6 +56,10 @@ pub struct Cli {
     /// Topics one connection may subscribe to at once.
     #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = defaults::MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
+    /// Deliveries a shard's inbox holds for it; past that, deliveries to that shard's
+    /// connections are refused and counted (`inbox_refused` in /stats) instead of queued.
+    #[arg(long, env = "WSHUB_INBOX_CAPACITY", default_value_t = defaults::INBOX_CAPACITY)]
+    pub inbox_capacity: usize,
     /// Messages a connection may send per second on average (0: no limit). Over it a
     /// client gets `rate_limited` errors, then a 1008 close if it keeps on.
     #[arg(long, env = "WSHUB_MAX_MESSAGES_PER_SECOND", default_value_t = 0)]
@@ -186,6 +190,7 @@ impl Cli {
             max_connections: self.max_connections,
             shutdown_timeout: self.shutdown_timeout,
             max_subscriptions: self.max_subscriptions,
+            inbox_capacity: self.inbox_capacity,
             batch: self.batch.clone(),
             max_messages_per_second: self.max_messages_per_second,
             message_burst: self.message_burst.unwrap_or(self.max_messages_per_second.saturating_mul(2)),

@@ -45,6 +45,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Topics one connection may subscribe to at once.
     pub max_subscriptions: usize,
+    /// Deliveries one shard's inbox holds; past that they are refused and counted, never
+    /// waited on (see the hub's inbox).
+    pub inbox_capacity: usize,
     /// Messages a connection may send per second on average (0: no limit); past the
     /// burst it gets `rate_limited` errors, and if it persists a 1008 close.
     pub max_messages_per_second: u32,
@@ -100,6 +103,7 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 1_000_000;
     pub const SHUTDOWN_TIMEOUT: &str = "5s";
     pub const MAX_SUBSCRIPTIONS: usize = 100;
+    pub const INBOX_CAPACITY: usize = 65_536;
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             max_connections: defaults::MAX_CONNECTIONS,
             shutdown_timeout: duration(defaults::SHUTDOWN_TIMEOUT),
             max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
+            inbox_capacity: defaults::INBOX_CAPACITY,
             batch: Vec::new(),
             max_messages_per_second: 0,
             message_burst: 0,
@@ -134,6 +139,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.shards == 0 || self.shards > 256 {
             return Err(format!("--shards must be 1..=256, got {}", self.shards));
+        }
+        if self.inbox_capacity == 0 {
+            return Err("--inbox-capacity must be at least 1".into());
         }
         if self.api_keys.iter().any(|key| key.0.trim().is_empty() || key.0.contains(char::is_whitespace)) {
             return Err("an API key must not be empty or contain whitespace".into());

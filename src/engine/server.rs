@@ -54,7 +54,7 @@ where
     for _ in 0..config.shards {
         let poll = Poll::new().map_err(Error::Startup)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(Error::Startup)?;
-        let (sender, receiver) = inbox(waker);
+        let (sender, receiver) = inbox(waker, config.inbox_capacity);
         polls.push(poll);
         inboxes.push(sender);
         receivers.push(receiver);

@@ -9,7 +9,6 @@ use tungstenite::Message;
 
 use crate::clock::{ticks, Tick};
 use crate::config::BatchRule;
-use crate::hub::Publication;
 use crate::protocol;
 use crate::protocol::glob_match;
 
@@ -49,29 +48,28 @@ impl Batcher {
         }
     }
 
-    pub fn hold(&mut self, publication: &Publication, now: Tick) -> Hold {
+    pub fn hold(&mut self, topic: &Arc<str>, data: &Arc<str>, now: Tick) -> Hold {
         if self.rules.is_empty() {
             return Hold::NotBatched;
         }
-        let item = publication.data.clone();
-        if let Some(held) = self.held.get_mut(&publication.topic) {
+        let item = data.clone();
+        if let Some(held) = self.held.get_mut(topic) {
             let full = held.bytes + item.len() + 1 > self.max_bytes;
             let early = full.then(|| {
-                let frame = protocol::batch(&publication.topic, held.items.iter().map(|item| &**item));
+                let frame = protocol::batch(topic, held.items.iter().map(|item| &**item));
                 held.items.clear();
-                held.bytes = batch_overhead(&publication.topic);
+                held.bytes = batch_overhead(topic);
                 Message::text(frame)
             });
             held.bytes += item.len() + 1;
             held.items.push(item);
             return early.map_or(Hold::Held, Hold::Full);
         }
-        let Some(&(_, interval)) = self.rules.iter().find(|(pattern, _)| glob_match(pattern, &publication.topic))
-        else {
+        let Some(&(_, interval)) = self.rules.iter().find(|(pattern, _)| glob_match(pattern, topic)) else {
             return Hold::NotBatched;
         };
-        let bytes = batch_overhead(&publication.topic) + item.len() + 1;
-        self.held.insert(publication.topic.clone(), Held { items: vec![item], bytes, due: now + interval });
+        let bytes = batch_overhead(topic) + item.len() + 1;
+        self.held.insert(topic.clone(), Held { items: vec![item], bytes, due: now + interval });
         Hold::Held
     }
 
@@ -100,18 +98,19 @@ fn batch_overhead(topic: &str) -> usize {
 mod tests {
     use super::*;
 
-    fn publication(topic: &str, data: &str) -> Publication {
-        Publication { topic: topic.into(), frame: Message::text(""), data: data.into() }
+    /// Holds `data` on `topic`, as a shard does with a topic delivery.
+    fn hold(batcher: &mut Batcher, topic: &str, data: &str, now: Tick) -> Hold {
+        batcher.hold(&topic.into(), &data.into(), now)
     }
 
     #[test]
     fn holds_matching_topics_until_their_interval_ends() {
         let rules = ["ticker.*=300ms".parse().unwrap()];
         let mut batcher = Batcher::new(&rules, 64 * 1024);
-        assert!(matches!(batcher.hold(&publication("chat", "1"), 0), Hold::NotBatched));
-        assert!(matches!(batcher.hold(&publication("ticker.btc", "1"), 0), Hold::Held));
-        assert!(matches!(batcher.hold(&publication("ticker.btc", "2"), 1), Hold::Held));
-        assert!(matches!(batcher.hold(&publication("ticker.eth", "{\"p\":3}"), 2), Hold::Held));
+        assert!(matches!(hold(&mut batcher, "chat", "1", 0), Hold::NotBatched));
+        assert!(matches!(hold(&mut batcher, "ticker.btc", "1", 0), Hold::Held));
+        assert!(matches!(hold(&mut batcher, "ticker.btc", "2", 1), Hold::Held));
+        assert!(matches!(hold(&mut batcher, "ticker.eth", "{\"p\":3}", 2), Hold::Held));
         let mut out = Vec::new();
         batcher.take_due(2, &mut out);
         assert!(out.is_empty(), "interval not over");
@@ -130,7 +129,7 @@ mod tests {
         let item = "x".repeat(20);
         let mut early = Vec::new();
         for _ in 0..10 {
-            if let Hold::Full(frame) = batcher.hold(&publication("t", &item), 0) {
+            if let Hold::Full(frame) = hold(&mut batcher, "t", &item, 0) {
                 assert!(frame.len() <= 100, "frame of {} bytes", frame.len());
                 early.push(frame);
             }

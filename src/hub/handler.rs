@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
@@ -17,7 +18,8 @@ use crate::auth::Grants;
 use crate::auth::TopicAction;
 use crate::http::{HttpResponse, PlainRequest};
 use crate::hub::routes::{Routes, SubscribeError};
-use crate::hub::{ConnId, Filter, Hub, Publication};
+use crate::hub::{ConnId, Filter, Hub, Target};
+use crate::protocol;
 use crate::sync::lock;
 
 /// One instance per shard, called on that shard's thread only, so it may keep
@@ -72,12 +74,10 @@ impl ShardRouting {
 
 /// A handler's request, applied by the shard after the handler returns.
 pub(crate) enum Effect {
+    /// To the connection the handler was called for, in order with its other output.
     Reply(Message),
-    ToConn(ConnId, Message),
-    ToUser(Arc<str>, Message),
-    Broadcast(Message),
-    Publish(Publication),
-    Filtered(Filter, Message),
+    /// Through the hub: this shard delivers its own part, the hub the rest.
+    Route(Target, Message),
     Close(CloseCode, &'static str),
     /// The connection presented a fresh credential (its grants are already replaced):
     /// its new expiry, if it has one.
@@ -173,14 +173,21 @@ impl<'a> Context<'a> {
         removed
     }
 
-    /// Sends a publication to the topic's subscribers on every shard.
-    pub fn publish(&mut self, publication: Publication) {
-        self.effects.push(Effect::Publish(publication));
+    /// Sends `frame` to the connections `target` names, on every shard (see
+    /// [`Hub::route`]); applied when the handler returns.
+    pub fn route(&mut self, target: Target, frame: Message) {
+        self.effects.push(Effect::Route(target, frame));
+    }
+
+    /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
+    pub fn publish(&mut self, topic: &str, from: &str, data: &RawValue) {
+        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
+        self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame));
     }
 
     /// Sends `message` to every open connection whose session data satisfies `filter`.
     pub fn send_filtered(&mut self, filter: Filter, message: Message) {
-        self.effects.push(Effect::Filtered(filter, message));
+        self.route(Target::Filtered(filter), message);
     }
 
     /// One value of this connection's session data.
@@ -208,17 +215,17 @@ impl<'a> Context<'a> {
 
     /// Sends `message` to another connection, on any shard.
     pub fn send_to(&mut self, conn: ConnId, message: Message) {
-        self.effects.push(Effect::ToConn(conn, message));
+        self.route(Target::Conn(conn), message);
     }
 
     /// Sends `message` to every connection of `user`, on any shard.
     pub fn send_to_user(&mut self, user: &str, message: Message) {
-        self.effects.push(Effect::ToUser(user.into(), message));
+        self.route(Target::User(user.into()), message);
     }
 
     /// Sends `message` to every open connection, this one included.
     pub fn broadcast(&mut self, message: Message) {
-        self.effects.push(Effect::Broadcast(message));
+        self.route(Target::Everyone, message);
     }
 
     /// Closes this connection with `code` after what is already queued.
@@ -270,7 +277,7 @@ mod tests {
         Relay.on_message(&mut cx, Message::text("all"));
         assert_eq!(cx.user(), Some("ann"));
         assert!(matches!(&effects[0], Effect::Reply(m) if m.to_text().unwrap() == "hi"));
-        assert!(matches!(&effects[1], Effect::Broadcast(m) if m.to_text().unwrap() == "all"));
+        assert!(matches!(&effects[1], Effect::Route(Target::Everyone, m) if m.to_text().unwrap() == "all"));
     }
 
     #[test]

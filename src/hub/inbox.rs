@@ -1,77 +1,138 @@
 //! Each shard's inbox: a crossbeam channel plus a mio `Waker`, through which other
 //! threads (other shards, the worker pool, the HTTP API, an embedding application) hand
-//! a shard work for its connections.
+//! a shard deliveries for its connections.
 //!
 //! A sender wakes a shard at most once per batch: the first send after the shard last
 //! drained its inbox sets `wake_pending` and calls the waker; later sends only enqueue. The
 //! shard clears the flag *before* draining, so a message sent during the drain is either
 //! drained now or triggers a fresh wake, never stranded.
+//!
+//! An inbox holds at most `capacity` deliveries. Past that, a send is refused and counted
+//! rather than queued or waited on: the senders include other shards, and a shard that
+//! waited on a full inbox could wait on one that waits on it. A refused delivery is lost
+//! for that shard's receivers only; the sender is told (`Err(InboxFull)`), so the HTTP API
+//! answers 503 and a worker's call fails, and `/stats` and `/metrics` count it. Shutdown
+//! is a flag beside the channel, so a full inbox cannot hold it up. The bound is a soft
+//! one: senders racing past the check may overshoot it by one delivery each.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use tungstenite::Message;
 
-use super::{ConnId, Filter, Publication};
+use super::Target;
 
-/// What one shard asks of another.
-pub(crate) enum Command {
-    /// Deliver to every open connection on the shard.
-    Broadcast(Message),
-    /// Deliver to the shard's subscribers of a topic (or hold it for their next batch).
-    Publish(Publication),
-    /// Deliver to every open connection whose session matches.
-    Filtered(Filter, Message),
-    /// Deliver to one connection, if it still exists.
-    ToConn(ConnId, Message),
-    /// Deliver to every local connection of this user.
-    ToUser(Arc<str>, Message),
-    /// Stop accepting, close every connection with 1001, exit when done or at the deadline.
-    Shutdown,
+/// A delivery handed to a shard: the frame, for its connections that `Target` names.
+pub(crate) struct Command {
+    pub target: Target,
+    pub frame: Message,
+}
+
+/// A shard's inbox was full: the delivery did not reach that shard's receivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxFull;
+
+impl std::fmt::Display for InboxFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a shard's inbox is full; the server is overloaded")
+    }
+}
+
+impl std::error::Error for InboxFull {}
+
+/// What the senders and the shard share.
+struct Shared {
+    waker: Waker,
+    /// Set by the first send after a drain, cleared by the shard before it drains.
+    wake_pending: AtomicBool,
+    /// Set once, by `shutdown`.
+    shutdown: AtomicBool,
+    /// Deliveries refused because the inbox was full, since the start.
+    refused: AtomicU64,
+    capacity: usize,
 }
 
 /// The sending side of one shard's inbox.
 #[derive(Clone)]
 pub(crate) struct ShardInbox {
     commands: Sender<Command>,
-    waker: Arc<Waker>,
-    wake_pending: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
-/// The shard's side: its receiver and the flag it clears before draining.
+/// The shard's side.
 pub(crate) struct InboxReceiver {
-    pub commands: Receiver<Command>,
-    wake_pending: Arc<AtomicBool>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
 }
 
-pub(crate) fn inbox(waker: Waker) -> (ShardInbox, InboxReceiver) {
+/// An inbox that holds at most `capacity` deliveries.
+pub(crate) fn inbox(waker: Waker, capacity: usize) -> (ShardInbox, InboxReceiver) {
+    // Unbounded underneath, bounded by the length check in `send`: a bounded crossbeam
+    // channel allocates all its slots up front, which an idle shard should not pay for.
     let (commands, receiver) = crossbeam_channel::unbounded();
-    let wake_pending = Arc::new(AtomicBool::new(false));
-    let sender = ShardInbox { commands, waker: Arc::new(waker), wake_pending: wake_pending.clone() };
-    (sender, InboxReceiver { commands: receiver, wake_pending })
+    let shared = Arc::new(Shared {
+        waker,
+        wake_pending: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+        refused: AtomicU64::new(0),
+        capacity,
+    });
+    (ShardInbox { commands, shared: shared.clone() }, InboxReceiver { commands: receiver, shared })
 }
 
 impl ShardInbox {
-    pub fn send(&self, command: Command) {
+    pub fn send(&self, command: Command) -> Result<(), InboxFull> {
+        if self.commands.len() >= self.shared.capacity {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(InboxFull);
+        }
         // A closed inbox means the shard has exited (shutdown); nothing is left to deliver to.
-        if self.commands.send(command).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
+        if self.commands.send(command).is_ok() {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Asks the shard to stop accepting, close every connection with 1001 and exit.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if !self.shared.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.shared.waker.wake() {
                 log::error!("failed to wake shard: {e}");
             }
         }
     }
 
+    /// Deliveries waiting.
     pub fn depth(&self) -> usize {
         self.commands.len()
+    }
+
+    /// Deliveries refused since the start because the inbox was full.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 }
 
 impl InboxReceiver {
-    /// Call on the waker's event, then drain with `try_recv` until empty.
+    /// Call on the waker's event, then drain with `next` until it returns `None`.
     pub fn woken(&self) {
-        self.wake_pending.store(false, Ordering::Release);
+        self.shared.wake_pending.store(false, Ordering::Release);
+    }
+
+    pub fn next(&self) -> Option<Command> {
+        self.commands.try_recv().ok()
+    }
+
+    /// Whether `shutdown` was called.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
     }
 }
 
@@ -81,26 +142,45 @@ mod tests {
     use mio::{Events, Poll, Token};
     use std::time::Duration;
 
+    fn everyone(text: &str) -> Command {
+        Command { target: Target::Everyone, frame: Message::text(text) }
+    }
+
     #[test]
     fn a_batch_of_sends_wakes_the_shard_once() {
         let mut poll = Poll::new().unwrap();
         let waker = Waker::new(poll.registry(), Token(0)).unwrap();
-        let (sender, receiver) = inbox(waker);
+        let (sender, receiver) = inbox(waker, 1000);
         let mut events = Events::with_capacity(8);
         for i in 0..100 {
-            sender.send(Command::Broadcast(Message::text(i.to_string())));
+            sender.send(everyone(&i.to_string())).unwrap();
         }
         poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(events.iter().count(), 1);
         receiver.woken();
-        assert_eq!(receiver.commands.try_iter().count(), 100);
+        assert_eq!(std::iter::from_fn(|| receiver.next()).count(), 100);
 
-        // Nothing sent since the drain: no further wake.
+        // Nothing sent since the drain: no further wake (an absence, so a short bounded wait).
         poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
         assert_eq!(events.iter().count(), 0);
         // The next send wakes again.
-        sender.send(Command::Shutdown);
+        sender.send(everyone("again")).unwrap();
         poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(events.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_full_inbox_refuses_and_counts_but_still_takes_shutdown() {
+        let poll = Poll::new().unwrap();
+        let (sender, receiver) = inbox(Waker::new(poll.registry(), Token(0)).unwrap(), 3);
+        let results: Vec<_> = (0..5).map(|i| sender.send(everyone(&i.to_string()))).collect();
+        assert_eq!(results, [Ok(()), Ok(()), Ok(()), Err(InboxFull), Err(InboxFull)]);
+        assert_eq!((sender.depth(), sender.refused()), (3, 2));
+        sender.shutdown();
+        assert!(receiver.shutdown_requested());
+        let kept: Vec<String> = std::iter::from_fn(|| receiver.next()).map(|c| c.frame.to_string()).collect();
+        assert_eq!(kept, ["0", "1", "2"], "the first three, in order");
+        sender.send(everyone("room again")).unwrap();
+        assert_eq!(sender.refused(), 2);
     }
 }

@@ -12,22 +12,22 @@ mod id;
 pub(crate) mod inbox;
 pub(crate) mod routes;
 
-pub use id::ConnId;
-pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+mod shared;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+pub use id::ConnId;
+pub use inbox::InboxFull;
+pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+pub use shared::Presence;
+pub(crate) use shared::ShardShared;
+
+use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
-use crate::metrics::{Counters, Stats};
 use crate::protocol;
 use crate::sync::lock;
-use routes::Directory;
 pub use routes::SubscribeError;
 
 /// A connection's session data: whatever the application stores with `set`.
@@ -36,29 +36,31 @@ pub type Session = serde_json::Map<String, serde_json::Value>;
 /// A predicate over session data, for `send_filtered`; runs on each shard's thread.
 pub type Filter = Arc<dyn Fn(&Session) -> bool + Send + Sync>;
 
-/// A message published to a topic: the outbound frame, serialized once, and the raw
-/// `data` it carries (for shards that hold the topic's messages in batches).
-#[derive(Debug, Clone)]
-pub struct Publication {
-    pub topic: Arc<str>,
-    pub frame: Message,
-    pub data: Arc<str>,
+/// Who a frame is for. Every delivery names one, whatever its source (a client's frame,
+/// an application handler, the HTTP API, a timer), and goes through [`Hub::route`].
+#[derive(Clone)]
+pub enum Target {
+    /// The subscribers of `topic`. `data` is the payload alone, without the frame's
+    /// envelope: shards that deliver the topic in batches wrap many payloads in one frame.
+    Topic { topic: Arc<str>, data: Arc<str> },
+    /// Every open connection.
+    Everyone,
+    /// Every connection of this user. A connection without a user goes by its id.
+    User(Arc<str>),
+    /// One connection, if it still exists (a stale id matches nothing).
+    Conn(ConnId),
+    /// Every open connection whose session data the filter accepts.
+    Filtered(Filter),
 }
 
-/// What other threads may read or change of a shard: its topic directory, its
-/// connections' session data, its connection count. Each lock is taken by the shard's
-/// own thread for its own work and only briefly by others (presence, stats, handlers
-/// on the worker pool).
-#[derive(Default)]
-pub(crate) struct ShardShared {
-    pub directory: Mutex<Directory>,
-    /// Users with at least one open connection on this shard, so a send to a user
-    /// crosses only to shards that have one.
-    pub users: Mutex<HashSet<Arc<str>>>,
-    pub sessions: Mutex<HashMap<ConnId, Session>>,
-    pub connections: AtomicUsize,
-    /// The shard's counters as of its last loop pass (it publishes them once per pass).
-    pub counters: Mutex<Counters>,
+/// Where a delivery starts, which decides the shards it crosses to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A shard's own handler: that shard delivers to its own connections directly, so the
+    /// hub skips it.
+    Shard(usize),
+    /// Any other thread: the worker pool, the HTTP API, an embedding application.
+    Outside,
 }
 
 /// Reaches every shard: what handlers and embedding applications use to send.
@@ -70,20 +72,6 @@ pub struct Hub {
     started: Instant,
 }
 
-/// Who is subscribed to a topic, across all shards.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Presence {
-    /// Distinct users subscribed.
-    pub count: usize,
-    /// Their names, sorted; at most `PRESENCE_LIST_LIMIT` of them.
-    pub users: Vec<String>,
-    /// True when `users` was cut at the limit.
-    pub truncated: bool,
-}
-
-/// Longest user list a presence answer carries.
-pub const PRESENCE_LIST_LIMIT: usize = 1000;
-
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
         let shared = (0..shards.len()).map(|_| ShardShared::default()).collect();
@@ -91,152 +79,105 @@ impl Hub {
     }
 
     /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
-    /// takes a `Hub`.
+    /// takes a `Hub`. Sends to it go nowhere.
     #[cfg(test)]
     pub(crate) fn detached(shards: usize) -> Self {
-        // One poll per waker: mio allows a single waker per poll.
-        let waker = |_| mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
-        let inboxes = (0..shards).map(|i| inbox(waker(i)).0).collect();
-        Hub::new(inboxes)
+        Hub::undrained(shards, 1024).0
     }
 
-    pub(crate) fn shard(&self, index: usize) -> &ShardInbox {
-        &self.shards[index]
+    /// A hub whose inboxes hold what is sent until the test reads or drops the receivers.
+    #[cfg(test)]
+    pub(crate) fn undrained(shards: usize, capacity: usize) -> (Self, Vec<InboxReceiver>) {
+        // One poll per waker (mio allows a single waker per poll); a waker outlives its poll.
+        let waker = || mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
+        let (inboxes, receivers) = (0..shards).map(|_| inbox(waker(), capacity)).unzip();
+        (Hub::new(inboxes), receivers)
     }
 
     pub(crate) fn shared(&self, index: usize) -> &ShardShared {
         &self.shared[index]
     }
 
-    /// Publishes `data` to `topic` as `from`: the frame is serialized here, once, and
-    /// crosses only to shards that have a subscriber.
-    pub fn publish(&self, topic: &str, from: &str, data: &RawValue) {
-        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
-        let publication = Publication { topic: topic.into(), frame: Message::text(frame), data: Arc::from(data.get()) };
-        for index in 0..self.shards.len() {
-            self.publish_to_shard(index, &publication);
-        }
-    }
-
-    pub(crate) fn publish_to_shard(&self, index: usize, publication: &Publication) {
-        // A subscriber acknowledged before this check is in the directory (the shard
-        // records it before queueing the ack), so skipping cannot lose its messages.
-        if lock(&self.shared[index].directory).has_topic(&publication.topic) {
-            self.shards[index].send(Command::Publish(publication.clone()));
-        }
-    }
-
-    /// Sends `message` to every open connection whose session data satisfies `filter`.
-    pub fn send_filtered(&self, filter: Filter, message: Message) {
-        self.to_all_shards(|| Command::Filtered(filter.clone(), message.clone()));
-    }
-
-    /// Users subscribed to `topic`, across shards.
-    pub fn presence(&self, topic: &str) -> Presence {
-        let mut users = BTreeSet::new();
-        for shared in self.shared.iter() {
-            users.extend(lock(&shared.directory).users(topic).map(|user| user.to_string()));
-        }
-        let count = users.len();
-        let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
-        Presence { count, truncated: users.len() < count, users }
-    }
-
-    pub fn stats(&self) -> Stats {
-        let mut topics = BTreeSet::new();
-        let mut users = HashSet::new();
-        let mut sessions = 0;
-        let mut totals = Counters::default();
-        let mut per_shard = Vec::with_capacity(self.shared.len());
-        for shared in self.shared.iter() {
-            topics.extend(lock(&shared.directory).topics().cloned());
-            users.extend(lock(&shared.users).iter().cloned());
-            sessions += lock(&shared.sessions).len();
-            let counters = *lock(&shared.counters);
-            totals.add(&counters);
-            per_shard.push(counters);
-        }
-        let connections_per_shard: Vec<usize> =
-            self.shared.iter().map(|s| s.connections.load(Ordering::Acquire)).collect();
-        Stats {
-            connections: connections_per_shard.iter().sum(),
-            connections_per_shard,
-            topics: topics.len(),
-            users: users.len(),
-            sessions,
-            inbox_depths: self.inbox_depths(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            totals,
-            per_shard,
-        }
-    }
-
-    /// Reads one value of a connection's session data.
-    pub fn session_get(&self, conn: ConnId, key: &str) -> Option<serde_json::Value> {
-        let shared = self.shared.get(conn.shard())?;
-        lock(&shared.sessions).get(&conn).and_then(|session| session.get(key).cloned())
-    }
-
-    /// Stores one value in a connection's session data. Only a connection's own shard
-    /// creates its session (while it is alive), so a write for a connection that is gone
-    /// changes nothing and returns `false`, rather than leaving data no one frees.
-    pub fn session_set(&self, conn: ConnId, key: &str, value: serde_json::Value) -> bool {
-        let Some(shared) = self.shared.get(conn.shard()) else { return false };
-        match lock(&shared.sessions).get_mut(&conn) {
-            Some(session) => {
-                session.insert(key.to_string(), value);
-                true
-            }
-            None => false,
-        }
-    }
-
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
 
+    /// Sends `frame` to the connections `target` names, on every shard. The frame crosses
+    /// once to each shard that may hold one of them, and to no other; it is serialized
+    /// once, and its bytes are shared by every receiver. `Err` if a shard's inbox was
+    /// full: that shard's receivers miss it (the others get it), and it is counted.
+    pub fn route(&self, target: Target, frame: Message) -> Result<(), InboxFull> {
+        self.route_from(Origin::Outside, &target, &frame)
+    }
+
+    /// The one seam every delivery passes: decides which shards a delivery crosses to.
+    pub(crate) fn route_from(&self, origin: Origin, target: &Target, frame: &Message) -> Result<(), InboxFull> {
+        let mut result = Ok(());
+        for (index, inbox) in self.shards.iter().enumerate() {
+            if origin == Origin::Shard(index) || !self.may_hold(index, target) {
+                continue;
+            }
+            let command = Command { target: target.clone(), frame: frame.clone() };
+            if let Err(full) = inbox.send(command) {
+                result = Err(full);
+            }
+        }
+        result
+    }
+
+    /// Whether shard `index` may hold a connection `target` names (checked here, so a
+    /// frame does not cross for nothing).
+    fn may_hold(&self, index: usize, target: &Target) -> bool {
+        let shared = &self.shared[index];
+        match target {
+            // A subscriber acknowledged before this check is in the directory (the shard
+            // records it before queueing the ack), so skipping cannot lose its messages.
+            Target::Topic { topic, .. } => lock(&shared.directory).has_topic(topic),
+            Target::User(user) => {
+                let by_id = user.parse::<u64>().is_ok_and(|raw| ConnId::from_u64(raw).shard() == index);
+                by_id || lock(&shared.users).contains(user)
+            }
+            Target::Conn(conn) => conn.shard() == index,
+            Target::Everyone | Target::Filtered(_) => true,
+        }
+    }
+
+    /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
+    pub fn publish(&self, topic: &str, from: &str, data: &RawValue) -> Result<(), InboxFull> {
+        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
+        self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame))
+    }
+
     /// Sends `message` to every open connection on every shard.
-    pub fn broadcast(&self, message: Message) {
-        self.to_all_shards(|| Command::Broadcast(message.clone()));
+    pub fn broadcast(&self, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Everyone, message)
     }
 
     /// Sends `message` to one connection; a stale id is ignored.
-    pub fn send_to(&self, conn: ConnId, message: Message) {
-        if let Some(shard) = self.shards.get(conn.shard()) {
-            shard.send(Command::ToConn(conn, message));
-        }
+    pub fn send_to(&self, conn: ConnId, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Conn(conn), message)
     }
 
     /// Sends `message` to every connection of `user`, on any shard. A connection without
     /// a user goes by its connection id, which names its shard.
-    pub fn send_to_user(&self, user: &str, message: Message) {
-        let user: Arc<str> = user.into();
-        for index in 0..self.shards.len() {
-            self.send_to_user_on(index, &user, &message);
-        }
+    pub fn send_to_user(&self, user: &str, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::User(user.into()), message)
     }
 
-    /// Sends to `user`'s connections on one shard, if it has any (checked here, so the
-    /// message does not cross for nothing).
-    pub(crate) fn send_to_user_on(&self, index: usize, user: &Arc<str>, message: &Message) {
-        let by_id = user.parse::<u64>().is_ok_and(|raw| ConnId::from_u64(raw).shard() == index);
-        if by_id || lock(&self.shared[index].users).contains(user) {
-            self.shards[index].send(Command::ToUser(user.clone(), message.clone()));
-        }
+    /// Sends `message` to every open connection whose session data satisfies `filter`.
+    pub fn send_filtered(&self, filter: Filter, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Filtered(filter), message)
     }
 
-    /// Messages waiting in each shard's inbox.
+    /// Deliveries waiting in each shard's inbox.
     pub fn inbox_depths(&self) -> Vec<usize> {
         self.shards.iter().map(ShardInbox::depth).collect()
     }
 
+    /// Begins a graceful shutdown of every shard.
     pub(crate) fn shutdown(&self) {
-        self.to_all_shards(|| Command::Shutdown);
-    }
-
-    fn to_all_shards(&self, command: impl Fn() -> Command) {
-        for shard in self.shards.iter() {
-            shard.send(command());
+        for inbox in self.shards.iter() {
+            inbox.shutdown();
         }
     }
 }
@@ -244,22 +185,47 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mio::{Poll, Token, Waker};
 
     #[test]
     fn user_sends_cross_only_to_shards_that_hold_the_user() {
-        // One poll per shard, as in a server (mio allows one waker per poll).
-        let polls: Vec<Poll> = (0..3).map(|_| Poll::new().unwrap()).collect();
-        let (inboxes, receivers): (Vec<_>, Vec<_>) =
-            polls.iter().map(|poll| inbox(Waker::new(poll.registry(), Token(0)).unwrap())).unzip();
-        let hub = Hub::new(inboxes);
+        let (hub, _receivers) = Hub::undrained(3, 64);
         lock(&hub.shared(1).users).insert("ann".into());
-        hub.send_to_user("ann", Message::text("hi"));
-        assert_eq!(receivers.iter().map(|r| r.commands.len()).collect::<Vec<_>>(), vec![0, 1, 0]);
+        hub.send_to_user("ann", Message::text("hi")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 1, 0]);
         // A connection id names its shard.
-        hub.send_to_user(&ConnId::new(2, 7, 1).to_string(), Message::text("by id"));
-        assert_eq!(receivers.iter().map(|r| r.commands.len()).collect::<Vec<_>>(), vec![0, 1, 1]);
-        hub.send_to_user("nobody", Message::text("lost"));
-        assert_eq!(receivers.iter().map(|r| r.commands.len()).sum::<usize>(), 2);
+        hub.send_to_user(&ConnId::new(2, 7, 1).to_string(), Message::text("by id")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 1, 1]);
+        hub.send_to_user("nobody", Message::text("lost")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 1, 1]);
+    }
+
+    #[test]
+    fn each_target_crosses_to_the_shards_that_may_hold_it_and_skips_its_origin() {
+        let (hub, _receivers) = Hub::undrained(3, 64);
+        lock(&hub.shared(2).directory).add(&"room".into(), &"ann".into());
+        let topic = Target::Topic { topic: "room".into(), data: "1".into() };
+        hub.route(topic.clone(), Message::text("t")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 0, 1], "only the shard with a subscriber");
+        hub.route(Target::Conn(ConnId::new(1, 3, 9)), Message::text("c")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 1, 1], "only the connection's shard");
+        hub.route(Target::Everyone, Message::text("e")).unwrap();
+        assert_eq!(hub.inbox_depths(), [1, 2, 2]);
+        let filter: Filter = Arc::new(|_| true);
+        hub.route_from(Origin::Shard(0), &Target::Filtered(filter), &Message::text("f")).unwrap();
+        assert_eq!(hub.inbox_depths(), [1, 3, 3], "the origin shard delivers its own part");
+        hub.route_from(Origin::Shard(2), &topic, &Message::text("t")).unwrap();
+        assert_eq!(hub.inbox_depths(), [1, 3, 3]);
+    }
+
+    #[test]
+    fn a_full_shard_refuses_while_the_others_still_receive() {
+        let (hub, _receivers) = Hub::undrained(3, 64);
+        lock(&hub.shared(1).users).insert("bob".into());
+        for _ in 0..64 {
+            hub.send_to_user("bob", Message::text("fill")).unwrap();
+        }
+        assert_eq!(hub.broadcast(Message::text("all")), Err(InboxFull));
+        assert_eq!(hub.inbox_depths(), [1, 64, 1]);
+        assert_eq!(hub.stats().inbox_refused, [0, 1, 0]);
     }
 }

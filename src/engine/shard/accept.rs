@@ -29,7 +29,7 @@ impl<H: Handler> Shard<H> {
                 return;
             };
             match listener.accept() {
-                Ok((tcp, peer)) => self.admit(tcp, peer.ip(), now),
+                Ok((tcp, peer)) => self.take_in(tcp, peer.ip(), now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if out_of_descriptors(&e) => {
@@ -45,7 +45,7 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    pub(super) fn admit(&mut self, mut tcp: TcpStream, ip: IpAddr, now: Tick) {
+    pub(super) fn take_in(&mut self, mut tcp: TcpStream, ip: IpAddr, now: Tick) {
         // Over the limit, the connection is still taken in, briefly: it is answered 503
         // and lingers until the client has read that (closing at once could turn the
         // answer into a reset). It counts toward the limit until it is gone.

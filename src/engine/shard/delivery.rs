@@ -1,7 +1,7 @@
-//! Deliveries on one shard: a message to a connection, a user, a topic's subscribers,
-//! everyone, or the connections a filter picks. Every path ends in [`Shard::deliver`],
-//! which queues the frame (written at the end of the loop pass), counts it, and evicts a
-//! consumer too far behind.
+//! Deliveries on one shard: the local part of a [`Target`] (a connection, a user, a
+//! topic's subscribers, everyone, or the connections a filter picks). Every path ends in
+//! [`Shard::deliver`], which queues the frame (written at the end of the loop pass),
+//! counts it, and evicts a consumer too far behind.
 
 use std::mem;
 
@@ -12,10 +12,26 @@ use crate::clock::Tick;
 use crate::engine::conn::Delivery;
 use crate::hub::batch::Hold;
 use crate::hub::handler::Handler;
-use crate::hub::{ConnId, Filter, Publication};
+use crate::hub::{ConnId, Filter, Target};
 use crate::sync::lock;
 
 impl<H: Handler> Shard<H> {
+    /// Delivers `frame` to this shard's connections that `target` names.
+    pub(super) fn deliver_local(&mut self, target: &Target, frame: Message, now: Tick) {
+        match target {
+            Target::Topic { topic, data } => match self.batcher.hold(topic, data, now) {
+                Hold::NotBatched => self.deliver_to_topic(topic, frame, now),
+                Hold::Full(batch) => self.deliver_to_topic(topic, batch, now),
+                Hold::Held => {}
+            },
+            Target::Everyone => self.broadcast_local(frame, now),
+            Target::User(user) => self.deliver_to_user(user, frame, now),
+            Target::Conn(id) if id.shard() == self.index => self.deliver_to_id(*id, frame, now),
+            Target::Conn(_) => {}
+            Target::Filtered(filter) => self.filtered_local(filter, frame, now),
+        }
+    }
+
     pub(super) fn deliver(&mut self, key: usize, message: Message, now: Tick) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -38,14 +54,14 @@ impl<H: Handler> Shard<H> {
         self.settle(key);
     }
 
-    pub(super) fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
+    fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
         let live = self.conns.get(id.slot()).is_some_and(|conn| conn.generation == id.generation());
         if live {
             self.deliver(id.slot(), message, now);
         }
     }
 
-    pub(super) fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
+    fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         match self.users.get(user) {
             Some(local) => keys.extend(local),
@@ -56,7 +72,7 @@ impl<H: Handler> Shard<H> {
         self.targets = keys;
     }
 
-    pub(super) fn broadcast_local(&mut self, message: Message, now: Tick) {
+    fn broadcast_local(&mut self, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend(self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key));
         self.deliver_to_all(&mut keys, message, now);
@@ -64,22 +80,13 @@ impl<H: Handler> Shard<H> {
     }
 
     /// The local connection whose id is `name`, if it has no user of its own.
-    pub(super) fn anonymous_conn(&self, name: &str) -> Option<usize> {
+    fn anonymous_conn(&self, name: &str) -> Option<usize> {
         let id = ConnId::from_u64(name.parse().ok()?);
         let conn = self.conns.get(id.slot())?;
         (id.shard() == self.index && conn.generation == id.generation() && conn.user.is_none()).then_some(id.slot())
     }
 
-    pub(super) fn publish_local(&mut self, publication: Publication, now: Tick) {
-        let frame = match self.batcher.hold(&publication, now) {
-            Hold::NotBatched => publication.frame,
-            Hold::Full(batch) => batch,
-            Hold::Held => return,
-        };
-        self.deliver_to_topic(&publication.topic, frame, now);
-    }
-
-    pub(super) fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
+    fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend_from_slice(self.routing.routes.subscribers(topic));
         self.deliver_to_all(&mut keys, frame, now);
@@ -95,7 +102,7 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    pub(super) fn filtered_local(&mut self, filter: &Filter, message: Message, now: Tick) {
+    fn filtered_local(&mut self, filter: &Filter, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         {
             let sessions = lock(&self.routing.hub.shared(self.index).sessions);
@@ -111,7 +118,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Delivers one shared payload to every key in `keys` (left empty afterwards).
-    pub(super) fn deliver_to_all(&mut self, keys: &mut Vec<usize>, message: Message, now: Tick) {
+    fn deliver_to_all(&mut self, keys: &mut Vec<usize>, message: Message, now: Tick) {
         for key in keys.drain(..) {
             self.deliver(key, message.clone(), now);
         }

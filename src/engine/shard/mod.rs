@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::mem;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use crate::engine::timers::{Entry, TimerWheel};
 use crate::hub::batch::Batcher;
 use crate::hub::handler::{Context, Effect, Handler, ShardRouting};
 use crate::hub::routes::Routes;
-use crate::hub::{Command, ConnId, Hub, InboxReceiver};
+use crate::hub::{Command, ConnId, Hub, InboxReceiver, Origin};
 use crate::metrics::Counters;
 use crate::protocol;
 use crate::sync::lock;
@@ -38,6 +38,7 @@ use crate::sync::lock;
 mod accept;
 mod delivery;
 mod expiry;
+mod ledger;
 
 use expiry::{Expiries, ExpiryEvent};
 
@@ -301,22 +302,9 @@ impl<H: Handler> Shard<H> {
             let id = ConnId::new(self.index, key, conn.generation);
             match item {
                 Incoming::Opened(admission) => {
-                    if let Some(admission) = admission {
-                        if let Some(grants) = admission.grants {
-                            self.routing.grants.insert(key, grants);
-                        }
-                        if let Some(expires_at) = admission.expires_at {
-                            self.expiries.set(key, expires_at, unix_now());
-                        }
-                    }
-                    if let Some(user) = &conn.user {
-                        let keys = self.users.entry(user.clone()).or_default();
-                        if keys.is_empty() {
-                            lock(&self.routing.hub.shared(self.index).users).insert(user.clone());
-                        }
-                        keys.push(key);
-                    }
-                    let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
+                    self.admit(key, admission);
+                    let user = self.conns[key].user.as_ref();
+                    let mut cx = Context::new(id, user, &mut self.effects, &mut self.routing);
                     self.handler.on_open(&mut cx);
                 }
                 Incoming::Message(message) => {
@@ -354,27 +342,10 @@ impl<H: Handler> Shard<H> {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Reply(message) => self.deliver(key, message, now),
-                Effect::ToConn(id, message) if id.shard() == self.index => self.deliver_to_id(id, message, now),
-                Effect::ToConn(id, message) => self.routing.hub.send_to(id, message),
-                Effect::ToUser(user, message) => {
-                    for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
-                        self.routing.hub.send_to_user_on(index, &user, &message);
-                    }
-                    self.deliver_to_user(&user, message, now);
-                }
-                Effect::Broadcast(message) => {
-                    self.to_other_shards(|| Command::Broadcast(message.clone()));
-                    self.broadcast_local(message, now);
-                }
-                Effect::Publish(publication) => {
-                    for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
-                        self.routing.hub.publish_to_shard(index, &publication);
-                    }
-                    self.publish_local(publication, now);
-                }
-                Effect::Filtered(filter, message) => {
-                    self.to_other_shards(|| Command::Filtered(filter.clone(), message.clone()));
-                    self.filtered_local(&filter, message, now);
+                Effect::Route(target, frame) => {
+                    // A full inbox elsewhere is counted there; this shard's part goes on.
+                    let _ = self.routing.hub.route_from(Origin::Shard(self.index), &target, &frame);
+                    self.deliver_local(&target, frame, now);
                 }
                 Effect::Refreshed(Some(expires_at)) => self.expiries.set(key, expires_at, unix_now()),
                 Effect::Refreshed(None) => self.expiries.clear(key),
@@ -391,23 +362,14 @@ impl<H: Handler> Shard<H> {
         self.effects = effects;
     }
 
-    fn to_other_shards(&self, command: impl Fn() -> Command) {
-        for index in (0..self.routing.hub.shard_count()).filter(|&i| i != self.index) {
-            self.routing.hub.shard(index).send(command());
-        }
-    }
-
     fn drain_inbox(&mut self, now: Tick) {
         self.inbox.woken();
-        while let Ok(command) = self.inbox.commands.try_recv() {
-            match command {
-                Command::Broadcast(message) => self.broadcast_local(message, now),
-                Command::ToConn(id, message) => self.deliver_to_id(id, message, now),
-                Command::ToUser(user, message) => self.deliver_to_user(&user, message, now),
-                Command::Publish(publication) => self.publish_local(publication, now),
-                Command::Filtered(filter, message) => self.filtered_local(&filter, message, now),
-                Command::Shutdown => self.begin_shutdown(now),
-            }
+        while let Some(Command { target, frame }) = self.inbox.next() {
+            self.deliver_local(&target, frame, now);
+        }
+        // After the drain, so what was sent before the shutdown goes out before the 1001.
+        if self.inbox.shutdown_requested() {
+            self.begin_shutdown(now);
         }
     }
 
@@ -512,39 +474,14 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        self.shared.live.fetch_sub(1, Ordering::AcqRel);
-        let id = ConnId::new(self.index, key, conn.generation);
-        if let Some(user) = &conn.user {
-            if let Some(keys) = self.users.get_mut(user) {
-                keys.retain(|&k| k != key);
-                if keys.is_empty() {
-                    self.users.remove(user);
-                    lock(&self.routing.hub.shared(self.index).users).remove(user);
-                }
-            }
-        }
         if conn.was_opened() {
+            let id = ConnId::new(self.index, key, conn.generation);
             let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
             self.handler.on_close(&mut cx);
             self.apply_effects(key, now);
         }
         // After on_close, which may still read the session or the subscriptions.
-        let shared = self.routing.hub.shared(self.index);
-        shared.connections.fetch_sub(1, Ordering::AcqRel);
-        let topics = self.routing.routes.remove_conn(key);
-        if !topics.is_empty() {
-            let identity = ShardRouting::identity(id, conn.user.as_ref());
-            let mut directory = lock(&shared.directory);
-            for topic in &topics {
-                directory.remove(topic, &identity);
-            }
-        }
-        lock(&shared.sessions).remove(&id);
-        self.routing.grants.remove(&key);
-        self.expiries.clear(key);
-        if let (Some(ip), Some(per_ip)) = (self.peer_ips.remove(&key), &self.shared.per_ip) {
-            per_ip.release(ip);
-        }
+        self.forget(key, &conn);
         // A descriptor is free again: an accept paused on the fd limit may resume (at the
         // end of this pass, not here, so no key freed in this pass is reused within it).
         if self.accept_paused_until.is_some() {

@@ -1,0 +1,105 @@
+//! What other threads may read of a shard, and the answers built from it: presence,
+//! stats and session data. Each lock is taken by the shard's own thread for its own
+//! work and only briefly by others (presence, stats, handlers on the worker pool).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::routes::Directory;
+use super::{ConnId, Hub, Session};
+use crate::metrics::{Counters, Stats};
+use crate::sync::lock;
+
+/// What other threads may read or change of a shard: its topic directory, its
+/// connections' session data, its connection count.
+#[derive(Default)]
+pub(crate) struct ShardShared {
+    pub directory: Mutex<Directory>,
+    /// Users with at least one open connection on this shard, so a send to a user
+    /// crosses only to shards that have one.
+    pub users: Mutex<HashSet<Arc<str>>>,
+    pub sessions: Mutex<HashMap<ConnId, Session>>,
+    pub connections: AtomicUsize,
+    /// The shard's counters as of its last loop pass (it publishes them once per pass).
+    pub counters: Mutex<Counters>,
+}
+
+/// Who is subscribed to a topic, across all shards.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    /// Distinct users subscribed.
+    pub count: usize,
+    /// Their names, sorted; at most `PRESENCE_LIST_LIMIT` of them.
+    pub users: Vec<String>,
+    /// True when `users` was cut at the limit.
+    pub truncated: bool,
+}
+
+/// Longest user list a presence answer carries.
+pub const PRESENCE_LIST_LIMIT: usize = 1000;
+
+impl Hub {
+    /// Users subscribed to `topic`, across shards.
+    pub fn presence(&self, topic: &str) -> Presence {
+        let mut users = BTreeSet::new();
+        for shared in self.shared.iter() {
+            users.extend(lock(&shared.directory).users(topic).map(|user| user.to_string()));
+        }
+        let count = users.len();
+        let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
+        Presence { count, truncated: users.len() < count, users }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut topics = BTreeSet::new();
+        let mut users = HashSet::new();
+        let mut sessions = 0;
+        let mut totals = Counters::default();
+        let mut per_shard = Vec::with_capacity(self.shared.len());
+        for shared in self.shared.iter() {
+            topics.extend(lock(&shared.directory).topics().cloned());
+            users.extend(lock(&shared.users).iter().cloned());
+            sessions += lock(&shared.sessions).len();
+            let counters = *lock(&shared.counters);
+            totals.add(&counters);
+            per_shard.push(counters);
+        }
+        let connections_per_shard: Vec<usize> =
+            self.shared.iter().map(|s| s.connections.load(Ordering::Acquire)).collect();
+        Stats {
+            connections: connections_per_shard.iter().sum(),
+            connections_per_shard,
+            topics: topics.len(),
+            users: users.len(),
+            sessions,
+            inbox_depths: self.shards.iter().map(|inbox| inbox.depth()).collect(),
+            inbox_refused: self.shards.iter().map(|inbox| inbox.refused()).collect(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            totals,
+            per_shard,
+        }
+    }
+
+    /// Reads one value of a connection's session data.
+    pub fn session_get(&self, conn: ConnId, key: &str) -> Option<serde_json::Value> {
+        let shared = self.shared.get(conn.shard())?;
+        lock(&shared.sessions).get(&conn).and_then(|session| session.get(key).cloned())
+    }
+
+    /// Stores one value in a connection's session data. Only a connection's own shard
+    /// creates its session (while it is alive), so a write for a connection that is gone
+    /// changes nothing and returns `false`, rather than leaving data no one frees.
+    pub fn session_set(&self, conn: ConnId, key: &str, value: serde_json::Value) -> bool {
+        let Some(shared) = self.shared.get(conn.shard()) else { return false };
+        match lock(&shared.sessions).get_mut(&conn) {
+            Some(session) => {
+                session.insert(key.to_string(), value);
+                true
+            }
+            None => false,
+        }
+    }
+}
