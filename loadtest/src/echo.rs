@@ -3,9 +3,10 @@
 //! `wshub --echo` sends back), so the round-trip rate measures the server's
 //! per-message cost and the latency its queueing. One process, one mio loop.
 
-use crate::conn::{App, Net, Outbox, Ramp, RampStep};
+use crate::conn::{App, Net, Outbox};
 use crate::latency::{mono_ns, Latency};
 use crate::opts::{self, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
+use crate::ramp::{Ramp, RampStep};
 use crate::spawn;
 use crate::stats::{Cause, Failures};
 use crate::track;
@@ -177,7 +178,7 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
         + Duration::from_secs_f64(n as f64 / args.connect.connect_rate)
         + args.connect.handshake_timeout * 2;
     loop {
-        let step = ramp.step(&mut net, &mut echo, |i| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]));
+        let step = ramp.step(&mut net, &mut echo, &ips);
         if let RampStep::NobodyListening(rest) = step {
             eprintln!(
                 "wshub-load: the first connections to {} were all refused; not trying the other {rest}",

@@ -5,9 +5,10 @@
 //! task per connection. What `hold` adds is the schedule (ramp, `READY`, hold, close) and
 //! its report.
 
-use crate::conn::{App, Net, Outbox, Ramp, RampStep, REFUSED_ABORT_AFTER};
+use crate::conn::{App, Net, Outbox, REFUSED_ABORT_AFTER};
 use crate::opts::{self, WsUrl};
 use crate::procs;
+use crate::ramp::{Ramp, RampStep};
 use crate::stats::{Cause, Report};
 use std::io;
 use std::net::Ipv4Addr;
@@ -83,14 +84,12 @@ fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io:
     // Every attempt ends by its own handshake timeout; this is the backstop.
     let deadline =
         Instant::now() + Duration::from_secs_f64(n as f64 / cfg.rate) + cfg.handshake_timeout + Duration::from_secs(30);
-    let ips = &cfg.source_ips;
-    let source = |i: u64| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]);
     loop {
         if should_stop() {
             net.fail_handshaking(&mut Idle, Cause::Other, "run stopped during the handshake");
             return Ok(());
         }
-        let step = ramp.step(net, &mut Idle, source);
+        let step = ramp.step(net, &mut Idle, &cfg.source_ips);
         match step {
             RampStep::NobodyListening(rest) => {
                 eprintln!(

@@ -17,6 +17,7 @@ mod hold;
 mod latency;
 mod opts;
 mod procs;
+mod ramp;
 mod spawn;
 mod stats;
 mod track;
