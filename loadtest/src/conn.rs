@@ -5,8 +5,8 @@
 //! The mode's logic is an [`App`], called back with whole text messages and able to
 //! queue frames in reply; setup, write buffering, pings and failure accounting live here.
 
+use crate::failures::{Cause, Failures};
 use crate::opts::WsUrl;
-use crate::stats::{Cause, Failures};
 use crate::ws::{self, Frame, MessageReader, Rng};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};

@@ -3,15 +3,16 @@
 //! `wshub --echo` sends back), so the round-trip rate measures the server's
 //! per-message cost and the latency its queueing. One process, one mio loop.
 
-use crate::conn::{App, Net, Outbox};
+use crate::conn::{App, Net, NetStats, Outbox};
+use crate::failures::ConnectFailed;
+use crate::latency::Percentiles;
 use crate::latency::{mono_ns, Latency};
 use crate::opts::{self, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
 use crate::ramp::{Ramp, RampStep};
 use crate::spawn;
-use crate::stats::{Cause, Failures};
 use crate::track;
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -136,6 +137,28 @@ impl App for Echo {
     fn ended(&mut self, _idx: usize, _was_open: bool) {}
 }
 
+/// The `--json` line. Its keys are what scripts read (`errors`, `round_trips`, ...).
+#[derive(Serialize)]
+struct EchoSummary<'a> {
+    mode: &'static str,
+    protocol: &'static str,
+    url: &'a str,
+    connections: u64,
+    established: u64,
+    duration_s: f64,
+    round_trips: u64,
+    round_trips_per_sec: f64,
+    latency_us: Percentiles,
+    errors: u64,
+    bad_replies: u64,
+    first_bad_reply: Option<&'a str>,
+    dropped: u64,
+    first_drop: Option<&'a str>,
+    #[serde(flatten)]
+    connect_failed: ConnectFailed<'a>,
+    interrupted: bool,
+}
+
 pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     let n = args.connections;
     if n == 0 {
@@ -209,44 +232,40 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     progress.clear();
     net.close_all();
 
-    let failures = &net.stats.failures;
-    let errors = failures.total() + net.stats.dropped + echo.bad_replies;
+    let stats = &net.stats;
+    let errors = stats.failures.total() + stats.dropped + echo.bad_replies;
     let rate = if secs > 0.0 { echo.round_trips as f64 / secs } else { 0.0 };
-    let p = echo.latency.percentiles();
     if args.json {
-        let summary = json!({
-            "mode": "echo", "protocol": args.protocol.name(), "url": args.url.original,
-            "connections": n, "established": net.stats.established,
-            "duration_s": (secs * 1000.0).round() / 1000.0,
-            "round_trips": echo.round_trips, "round_trips_per_sec": rate.round(),
-            "latency_us": p.to_json(),
-            "errors": errors, "bad_replies": echo.bad_replies, "first_bad_reply": echo.first_bad_reply,
-            "dropped": net.stats.dropped, "first_drop": net.stats.first_drop,
-            "connect_failed": failures.counts_json(), "connect_failed_total": failures.total(),
-            "first_errors": failures.first_json(),
-            "interrupted": opts::stop_requested(),
-        });
-        opts::emit_line(&summary.to_string());
+        let summary = EchoSummary {
+            mode: "echo",
+            protocol: args.protocol.name(),
+            url: &args.url.original,
+            connections: n,
+            established: stats.established,
+            duration_s: (secs * 1000.0).round() / 1000.0,
+            round_trips: echo.round_trips,
+            round_trips_per_sec: rate.round(),
+            latency_us: echo.latency.percentiles(),
+            errors,
+            bad_replies: echo.bad_replies,
+            first_bad_reply: echo.first_bad_reply.as_deref(),
+            dropped: stats.dropped,
+            first_drop: stats.first_drop.as_deref(),
+            connect_failed: stats.failures.connect_failed(),
+            interrupted: opts::stop_requested(),
+        };
+        opts::emit_line(&serde_json::to_string(&summary).expect("summaries serialize"));
     } else {
-        opts::emit_line(text_summary(args, &net.stats, &echo, secs, rate, errors).trim_end());
+        opts::emit_line(text_summary(args, stats, &echo, secs, rate, errors).trim_end());
     }
-    if net.stats.established == 0 {
-        let refused = failures.counts[Cause::Refused as usize] > 0;
-        let hint = if refused { " (connection refused: is the server listening there?)" } else { "" };
+    if stats.established == 0 {
+        let hint = stats.failures.nothing_connected_hint();
         eprintln!("wshub-load: error: no connection to {} could be established{hint}", args.url.addr);
     }
     Ok(if errors == 0 && echo.round_trips > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn text_summary(
-    args: &EchoArgs,
-    stats: &crate::conn::NetStats,
-    echo: &Echo,
-    secs: f64,
-    rate: f64,
-    errors: u64,
-) -> String {
-    let failures: &Failures = &stats.failures;
+fn text_summary(args: &EchoArgs, stats: &NetStats, echo: &Echo, secs: f64, rate: f64, errors: u64) -> String {
     let mut out = format!(
         "echo summary: {} connections to {} ({} protocol), {:.2} s\n",
         args.connections,
@@ -258,7 +277,7 @@ fn text_summary(
     if let Some(why) = &stats.first_drop {
         out += &format!("    first drop: {why}\n");
     }
-    out += &format!("  connect failed: {}", failures.to_text());
+    out += &format!("  connect failed: {}", stats.failures.to_text());
     out += &format!("  round trips:    {} ({:.0}/s)\n", echo.round_trips, rate);
     out += &format!("  latency:        {}\n", echo.latency.percentiles().to_text());
     out += &format!("  errors:         {} (bad replies: {})\n", errors, echo.bad_replies);

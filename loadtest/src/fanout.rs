@@ -6,11 +6,11 @@
 //! process has only subscribers; with one process, the same loop does both.
 
 use crate::conn::{App, Net, Outbox};
+use crate::failures::Cause;
 use crate::fanout_report::FanoutReport;
 use crate::latency::mono_ns;
 use crate::opts::{self, Protocol, WsUrl};
 use crate::ramp::{Ramp, RampStep};
-use crate::stats::Cause;
 use crate::track::{self, Publisher, Sample, Seen, SeqTrack};
 use std::collections::VecDeque;
 use std::io;
@@ -202,7 +202,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
     net.close_all();
 
     let mut report = fan.report;
-    report.failures.merge(&net.stats.failures);
+    report.failures.merge(std::mem::take(&mut net.stats.failures));
     report.publishers_failed = fan.pubs.iter().filter(|p| p.gone).count() as u64;
     report.timed_out = timed_out;
     if report.dropped > 0 {

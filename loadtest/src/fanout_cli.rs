@@ -12,8 +12,7 @@ use crate::fanout::{self, FanoutConfig, Side};
 use crate::fanout_report::{FanoutReport, Plan};
 use crate::opts::{self, format_duration, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
 use crate::procs::{self, Procs};
-use crate::spawn::{self, Share};
-use crate::stats::Cause;
+use crate::spawn::{self, Share, WorkerReport};
 use clap::Args;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::AtomicBool;
@@ -119,13 +118,12 @@ pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
         size: args.size,
     };
     if args.json {
-        opts::emit_line(&report.summary_json(&plan).to_string());
+        opts::emit_line(&serde_json::to_string(&report.summary(&plan)).expect("summaries serialize"));
     } else {
         opts::emit_line(report.summary_text(&plan).trim_end());
     }
     if report.subscribed == 0 {
-        let refused = report.failures.counts[Cause::Refused as usize] > 0;
-        let hint = if refused { " (connection refused: is the server listening there?)" } else { "" };
+        let hint = report.failures.nothing_connected_hint();
         eprintln!("wshub-load: error: no subscriber to {} could subscribe{hint}", args.url.addr);
         return Ok(ExitCode::FAILURE);
     }
@@ -225,7 +223,7 @@ fn worker_main(args: &FanoutArgs, index: u64, deadline: Instant) -> Result<ExitC
     let cfg = config(args, &share, 0, deadline, index + 1, procs::stop_flag_from_stdin());
     let mut side = Worker { last: Instant::now() };
     let report = fanout::run(&cfg, &mut side).map_err(|e| format!("worker {index}: {e}"))?;
-    opts::emit_line(&report.to_json().to_string());
+    opts::emit_line(&serde_json::to_string(&report).expect("reports serialize"));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,7 +268,7 @@ impl Parent {
             self.ready[i] = Some(counts);
         } else if let Some(counts) = parse_pair(&line, "PROGRESS subscribed=", " received=") {
             self.progress[i] = counts;
-        } else if let Some(r) = serde_json::from_str(&line).ok().and_then(|v| FanoutReport::from_json(&v)) {
+        } else if let Ok(r) = serde_json::from_str(&line) {
             self.reports[i] = Some(r);
         } else {
             eprintln!("wshub-load: worker {i}: unexpected output: {line}");
@@ -365,18 +363,9 @@ fn parent_run(args: &FanoutArgs, shares: &[Share], deadline: Instant) -> Result<
         side.line(i, line);
     }
     for (i, share) in shares.iter().enumerate() {
-        match side.reports[i].take() {
-            Some(r) => total.merge(&r),
-            None => {
-                // Its subscribers are unaccounted for: count them as failed (and their
-                // messages as lost, which the expected total already implies).
-                let mut lost = FanoutReport { subscribers: share.connections, ..Default::default() };
-                lost.failures.counts[Cause::Other as usize] = share.connections;
-                lost.failures.first[Cause::Other as usize] =
-                    Some(format!("worker {i} ended ({}) without a report", statuses[i]));
-                total.merge(&lost);
-            }
-        }
+        total.merge(side.reports[i].take().unwrap_or_else(|| {
+            FanoutReport::worker_lost(share.connections, format!("worker {i} ended ({}) without a report", statuses[i]))
+        }));
     }
     total.processes = count as u64;
     Ok(total)

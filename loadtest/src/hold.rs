@@ -6,10 +6,11 @@
 //! its report.
 
 use crate::conn::{App, Net, Outbox, REFUSED_ABORT_AFTER};
+use crate::failures::Cause;
+use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, WsUrl};
 use crate::procs;
 use crate::ramp::{Ramp, RampStep};
-use crate::stats::{Cause, Report};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,18 +45,18 @@ impl App for Idle {
 }
 
 /// Runs the whole hold in this process: ramp, `READY`, hold, close.
-pub fn run(cfg: &HoldConfig) -> io::Result<Report> {
+pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
     let mut net = Net::new(&cfg.url, cfg.handshake_timeout, cfg.seed)?;
     // The parent ends a worker's hold through its stdin.
     let control_stop = if cfg.worker { procs::stop_flag_from_stdin() } else { Arc::new(AtomicBool::new(false)) };
     let should_stop = || control_stop.load(Ordering::SeqCst) || opts::stop_requested();
-    let mut report = Report { connections: cfg.connections, processes: 1, ..Report::default() };
+    let mut report = HoldReport { connections: cfg.connections, processes: 1, ..HoldReport::default() };
 
     let ramp_started = Instant::now();
     ramp(cfg, &mut net, &should_stop)?;
     report.ramp_secs = ramp_started.elapsed().as_secs_f64();
     fill(&mut report, &net);
-    opts::emit_line(&report.ready_line());
+    opts::emit_line(&ready_line(report.established, report.failures.total()));
 
     if report.established > 0 && !should_stop() {
         let hold_started = Instant::now();
@@ -113,11 +114,10 @@ fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io:
 }
 
 /// Copies the connections' counters into the report.
-fn fill(report: &mut Report, net: &Net) {
+fn fill(report: &mut HoldReport, net: &Net) {
     let stats = &net.stats;
     report.established = stats.established;
-    report.failed = stats.failures.counts;
-    report.first_error.clone_from(&stats.failures.first);
+    report.failures.clone_from(&stats.failures);
     report.dropped = stats.dropped;
     report.pings_answered = stats.pings_answered;
     report.latencies_us.clone_from(&stats.connect_latencies_us);

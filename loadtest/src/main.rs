@@ -10,16 +10,17 @@
 
 mod conn;
 mod echo;
+mod failures;
 mod fanout;
 mod fanout_cli;
 mod fanout_report;
 mod hold;
+mod hold_report;
 mod latency;
 mod opts;
 mod procs;
 mod ramp;
 mod spawn;
-mod stats;
 mod track;
 mod ws;
 
@@ -137,20 +138,13 @@ fn hold_main(args: &HoldArgs) -> Result<ExitCode, String> {
     };
 
     if args.json {
-        opts::emit_line(&report.to_json(false).to_string());
+        opts::emit_line(&serde_json::to_string(&report.summary()).expect("summaries serialize"));
     } else {
         opts::emit_line(report.to_text(&args.url.original).trim_end());
     }
     if report.established == 0 {
-        eprintln!(
-            "wshub-load: error: no connection to {} could be established{}",
-            args.url.addr,
-            if report.failed[stats::Cause::Refused as usize] > 0 {
-                " (connection refused: is the server listening there?)"
-            } else {
-                ""
-            }
-        );
+        let hint = report.failures.nothing_connected_hint();
+        eprintln!("wshub-load: error: no connection to {} could be established{hint}", args.url.addr);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -164,7 +158,7 @@ fn worker_main(args: &HoldArgs, index: u64) -> Result<ExitCode, String> {
         source_ips: args.source_ips.clone().map(|s| s.0).unwrap_or_default(),
     };
     let report = hold::run(&config(args, &share, Some(index))).map_err(|e| format!("worker {index}: {e}"))?;
-    opts::emit_line(&report.to_json(true).to_string());
+    opts::emit_line(&serde_json::to_string(&report).expect("reports serialize"));
     Ok(if report.established == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 

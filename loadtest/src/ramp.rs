@@ -2,7 +2,7 @@
 //! a cap on handshakes in flight, and an early stop when nobody is listening.
 
 use crate::conn::{App, Net};
-use crate::stats::Cause;
+use crate::failures::Cause;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 

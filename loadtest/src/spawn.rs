@@ -6,10 +6,11 @@
 //! clock: it ends the hold by telling the workers to stop, so all of them hold for the
 //! same period no matter which finished ramping first.
 
+use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, format_duration, SourceIps};
 use crate::procs::Procs;
-use crate::stats::{Cause, Report};
 use crate::HoldArgs;
+use serde::de::DeserializeOwned;
 use std::io;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,18 +28,25 @@ pub fn ramp_bound(args: &HoldArgs) -> Duration {
     Duration::from_secs_f64(args.connections as f64 / args.rate) + args.handshake_timeout + Duration::from_secs(30)
 }
 
+/// A subcommand's report, as the parent merges the workers' ones.
+pub trait WorkerReport: DeserializeOwned + Default {
+    /// Stands in for a worker that ended without a report: its connections failed.
+    fn worker_lost(connections: u64, why: String) -> Self;
+    fn merge(&mut self, other: Self);
+}
+
 /// What the parent has heard from each worker.
 struct Heard {
     /// (established, failed) from its READY line.
     ready: Vec<Option<(u64, u64)>>,
-    reports: Vec<Option<Report>>,
+    reports: Vec<Option<HoldReport>>,
 }
 
 impl Heard {
     fn line(&mut self, i: usize, line: String) {
         if let Some(counts) = parse_ready(&line) {
             self.ready[i] = Some(counts);
-        } else if let Some(report) = serde_json::from_str(&line).ok().and_then(|v| Report::from_json(&v)) {
+        } else if let Ok(report) = serde_json::from_str(&line) {
             self.reports[i] = Some(report);
         } else {
             eprintln!("wshub-load: worker {i}: unexpected output: {line}");
@@ -46,7 +54,7 @@ impl Heard {
     }
 }
 
-pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
+pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<HoldReport> {
     let exe = std::env::current_exe()?;
     let count = shares.len();
     // A worker holds until told to stop; its own --duration is only a backstop in
@@ -97,7 +105,7 @@ pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
         established += e;
         failed += f;
     }
-    opts::emit_line(&format!("READY established={established} failed={failed}"));
+    opts::emit_line(&ready_line(established, failed));
 
     // Phase 2: hold, while noticing signals and workers that die.
     let hold_start = Instant::now();
@@ -116,19 +124,11 @@ pub fn run(args: &HoldArgs, shares: &[Share]) -> io::Result<Report> {
     procs.tell_stop_all();
     procs.drain_until(Instant::now() + Duration::from_secs(30), |i, line| heard.line(i, line));
     let statuses = procs.reap()?;
-    let mut total = Report::default();
+    let mut total = HoldReport::default();
     for (i, share) in shares.iter().enumerate() {
-        match heard.reports[i].take() {
-            Some(report) => total.merge(report),
-            None => {
-                // Its connections are unaccounted for: count them all as failed.
-                let mut lost = Report { connections: share.connections, ..Report::default() };
-                lost.failed[Cause::Other as usize] = share.connections;
-                lost.first_error[Cause::Other as usize] =
-                    Some(format!("worker {i} ended ({}) without a report", statuses[i]));
-                total.merge(lost);
-            }
-        }
+        total.merge(heard.reports[i].take().unwrap_or_else(|| {
+            HoldReport::worker_lost(share.connections, format!("worker {i} ended ({}) without a report", statuses[i]))
+        }));
     }
     total.processes = count as u64;
     total.held_secs = held_secs;
