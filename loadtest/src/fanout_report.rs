@@ -4,7 +4,7 @@
 
 use crate::failures::{Cause, ConnectFailed, Failures};
 use crate::latency::{Latency, Percentiles};
-use crate::spawn::WorkerReport;
+use crate::workers::WorkerReport;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

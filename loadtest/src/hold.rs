@@ -11,6 +11,7 @@ use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, WsUrl};
 use crate::procs;
 use crate::ramp::{Ramp, RampStep};
+use crate::workers::WorkerMessage;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,7 @@ pub struct HoldConfig {
     pub url: WsUrl,
     pub connections: u64,
     /// New connections per second (this process's share).
-    pub rate: f64,
+    pub connect_rate: f64,
     /// How long to keep the connections once all are up. For a worker this is only a
     /// safety cap: the parent ends the hold through stdin so all workers end together.
     pub duration: Duration,
@@ -56,7 +57,11 @@ pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
     ramp(cfg, &mut net, &should_stop)?;
     report.ramp_secs = ramp_started.elapsed().as_secs_f64();
     fill(&mut report, &net);
-    opts::emit_line(&ready_line(report.established, report.failures.total()));
+    if cfg.worker {
+        WorkerMessage::<()>::Ready { connected: report.established, failed: report.failures.total() }.send();
+    } else {
+        opts::emit_line(&ready_line(report.established, report.failures.total()));
+    }
 
     if report.established > 0 && !should_stop() {
         let hold_started = Instant::now();
@@ -81,10 +86,9 @@ pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
 /// Opens every connection (or gives up on those that cannot open in time).
 fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io::Result<()> {
     let n = cfg.connections;
-    let mut ramp = Ramp::new(n, cfg.rate, cfg.max_inflight);
+    let mut ramp = Ramp::new(n, cfg.connect_rate, cfg.max_inflight);
     // Every attempt ends by its own handshake timeout; this is the backstop.
-    let deadline =
-        Instant::now() + Duration::from_secs_f64(n as f64 / cfg.rate) + cfg.handshake_timeout + Duration::from_secs(30);
+    let deadline = Instant::now() + ramp_bound(n, cfg.connect_rate, cfg.handshake_timeout);
     loop {
         if should_stop() {
             net.fail_handshaking(&mut Idle, Cause::Other, "run stopped during the handshake");
@@ -111,6 +115,12 @@ fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io:
         let wait = if step == RampStep::Going { 1 } else { 50 };
         net.poll(&mut Idle, Duration::from_millis(wait))?;
     }
+}
+
+/// Worst case for one ramp: the last connect starts at N/rate and may take a full
+/// handshake timeout; plus slack for a loaded machine.
+pub fn ramp_bound(connections: u64, connect_rate: f64, handshake_timeout: Duration) -> Duration {
+    Duration::from_secs_f64(connections as f64 / connect_rate) + handshake_timeout + Duration::from_secs(30)
 }
 
 /// Copies the connections' counters into the report.

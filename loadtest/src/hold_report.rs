@@ -3,7 +3,7 @@
 //! merged by the parent, and shown as text or as the [`HoldSummary`] JSON line.
 
 use crate::failures::{Cause, Failures};
-use crate::spawn::WorkerReport;
+use crate::workers::WorkerReport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
