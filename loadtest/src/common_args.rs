@@ -20,7 +20,7 @@ pub struct CommonArgs {
     #[arg(long, value_parser = parse_ws_url)]
     pub url: WsUrl,
     /// Connections to open, over all processes (fanout: the subscribers; its
-    /// publishers come on top, from the first process)
+    /// publishers come on top, in the parent process)
     #[arg(long, short = 'n')]
     pub connections: u64,
     /// Processes to spread the connections over [default: as few as the fd limit allows]
@@ -72,9 +72,9 @@ impl CommonArgs {
         Ok(())
     }
 
-    /// How many processes to run: as asked, or as few as the fd limit allows. The first
-    /// process also holds `parent_sockets` (fanout's publishers); once there are workers
-    /// the parent holds only those, so a split run has at least two processes.
+    /// How many processes to run: as asked, or as few as the fd limit allows. The parent
+    /// (or only) process also holds `parent_sockets` (fanout's publishers); once there
+    /// are workers the parent holds only those, so a split run has at least two.
     pub fn processes(&self, parent_sockets: u64) -> Result<u64, String> {
         let (n, p) = (self.connections, parent_sockets);
         let fd_limit = opts::raise_fd_limit();
@@ -84,7 +84,7 @@ impl CommonArgs {
         let most = if processes == 1 { n + p } else { n.div_ceil(processes).max(p) };
         if most > per_process {
             return Err(format!(
-                "{n} connections (and {p} more in the first process) over {processes} process(es) need {most} \
+                "{n} connections (and {p} more in the parent process) over {processes} process(es) need {most} \
                  sockets in one process, but the fd limit ({fd_limit}) allows about {per_process}; \
                  use --processes {fewest}"
             ));

@@ -28,11 +28,11 @@ const REPORT_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Args, Debug, Clone)]
 pub struct FanoutArgs {
-    // `--connections` are the subscribers; the publishers connect from the first
+    // `--connections` are the subscribers; the publishers connect from the parent
     // process's own address, without `--source-ips`.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Publisher connections (held by the first process)
+    /// Publisher connections (held by the parent process)
     #[arg(long, default_value_t = 1)]
     pub publishers: u64,
     /// Messages each publisher sends
