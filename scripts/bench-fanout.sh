@@ -61,7 +61,7 @@ run_case() { # name protocol command subscribers size messages round
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
     local line
     line=$("${LOAD_PIN[@]}" timeout 300 target/release/wshub-load fanout --url "ws://127.0.0.1:$port/" \
-        --subscribers "$subscribers" --publishers 1 --messages "$messages" --size "$size" \
+        --connections "$subscribers" --publishers 1 --messages "$messages" --size "$size" \
         --protocol "$protocol" --rate 1000000 --timeout 120s --json 2>>"$OUT/load.log" | tail -n 1) || true
     stop_server
     python3 - "$name" "$round" "$line" >>"$RESULTS" <<'PY'

@@ -134,7 +134,7 @@ if ((TLS)); then
         --path "${MEM_URL_PATH:-/}" >"$WORK/load.out" 2>"$WORK/load.err" &
 else
     "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
-        --connections "$N" --rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
+        --connections "$N" --connect-rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
 fi
 LOAD_PID=$!
 

@@ -79,9 +79,9 @@ RELAY=ws://127.0.0.1:$RELAY_PORT/
 
 echo "== load runs"
 run hold hold --url "$HUB" --connections 2000 --duration 3s
-run fanout_hub fanout --url "$HUB" --subscribers 2000 --publishers 2 --messages 200 --size 64 --timeout 60s
+run fanout_hub fanout --url "$HUB" --connections 2000 --publishers 2 --messages 200 --size 64 --timeout 60s
 run echo_hub echo --url "$HUB" --connections 200 --duration 3s
-run fanout_raw fanout --url "$RELAY" --protocol raw --subscribers 200 --publishers 1 --messages 200 --timeout 60s
+run fanout_raw fanout --url "$RELAY" --protocol raw --connections 200 --publishers 1 --messages 200 --timeout 60s
 
 echo "== checks"
 python3 - "$WORK" <<'PY'

@@ -5,8 +5,8 @@
 //! The mode's logic is an [`App`], called back with whole text messages and able to
 //! queue frames in reply; setup, write buffering, pings and failure accounting live here.
 
+use crate::failures::{Cause, Failures};
 use crate::opts::WsUrl;
-use crate::stats::{Cause, Failures};
 use crate::ws::{self, Frame, MessageReader, Rng};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -420,52 +420,6 @@ fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>, sent: &mut usize) -> io:
         *sent = 0;
     }
     Ok(())
-}
-
-/// Opens `total` connections at `rate` per second, at most `max_inflight` upgrading at
-/// once. The caller polls between steps.
-pub struct Ramp {
-    start: Instant,
-    total: u64,
-    next: u64,
-    rate: f64,
-    max_inflight: usize,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum RampStep {
-    /// More to start later.
-    Going,
-    /// Every connection has been started.
-    Started,
-    /// Only refusals so far; this many more were counted as refused and never started.
-    NobodyListening(u64),
-}
-
-impl Ramp {
-    pub fn new(total: u64, rate: f64, max_inflight: usize) -> Ramp {
-        Ramp { start: Instant::now(), total, next: 0, rate, max_inflight }
-    }
-
-    /// Starts the connections that are due; `src(i)` picks the i-th one's source address.
-    pub fn step(&mut self, net: &mut Net, app: &mut impl App, src: impl Fn(u64) -> Option<Ipv4Addr>) -> RampStep {
-        if self.next < self.total && net.nobody_listening() {
-            let rest = self.total - self.next;
-            net.stats.failures.counts[Cause::Refused as usize] += rest;
-            self.next = self.total;
-            return RampStep::NobodyListening(rest);
-        }
-        let due = ((self.start.elapsed().as_secs_f64() * self.rate) as u64 + 1).min(self.total);
-        while self.next < due && net.handshaking() < self.max_inflight {
-            net.connect(app, src(self.next));
-            self.next += 1;
-        }
-        if self.next == self.total {
-            RampStep::Started
-        } else {
-            RampStep::Going
-        }
-    }
 }
 
 /// A non-blocking socket with its connect already under way.

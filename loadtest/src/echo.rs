@@ -3,27 +3,26 @@
 //! `wshub --echo` sends back), so the round-trip rate measures the server's
 //! per-message cost and the latency its queueing. One process, one mio loop.
 
-use crate::conn::{App, Net, Outbox, Ramp, RampStep};
-use crate::latency::{mono_ns, Latency};
-use crate::opts::{self, parse_duration, ConnectArgs, Progress, Protocol, WsUrl};
-use crate::spawn;
-use crate::stats::{Cause, Failures};
+use crate::common_args::CommonArgs;
+use crate::conn::{App, Net, NetStats, Outbox};
+use crate::failures::ConnectFailed;
+use crate::latency::{mono_ns, Latency, Percentiles};
+use crate::opts::{self, parse_duration, Progress, Protocol};
+use crate::ramp::{Ramp, RampStep};
 use crate::track;
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Clone)]
 pub struct EchoArgs {
-    /// Target as ws://IP:PORT/path (a literal IP; host names and wss:// are not supported)
-    #[arg(long, value_parser = opts::parse_ws_url)]
-    pub url: WsUrl,
-    /// Connections, each with one request in flight
-    #[arg(long, short = 'n')]
-    pub connections: u64,
-    /// How long to measure, once every connection is up
+    // Each of the `--connections` keeps one request in flight. One process only: the
+    // round trips of one loop are what is measured.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// How long to measure, once every connection is up (e.g. 10s, 500ms, 2m)
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
     /// Bytes per request [default: raw 64; hub: a bare ping, padded with an "x" field
@@ -33,11 +32,6 @@ pub struct EchoArgs {
     /// hub: ping/pong of wshub's JSON protocol; raw: text frames echoed (`wshub --echo`)
     #[arg(long, value_enum, default_value_t = Protocol::Hub)]
     pub protocol: Protocol,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Print the final summary as one JSON object line
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Default, Clone)]
@@ -135,28 +129,45 @@ impl App for Echo {
     fn ended(&mut self, _idx: usize, _was_open: bool) {}
 }
 
+/// The `--json` line. Its keys are what scripts read (`errors`, `round_trips`, ...).
+#[derive(Serialize)]
+struct EchoSummary<'a> {
+    mode: &'static str,
+    protocol: &'static str,
+    url: &'a str,
+    connections: u64,
+    established: u64,
+    duration_s: f64,
+    round_trips: u64,
+    round_trips_per_sec: f64,
+    latency_us: Percentiles,
+    errors: u64,
+    bad_replies: u64,
+    first_bad_reply: Option<&'a str>,
+    dropped: u64,
+    first_drop: Option<&'a str>,
+    #[serde(flatten)]
+    connect_failed: ConnectFailed<'a>,
+    interrupted: bool,
+}
+
 pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
-    let n = args.connections;
-    if n == 0 {
-        return Err("--connections must be at least 1".into());
-    }
+    let common = &args.common;
+    common.validate()?;
     if args.duration.is_zero() {
         return Err("--duration must be positive".into());
     }
-    args.connect.validate(&args.url)?;
+    let n = common.connections;
     let fd_limit = opts::raise_fd_limit();
     let per_process = opts::sockets_per_process(fd_limit);
-    if n > per_process {
+    if n > per_process || common.processes.is_some_and(|p| p > 1) {
         return Err(format!(
             "echo runs in one process, and the fd limit ({fd_limit}) allows about {per_process} connections"
         ));
     }
-    let loopback = args.url.addr.ip().is_loopback();
-    let ips = spawn::plan(n, 1, args.connect.source_ips.as_ref(), loopback, crate::CONNECTIONS_PER_SOURCE_IP)?
-        .remove(0)
-        .source_ips;
+    let share = common.shares(1)?.remove(0);
 
-    let mut net = Net::new(&args.url, args.connect.handshake_timeout, 0).map_err(|e| e.to_string())?;
+    let mut net = Net::new(&common.url, common.handshake_timeout, 0).map_err(|e| e.to_string())?;
     let mut echo = Echo {
         protocol: args.protocol,
         size: args.size,
@@ -172,16 +183,15 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     let io_err = |e: std::io::Error| e.to_string();
 
     // Connect everything first, so the measurement sees all K connections busy.
-    let mut ramp = Ramp::new(n, args.connect.connect_rate, args.connect.max_inflight);
-    let ramp_deadline = Instant::now()
-        + Duration::from_secs_f64(n as f64 / args.connect.connect_rate)
-        + args.connect.handshake_timeout * 2;
+    let mut ramp = Ramp::new(n, common.connect_rate, common.max_inflight);
+    let ramp_deadline =
+        Instant::now() + Duration::from_secs_f64(n as f64 / common.connect_rate) + common.handshake_timeout * 2;
     loop {
-        let step = ramp.step(&mut net, &mut echo, |i| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]));
+        let step = ramp.step(&mut net, &mut echo, &share.source_ips);
         if let RampStep::NobodyListening(rest) = step {
             eprintln!(
                 "wshub-load: the first connections to {} were all refused; not trying the other {rest}",
-                args.url.addr
+                common.url.addr
             );
         }
         if (step != RampStep::Going && net.handshaking() == 0) || opts::stop_requested() {
@@ -208,48 +218,43 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     progress.clear();
     net.close_all();
 
-    let failures = &net.stats.failures;
-    let errors = failures.total() + net.stats.dropped + echo.bad_replies;
+    let stats = &net.stats;
+    let errors = stats.failures.total() + stats.dropped + echo.bad_replies;
     let rate = if secs > 0.0 { echo.round_trips as f64 / secs } else { 0.0 };
-    let p = echo.latency.percentiles();
-    if args.json {
-        let summary = json!({
-            "mode": "echo", "protocol": args.protocol.name(), "url": args.url.original,
-            "connections": n, "established": net.stats.established,
-            "duration_s": (secs * 1000.0).round() / 1000.0,
-            "round_trips": echo.round_trips, "round_trips_per_sec": rate.round(),
-            "latency_us": p.to_json(),
-            "errors": errors, "bad_replies": echo.bad_replies, "first_bad_reply": echo.first_bad_reply,
-            "dropped": net.stats.dropped, "first_drop": net.stats.first_drop,
-            "connect_failed": failures.counts_json(), "connect_failed_total": failures.total(),
-            "first_errors": failures.first_json(),
-            "interrupted": opts::stop_requested(),
-        });
-        opts::emit_line(&summary.to_string());
+    if common.json {
+        let summary = EchoSummary {
+            mode: "echo",
+            protocol: args.protocol.name(),
+            url: &common.url.original,
+            connections: n,
+            established: stats.established,
+            duration_s: (secs * 1000.0).round() / 1000.0,
+            round_trips: echo.round_trips,
+            round_trips_per_sec: rate.round(),
+            latency_us: echo.latency.percentiles(),
+            errors,
+            bad_replies: echo.bad_replies,
+            first_bad_reply: echo.first_bad_reply.as_deref(),
+            dropped: stats.dropped,
+            first_drop: stats.first_drop.as_deref(),
+            connect_failed: stats.failures.connect_failed(),
+            interrupted: opts::stop_requested(),
+        };
+        opts::emit_line(&serde_json::to_string(&summary).expect("summaries serialize"));
     } else {
-        opts::emit_line(text_summary(args, &net.stats, &echo, secs, rate, errors).trim_end());
+        opts::emit_line(text_summary(args, stats, &echo, secs, rate, errors).trim_end());
     }
-    if net.stats.established == 0 {
-        let refused = failures.counts[Cause::Refused as usize] > 0;
-        let hint = if refused { " (connection refused: is the server listening there?)" } else { "" };
-        eprintln!("wshub-load: error: no connection to {} could be established{hint}", args.url.addr);
+    if stats.established == 0 {
+        common.nothing_connected("connection", "could be established", &stats.failures);
     }
     Ok(if errors == 0 && echo.round_trips > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn text_summary(
-    args: &EchoArgs,
-    stats: &crate::conn::NetStats,
-    echo: &Echo,
-    secs: f64,
-    rate: f64,
-    errors: u64,
-) -> String {
-    let failures: &Failures = &stats.failures;
+fn text_summary(args: &EchoArgs, stats: &NetStats, echo: &Echo, secs: f64, rate: f64, errors: u64) -> String {
     let mut out = format!(
         "echo summary: {} connections to {} ({} protocol), {:.2} s\n",
-        args.connections,
-        args.url,
+        args.common.connections,
+        args.common.url,
         args.protocol.name(),
         secs
     );
@@ -257,7 +262,7 @@ fn text_summary(
     if let Some(why) = &stats.first_drop {
         out += &format!("    first drop: {why}\n");
     }
-    out += &format!("  connect failed: {}", failures.to_text());
+    out += &format!("  connect failed: {}", stats.failures.to_text());
     out += &format!("  round trips:    {} ({:.0}/s)\n", echo.round_trips, rate);
     out += &format!("  latency:        {}\n", echo.latency.percentiles().to_text());
     out += &format!("  errors:         {} (bad replies: {})\n", errors, echo.bad_replies);

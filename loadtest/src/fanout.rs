@@ -5,11 +5,12 @@
 //! Connection indexes: subscribers are `0..subscribers`, publishers follow. A worker
 //! process has only subscribers; with one process, the same loop does both.
 
-use crate::conn::{App, Net, Outbox, Ramp, RampStep};
+use crate::conn::{App, Net, Outbox};
+use crate::failures::Cause;
 use crate::fanout_report::FanoutReport;
 use crate::latency::mono_ns;
 use crate::opts::{self, Protocol, WsUrl};
-use crate::stats::Cause;
+use crate::ramp::{Ramp, RampStep};
 use crate::track::{self, Publisher, Sample, Seen, SeqTrack};
 use std::collections::VecDeque;
 use std::io;
@@ -131,8 +132,6 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
     let stopped = || opts::stop_requested() || cfg.stop.load(Ordering::SeqCst);
 
     // Phase 1: subscribers.
-    let ips = &cfg.source_ips;
-    let src = |i: u64| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]);
     let mut ramp = Ramp::new(cfg.subscribers, cfg.connect_rate, cfg.max_inflight);
     let mut started = false;
     let (mut ended_early, mut timed_out) = (false, false);
@@ -142,7 +141,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
             break;
         }
         if !started {
-            match ramp.step(&mut net, &mut fan, src) {
+            match ramp.step(&mut net, &mut fan, &cfg.source_ips) {
                 RampStep::Going => {}
                 RampStep::Started => started = true,
                 RampStep::NobodyListening(rest) => {
@@ -180,7 +179,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
                 (ended_early, timed_out) = (true, !stopped());
                 break;
             }
-            let all_started = ramp.step(&mut net, &mut fan, |_| None) != RampStep::Going;
+            let all_started = ramp.step(&mut net, &mut fan, &[]) != RampStep::Going;
             fan.pump(&mut net, publish_start);
             let others_done = side.tick(&fan.report, false);
             let publishing_done = all_started && net.handshaking() == 0 && fan.publishers_done(&net);
@@ -203,7 +202,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
     net.close_all();
 
     let mut report = fan.report;
-    report.failures.merge(&net.stats.failures);
+    report.failures.merge(std::mem::take(&mut net.stats.failures));
     report.publishers_failed = fan.pubs.iter().filter(|p| p.gone).count() as u64;
     report.timed_out = timed_out;
     if report.dropped > 0 {

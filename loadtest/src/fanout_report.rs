@@ -1,11 +1,13 @@
-//! What a `fanout` run measured: one shape for a single process, for each worker (sent
-//! to the parent as one JSON line, histogram included) and for the parent's sum.
+//! What a `fanout` run measured: one [`FanoutReport`] for a single process, for each
+//! worker (sent to the parent as JSON, histogram included) and for the parent's sum,
+//! shown as text or as the [`FanoutSummary`] JSON line.
 
-use crate::latency::Latency;
-use crate::stats::Failures;
-use serde_json::{json, Value};
+use crate::failures::{Cause, ConnectFailed, Failures};
+use crate::latency::{Latency, Percentiles};
+use crate::workers::WorkerReport;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct FanoutReport {
     /// Subscriber connections asked for, and how many got their subscription going.
     pub subscribers: u64,
@@ -48,26 +50,27 @@ fn min_time(a: u64, b: u64) -> u64 {
     }
 }
 
-impl FanoutReport {
-    pub fn merge(&mut self, o: &FanoutReport) {
+impl WorkerReport for FanoutReport {
+    fn worker_lost(subscribers: u64, why: String) -> FanoutReport {
+        // Its messages count as lost too: the expected total already implies that.
+        FanoutReport { subscribers, failures: Failures::all(Cause::Other, subscribers, why), ..Default::default() }
+    }
+
+    fn merge(&mut self, o: FanoutReport) {
         self.subscribers += o.subscribers;
         self.subscribed += o.subscribed;
         self.publishers += o.publishers;
         self.publishers_failed += o.publishers_failed;
         self.sent += o.sent;
         self.publish_errors += o.publish_errors;
-        if self.first_publish_error.is_none() {
-            self.first_publish_error.clone_from(&o.first_publish_error);
-        }
+        self.first_publish_error = self.first_publish_error.take().or(o.first_publish_error);
         self.received += o.received;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.invalid += o.invalid;
         self.dropped += o.dropped;
-        if self.first_drop.is_none() {
-            self.first_drop.clone_from(&o.first_drop);
-        }
-        self.failures.merge(&o.failures);
+        self.first_drop = self.first_drop.take().or(o.first_drop);
+        self.failures.merge(o.failures);
         self.first_send_ns = min_time(self.first_send_ns, o.first_send_ns);
         self.last_send_ns = self.last_send_ns.max(o.last_send_ns);
         self.last_recv_ns = self.last_recv_ns.max(o.last_recv_ns);
@@ -75,7 +78,9 @@ impl FanoutReport {
         self.timed_out |= o.timed_out;
         self.interrupted |= o.interrupted;
     }
+}
 
+impl FanoutReport {
     /// First send to last receive: the span over which messages were delivered.
     pub fn elapsed_s(&self) -> f64 {
         if self.first_send_ns == 0 || self.last_recv_ns <= self.first_send_ns {
@@ -92,52 +97,41 @@ impl FanoutReport {
             0.0
         }
     }
+}
 
-    /// Everything, for the parent to merge (the worker's line).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "subscribers": self.subscribers, "subscribed": self.subscribed,
-            "publishers": self.publishers, "publishers_failed": self.publishers_failed,
-            "sent": self.sent, "publish_errors": self.publish_errors,
-            "first_publish_error": self.first_publish_error,
-            "received": self.received, "duplicates": self.duplicates,
-            "out_of_order": self.out_of_order, "invalid": self.invalid,
-            "dropped": self.dropped, "first_drop": self.first_drop,
-            "failed": self.failures.counts_json(), "first_errors": self.failures.first_json(),
-            "first_send_ns": self.first_send_ns, "last_send_ns": self.last_send_ns,
-            "last_recv_ns": self.last_recv_ns,
-            "histogram": self.latency.to_json(),
-            "timed_out": self.timed_out, "interrupted": self.interrupted,
-        })
-    }
-
-    pub fn from_json(v: &Value) -> Option<FanoutReport> {
-        let num = |key: &str| v.get(key)?.as_u64();
-        let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-        Some(FanoutReport {
-            subscribers: num("subscribers")?,
-            subscribed: num("subscribed")?,
-            publishers: num("publishers")?,
-            publishers_failed: num("publishers_failed")?,
-            sent: num("sent")?,
-            publish_errors: num("publish_errors")?,
-            first_publish_error: text("first_publish_error"),
-            received: num("received")?,
-            duplicates: num("duplicates")?,
-            out_of_order: num("out_of_order")?,
-            invalid: num("invalid")?,
-            dropped: num("dropped")?,
-            first_drop: text("first_drop"),
-            failures: Failures::from_json(v.get("failed")?, v.get("first_errors")?)?,
-            first_send_ns: num("first_send_ns")?,
-            last_send_ns: num("last_send_ns")?,
-            last_recv_ns: num("last_recv_ns")?,
-            latency: Latency::from_json(v.get("histogram")?)?,
-            processes: 1,
-            timed_out: v.get("timed_out")?.as_bool()?,
-            interrupted: v.get("interrupted")?.as_bool()?,
-        })
-    }
+/// The `--json` line. Its keys are what scripts read (`received`, `expected`, `lost`,
+/// `latency_us`, `delivered_per_sec`, ...).
+#[derive(Serialize)]
+pub struct FanoutSummary<'a> {
+    mode: &'static str,
+    protocol: &'a str,
+    url: &'a str,
+    topic: &'a str,
+    subscribers: u64,
+    subscribed: u64,
+    publishers: u64,
+    publishers_failed: u64,
+    messages: u64,
+    size: usize,
+    expected: u64,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    invalid: u64,
+    subscribers_dropped: u64,
+    first_drop: Option<&'a str>,
+    publish_errors: u64,
+    first_publish_error: Option<&'a str>,
+    elapsed_s: f64,
+    delivered_per_sec: f64,
+    latency_us: Percentiles,
+    #[serde(flatten)]
+    connect_failed: ConnectFailed<'a>,
+    processes: u64,
+    timed_out: bool,
+    interrupted: bool,
 }
 
 /// The run as asked for: what the totals are measured against.
@@ -163,27 +157,38 @@ impl FanoutReport {
         plan.expected().saturating_sub(self.received)
     }
 
-    /// The final summary line of `--json`.
-    pub fn summary_json(&self, plan: &Plan) -> Value {
-        json!({
-            "mode": "fanout", "protocol": plan.protocol, "url": plan.url, "topic": plan.topic,
-            "subscribers": plan.subscribers, "subscribed": self.subscribed,
-            "publishers": plan.publishers, "publishers_failed": self.publishers_failed,
-            "messages": plan.messages, "size": plan.size,
-            "expected": plan.expected(), "sent": self.sent, "received": self.received,
-            "lost": self.lost(plan), "duplicates": self.duplicates,
-            "out_of_order": self.out_of_order, "invalid": self.invalid,
-            "subscribers_dropped": self.dropped, "first_drop": self.first_drop,
-            "publish_errors": self.publish_errors, "first_publish_error": self.first_publish_error,
-            "elapsed_s": round3(self.elapsed_s()),
-            "delivered_per_sec": self.delivered_per_sec().round(),
-            "latency_us": self.latency.percentiles().to_json(),
-            "connect_failed": self.failures.counts_json(),
-            "connect_failed_total": self.failures.total(),
-            "first_errors": self.failures.first_json(),
-            "processes": self.processes,
-            "timed_out": self.timed_out, "interrupted": self.interrupted,
-        })
+    /// The final line of `--json`.
+    pub fn summary<'a>(&'a self, plan: &Plan<'a>) -> FanoutSummary<'a> {
+        FanoutSummary {
+            mode: "fanout",
+            protocol: plan.protocol,
+            url: plan.url,
+            topic: plan.topic,
+            subscribers: plan.subscribers,
+            subscribed: self.subscribed,
+            publishers: plan.publishers,
+            publishers_failed: self.publishers_failed,
+            messages: plan.messages,
+            size: plan.size,
+            expected: plan.expected(),
+            sent: self.sent,
+            received: self.received,
+            lost: self.lost(plan),
+            duplicates: self.duplicates,
+            out_of_order: self.out_of_order,
+            invalid: self.invalid,
+            subscribers_dropped: self.dropped,
+            first_drop: self.first_drop.as_deref(),
+            publish_errors: self.publish_errors,
+            first_publish_error: self.first_publish_error.as_deref(),
+            elapsed_s: (self.elapsed_s() * 1000.0).round() / 1000.0,
+            delivered_per_sec: self.delivered_per_sec().round(),
+            latency_us: self.latency.percentiles(),
+            connect_failed: self.failures.connect_failed(),
+            processes: self.processes,
+            timed_out: self.timed_out,
+            interrupted: self.interrupted,
+        }
     }
 
     pub fn summary_text(&self, plan: &Plan) -> String {
@@ -227,14 +232,9 @@ impl FanoutReport {
     }
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Cause;
 
     fn plan() -> Plan<'static> {
         Plan {
@@ -264,7 +264,7 @@ mod tests {
 
         let mut total = FanoutReport::default();
         for r in [&a, &b] {
-            total.merge(&FanoutReport::from_json(&r.to_json()).unwrap());
+            total.merge(serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap());
         }
         assert_eq!((total.subscribers, total.subscribed, total.received, total.duplicates), (4, 3, 59, 1));
         assert_eq!(total.first_send_ns, 1_000_000_000, "0 means no send, not the earliest");
@@ -274,7 +274,7 @@ mod tests {
 
         let plan = plan();
         assert_eq!(plan.expected(), 80);
-        let s = total.summary_json(&plan);
+        let s = serde_json::to_value(total.summary(&plan)).unwrap();
         assert_eq!(s["lost"], 21);
         assert_eq!(s["connect_failed"]["refused"], 1);
         assert_eq!(s["latency_us"]["max"], 300);

@@ -5,10 +5,13 @@
 //! task per connection. What `hold` adds is the schedule (ramp, `READY`, hold, close) and
 //! its report.
 
-use crate::conn::{App, Net, Outbox, Ramp, RampStep, REFUSED_ABORT_AFTER};
+use crate::conn::{App, Net, Outbox, REFUSED_ABORT_AFTER};
+use crate::failures::Cause;
+use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, WsUrl};
 use crate::procs;
-use crate::stats::{Cause, Report};
+use crate::ramp::{Ramp, RampStep};
+use crate::workers::WorkerMessage;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +23,7 @@ pub struct HoldConfig {
     pub url: WsUrl,
     pub connections: u64,
     /// New connections per second (this process's share).
-    pub rate: f64,
+    pub connect_rate: f64,
     /// How long to keep the connections once all are up. For a worker this is only a
     /// safety cap: the parent ends the hold through stdin so all workers end together.
     pub duration: Duration,
@@ -43,18 +46,22 @@ impl App for Idle {
 }
 
 /// Runs the whole hold in this process: ramp, `READY`, hold, close.
-pub fn run(cfg: &HoldConfig) -> io::Result<Report> {
+pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
     let mut net = Net::new(&cfg.url, cfg.handshake_timeout, cfg.seed)?;
     // The parent ends a worker's hold through its stdin.
     let control_stop = if cfg.worker { procs::stop_flag_from_stdin() } else { Arc::new(AtomicBool::new(false)) };
     let should_stop = || control_stop.load(Ordering::SeqCst) || opts::stop_requested();
-    let mut report = Report { connections: cfg.connections, processes: 1, ..Report::default() };
+    let mut report = HoldReport { connections: cfg.connections, processes: 1, ..HoldReport::default() };
 
     let ramp_started = Instant::now();
     ramp(cfg, &mut net, &should_stop)?;
     report.ramp_secs = ramp_started.elapsed().as_secs_f64();
     fill(&mut report, &net);
-    opts::emit_line(&report.ready_line());
+    if cfg.worker {
+        WorkerMessage::<()>::Ready { connected: report.established, failed: report.failures.total() }.send();
+    } else {
+        opts::emit_line(&ready_line(report.established, report.failures.total()));
+    }
 
     if report.established > 0 && !should_stop() {
         let hold_started = Instant::now();
@@ -79,18 +86,15 @@ pub fn run(cfg: &HoldConfig) -> io::Result<Report> {
 /// Opens every connection (or gives up on those that cannot open in time).
 fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io::Result<()> {
     let n = cfg.connections;
-    let mut ramp = Ramp::new(n, cfg.rate, cfg.max_inflight);
+    let mut ramp = Ramp::new(n, cfg.connect_rate, cfg.max_inflight);
     // Every attempt ends by its own handshake timeout; this is the backstop.
-    let deadline =
-        Instant::now() + Duration::from_secs_f64(n as f64 / cfg.rate) + cfg.handshake_timeout + Duration::from_secs(30);
-    let ips = &cfg.source_ips;
-    let source = |i: u64| (!ips.is_empty()).then(|| ips[i as usize % ips.len()]);
+    let deadline = Instant::now() + ramp_bound(n, cfg.connect_rate, cfg.handshake_timeout);
     loop {
         if should_stop() {
             net.fail_handshaking(&mut Idle, Cause::Other, "run stopped during the handshake");
             return Ok(());
         }
-        let step = ramp.step(net, &mut Idle, source);
+        let step = ramp.step(net, &mut Idle, &cfg.source_ips);
         match step {
             RampStep::NobodyListening(rest) => {
                 eprintln!(
@@ -113,12 +117,17 @@ fn ramp(cfg: &HoldConfig, net: &mut Net, should_stop: &impl Fn() -> bool) -> io:
     }
 }
 
+/// Worst case for one ramp: the last connect starts at N/rate and may take a full
+/// handshake timeout; plus slack for a loaded machine.
+pub fn ramp_bound(connections: u64, connect_rate: f64, handshake_timeout: Duration) -> Duration {
+    Duration::from_secs_f64(connections as f64 / connect_rate) + handshake_timeout + Duration::from_secs(30)
+}
+
 /// Copies the connections' counters into the report.
-fn fill(report: &mut Report, net: &Net) {
+fn fill(report: &mut HoldReport, net: &Net) {
     let stats = &net.stats;
     report.established = stats.established;
-    report.failed = stats.failures.counts;
-    report.first_error.clone_from(&stats.failures.first);
+    report.failures.clone_from(&stats.failures);
     report.dropped = stats.dropped;
     report.pings_answered = stats.pings_answered;
     report.latencies_us.clone_from(&stats.connect_latencies_us);

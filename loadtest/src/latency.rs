@@ -2,7 +2,7 @@
 //! exactly in the parent, and the clock that timestamps go by.
 
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Nanoseconds of CLOCK_MONOTONIC. It is one clock for the whole machine, so a time
 /// written into a message by one process can be subtracted from the arrival time seen
@@ -28,14 +28,15 @@ impl Default for Latency {
     }
 }
 
-/// The percentiles every summary shows, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// The percentiles every summary shows, in microseconds (`latency_us` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Percentiles {
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    /// Rounded to 0.1 us: more digits would only be noise.
     pub mean: f64,
 }
 
@@ -64,36 +65,31 @@ impl Latency {
             return Percentiles::default();
         }
         let q = |q: f64| self.0.value_at_quantile(q);
-        Percentiles { p50: q(0.50), p90: q(0.90), p99: q(0.99), p999: q(0.999), max: self.0.max(), mean: self.0.mean() }
+        let mean = (self.0.mean() * 10.0).round() / 10.0;
+        Percentiles { p50: q(0.50), p90: q(0.90), p99: q(0.99), p999: q(0.999), max: self.0.max(), mean }
     }
+}
 
-    /// `[[value, count], ...]` for every non-empty bucket: a few hundred pairs however
-    /// many samples there were. Recording each value back lands it in the same bucket,
-    /// so the parent's merged percentiles are exactly those of one big histogram.
-    pub fn to_json(&self) -> Value {
-        let pairs: Vec<Value> =
-            self.0.iter_recorded().map(|v| json!([v.value_iterated_to(), v.count_at_value()])).collect();
-        Value::Array(pairs)
+/// `[[value, count], ...]` for every non-empty bucket: a few hundred pairs however many
+/// samples there were. Recording each value back lands it in the same bucket, so the
+/// parent's merged percentiles are exactly those of one big histogram.
+impl Serialize for Latency {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())))
     }
+}
 
-    pub fn from_json(v: &Value) -> Option<Latency> {
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Latency, D::Error> {
         let mut h = Latency::default();
-        for pair in v.as_array()? {
-            let (value, count) = (pair.get(0)?.as_u64()?, pair.get(1)?.as_u64()?);
-            h.0.record_n(value.min(MAX_US), count).ok()?;
+        for (value, count) in Vec::<(u64, u64)>::deserialize(deserializer)? {
+            h.0.record_n(value.min(MAX_US), count).map_err(serde::de::Error::custom)?;
         }
-        Some(h)
+        Ok(h)
     }
 }
 
 impl Percentiles {
-    pub fn to_json(self) -> Value {
-        json!({
-            "p50": self.p50, "p90": self.p90, "p99": self.p99, "p999": self.p999,
-            "max": self.max, "mean": (self.mean * 10.0).round() / 10.0,
-        })
-    }
-
     pub fn to_text(self) -> String {
         format!(
             "p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
@@ -124,11 +120,13 @@ mod tests {
             whole.record_us(us);
             if i % 2 == 0 { &mut a } else { &mut b }.record_us(us);
         }
-        let mut merged = Latency::from_json(&a.to_json()).unwrap();
-        merged.merge(&Latency::from_json(&b.to_json()).unwrap());
+        let through_json =
+            |h: &Latency| -> Latency { serde_json::from_str(&serde_json::to_string(h).unwrap()).unwrap() };
+        let mut merged = through_json(&a);
+        merged.merge(&through_json(&b));
         assert_eq!(merged.count(), 50_000);
         assert_eq!(merged.percentiles(), whole.percentiles());
-        let json = serde_json::to_string(&a.to_json()).unwrap();
+        let json = serde_json::to_string(&a).unwrap();
         assert!(json.len() < 100_000, "buckets, not samples: {} bytes", json.len());
     }
 

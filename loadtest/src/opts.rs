@@ -1,5 +1,6 @@
-//! Parsing of the command-line values shared by the subcommands, and the few process-wide
-//! settings (fd limit, signals) every mode needs before it starts.
+//! Parsing of the command-line values the subcommands share (URL, durations, source
+//! addresses, protocol), and the few process-wide settings (fd limit, signals, stdout
+//! lines, a progress line) every mode needs.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -157,61 +158,6 @@ pub fn emit_line(line: &str) {
 }
 
 /// What the server speaks.
-/// How connections are opened: the options `fanout` and `echo` share.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConnectArgs {
-    /// New connections per second, over all processes
-    #[arg(long, default_value_t = 5000.0)]
-    pub connect_rate: f64,
-    /// Give up on a connection not upgraded (or, hub protocol, subscribed) by then
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub handshake_timeout: Duration,
-    /// Most handshakes in progress at once, over all processes
-    #[arg(long, default_value_t = 1000)]
-    pub max_inflight: usize,
-    /// Source addresses, e.g. 127.0.0.2-127.0.0.40 [default for loopback targets:
-    /// 127.0.0.2 upwards, 5000 connections each]
-    #[arg(long, value_parser = parse_source_ips)]
-    pub source_ips: Option<SourceIps>,
-}
-
-impl ConnectArgs {
-    pub fn validate(&self, url: &WsUrl) -> Result<(), String> {
-        if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
-            return Err("--connect-rate must be a positive number of connections per second".into());
-        }
-        if self.handshake_timeout.is_zero() || self.max_inflight == 0 {
-            return Err("--handshake-timeout and --max-inflight must be positive".into());
-        }
-        if let Some(ips) = &self.source_ips {
-            if url.addr.is_ipv6() {
-                return Err("--source-ips are IPv4 addresses but the target is IPv6".into());
-            }
-            if url.addr.ip().is_loopback() && ips.0.iter().any(|ip| !ip.is_loopback()) {
-                return Err("to reach a loopback target, --source-ips must be in 127.0.0.0/8".into());
-            }
-        }
-        Ok(())
-    }
-
-    /// The options for one of `count` worker processes: each gets its share of the rates
-    /// and its own `source_ips`.
-    pub fn worker_args(&self, count: usize, source_ips: &[Ipv4Addr]) -> Vec<String> {
-        let mut args = vec![
-            "--connect-rate".to_string(),
-            (self.connect_rate / count as f64).to_string(),
-            "--handshake-timeout".to_string(),
-            format_duration(self.handshake_timeout),
-            "--max-inflight".to_string(),
-            (self.max_inflight / count).max(1).to_string(),
-        ];
-        if !source_ips.is_empty() {
-            args.extend(["--source-ips".to_string(), SourceIps(source_ips.to_vec()).to_arg()]);
-        }
-        args
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 pub enum Protocol {
     /// wshub's JSON hub protocol (`docs/PROTOCOL.md`): subscribe, publish, ping.

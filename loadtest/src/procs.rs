@@ -2,10 +2,9 @@
 //! share of the connections, because each process can only hold as many sockets as its
 //! fd limit allows.
 //!
-//! A worker talks to its parent in lines on stdout (`READY ...`, progress, a final JSON
-//! report) and is told to stop by a line on stdin or by stdin closing (which also
-//! happens when the parent dies, so a worker never outlives it by more than its own
-//! time limit).
+//! A worker talks to its parent in lines on stdout (`workers::WorkerMessage`) and is
+//! told to stop by a line on stdin or by stdin closing (which also happens when the
+//! parent dies, so a worker never outlives it by more than its own time limit).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

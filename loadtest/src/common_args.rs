@@ -1,0 +1,166 @@
+//! The options every subcommand takes, flattened into each one so that `hold`, `fanout`
+//! and `echo` name and read them alike: where to connect, how many connections, from
+//! which addresses and processes, how fast, and how to print the result.
+
+use crate::failures::Failures;
+use crate::opts::{self, format_duration, parse_duration, parse_source_ips, parse_ws_url, SourceIps, WsUrl};
+use crate::workers::{self, Share};
+use std::time::Duration;
+
+/// Connections one source address is given by default. An address has ~28k
+/// ephemeral ports (32768-60999) towards one server port, but the kernel's port
+/// search in connect() gets slow well before they run out: 19000 connections from
+/// one address ramped at ~2800/s with 5 s of system time, from two or more at the
+/// full 5000/s with 1 s. Loopback addresses are plentiful, so use them generously.
+pub const CONNECTIONS_PER_SOURCE_IP: u64 = 5_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Target as ws://IP:PORT/path (a literal IP; host names and wss:// are not supported)
+    #[arg(long, value_parser = parse_ws_url)]
+    pub url: WsUrl,
+    /// Connections to open, over all processes (fanout: the subscribers; its
+    /// publishers come on top, in the parent process)
+    #[arg(long, short = 'n')]
+    pub connections: u64,
+    /// Processes to spread the connections over [default: as few as the fd limit allows]
+    #[arg(long)]
+    pub processes: Option<u64>,
+    /// Source addresses to bind, e.g. 127.0.0.2-127.0.0.40 or 127.0.0.2,127.0.0.3
+    /// [default for loopback targets: 127.0.0.2 upwards, 5000 connections each]
+    #[arg(long, value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIps>,
+    /// New connections per second, over all processes
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Give up on a connection not upgraded (fanout, hub protocol: not subscribed) by then
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once, over all processes
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// Print the final summary as one JSON object line
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run as worker number N of a multi-process run
+    #[arg(long, hide = true)]
+    pub worker: Option<u64>,
+}
+
+impl CommonArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.processes == Some(0) {
+            return Err("--processes must be at least 1".into());
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
+            return Err("--connect-rate must be a positive number of connections per second".into());
+        }
+        if self.handshake_timeout.is_zero() || self.max_inflight == 0 {
+            return Err("--handshake-timeout and --max-inflight must be positive".into());
+        }
+        if let Some(ips) = &self.source_ips {
+            if self.url.addr.is_ipv6() {
+                return Err("--source-ips are IPv4 addresses but the target is IPv6".into());
+            }
+            if self.url.addr.ip().is_loopback() && ips.0.iter().any(|ip| !ip.is_loopback()) {
+                return Err("to reach a loopback target, --source-ips must be in 127.0.0.0/8".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// How many processes to run: as asked, or as few as the fd limit allows. The parent
+    /// (or only) process also holds `parent_sockets` (fanout's publishers); once there
+    /// are workers the parent holds only those, so a split run has at least two.
+    pub fn processes(&self, parent_sockets: u64) -> Result<u64, String> {
+        let (n, p) = (self.connections, parent_sockets);
+        let fd_limit = opts::raise_fd_limit();
+        let per_process = opts::sockets_per_process(fd_limit);
+        let fewest = if n + p <= per_process { 1 } else { n.div_ceil(per_process).max(2) };
+        let processes = self.processes.unwrap_or(fewest).min(n);
+        let most = if processes == 1 { n + p } else { n.div_ceil(processes).max(p) };
+        if most > per_process {
+            return Err(format!(
+                "{n} connections (and {p} more in the parent process) over {processes} process(es) need {most} \
+                 sockets in one process, but the fd limit ({fd_limit}) allows about {per_process}; \
+                 use --processes {fewest}"
+            ));
+        }
+        Ok(processes)
+    }
+
+    /// Each process's connections and source addresses.
+    pub fn shares(&self, processes: u64) -> Result<Vec<Share>, String> {
+        let loopback = self.url.addr.ip().is_loopback();
+        workers::plan(self.connections, processes, self.source_ips.as_ref(), loopback, CONNECTIONS_PER_SOURCE_IP)
+    }
+
+    /// In a worker: its share is what its (parent-made) options say.
+    pub fn worker_share(&self) -> Share {
+        Share { connections: self.connections, source_ips: self.source_ips.clone().map(|s| s.0).unwrap_or_default() }
+    }
+
+    /// These options for worker `index` of `count`: its share of the connections, of the
+    /// rates and of the source addresses.
+    pub fn worker_args(&self, share: &Share, count: usize, index: usize) -> Vec<String> {
+        let mut args = vec![
+            "--url".to_string(),
+            self.url.original.clone(),
+            "--connections".to_string(),
+            share.connections.to_string(),
+            "--connect-rate".to_string(),
+            (self.connect_rate / count as f64).to_string(),
+            "--handshake-timeout".to_string(),
+            format_duration(self.handshake_timeout),
+            "--max-inflight".to_string(),
+            (self.max_inflight / count).max(1).to_string(),
+            "--worker".to_string(),
+            index.to_string(),
+        ];
+        if !share.source_ips.is_empty() {
+            args.extend(["--source-ips".to_string(), SourceIps(share.source_ips.clone()).to_arg()]);
+        }
+        args
+    }
+
+    /// The error for a run in which not one connection got going: "no {what} to
+    /// {target} {failed_to}", with a hint if nobody seems to listen there.
+    pub fn nothing_connected(&self, what: &str, failed_to: &str, failures: &Failures) {
+        let hint = failures.nothing_connected_hint();
+        eprintln!("wshub-load: error: no {what} to {} {failed_to}{hint}", self.url.addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn worker_args_parse_back_into_the_share() {
+        let cli = Cli::parse_from(["t", "--url", "ws://127.0.0.1:9/x", "-n", "10", "--connect-rate", "100"]);
+        let share = Share { connections: 4, source_ips: vec!["127.0.0.7".parse().unwrap()] };
+        let args = cli.common.worker_args(&share, 2, 1);
+        let worker = Cli::parse_from(std::iter::once("t".to_string()).chain(args)).common;
+        assert_eq!(worker.worker_share(), share);
+        assert_eq!((worker.worker, worker.connect_rate, worker.max_inflight), (Some(1), 50.0, 500));
+        assert_eq!(worker.url.path, "/x");
+    }
+
+    #[test]
+    fn processes_follow_the_fd_limit() {
+        let cli = Cli::parse_from(["t", "--url", "ws://127.0.0.1:9/", "-n", "10"]);
+        assert_eq!(cli.common.processes(1), Ok(1));
+        let huge = Cli::parse_from(["t", "--url", "ws://127.0.0.1:9/", "-n", "100000000", "--processes", "1"]);
+        assert!(huge.common.processes(0).unwrap_err().contains("--processes"));
+    }
+}
