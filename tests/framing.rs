@@ -1,4 +1,4 @@
-//! WebSocket protocol behaviour over real sockets: limits and the close codes they give,
+//! RFC 6455 framing over real sockets: limits and the close codes they give,
 //! fragmentation, server pings and idle timeouts.
 
 mod common;
