@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
+use wshub::Config;
 
 #[test]
 fn shutdown_sends_1001_to_every_connection_and_stops() {
@@ -169,4 +170,74 @@ fn wait_with_patience(child: &mut Child) -> std::process::ExitStatus {
         panic!("binary did not exit");
     }
     status.unwrap()
+}
+
+#[test]
+fn a_second_server_on_a_taken_address_is_refused() {
+    let first = start(config(2), |_| wshub::Echo);
+    let addr = first.local_addr();
+    // Without the check, the second server's reuseport listeners would join the first's.
+    let second = wshub::start(Config { listen: addr, ..config(2) }, |_| wshub::Echo);
+    let Err(error) = second else { panic!("a second server started on {addr}, which another one holds") };
+    assert!(matches!(error, wshub::Error::Bind { addr: refused, .. } if refused == addr), "{error:?}");
+    assert!(error.to_string().contains(&format!("another process is already listening on {addr}")), "{error}");
+    // The first one goes on serving.
+    let mut client = connect(addr, "/");
+    client.send(Message::text("still mine")).unwrap();
+    assert_eq!(next_text(&mut client), "still mine");
+    stop(first);
+}
+
+#[test]
+fn the_binary_exits_1_when_its_address_is_taken() {
+    let server = start(config(1), |_| wshub::Echo);
+    let addr = server.local_addr().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["--listen", &addr, "--echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    // A binary that wrongly starts is killed after PATIENCE and fails the test.
+    let status = wait_with_patience(&mut child);
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(&format!("another process is already listening on {addr}")), "stderr: {stderr}");
+    stop(server);
+}
+
+#[test]
+fn a_restart_on_the_same_port_works_despite_connections_left_in_time_wait() {
+    let server = start(config(2), |_| wshub::Echo);
+    let addr = server.local_addr();
+    let mut client = connect(addr, "/");
+    client.send(Message::text("first run")).unwrap();
+    assert_eq!(next_text(&mut client), "first run");
+    server.shutdown();
+    assert_eq!(close_code(&mut client), CloseCode::Away);
+    // Reading on sends our close reply; the server then closes the TCP connection first,
+    // which leaves its end (on the server's port) in TIME-WAIT.
+    while client.read().is_ok() {}
+    assert!(wait_for_eof(client.get_mut()), "the server closes its end first");
+    drop(client);
+    server.join().expect("shards stop cleanly");
+    assert!(time_wait_on(addr.port()), "a connection on port {} is in TIME-WAIT", addr.port());
+
+    let again = wshub::start(Config { listen: addr, ..config(2) }, |_| wshub::Echo)
+        .unwrap_or_else(|e| panic!("restart on {addr} refused: {e}"));
+    let mut client = connect(addr, "/");
+    client.send(Message::text("second run")).unwrap();
+    assert_eq!(next_text(&mut client), "second run");
+    stop(again);
+}
+
+/// True when some IPv4 TCP connection whose local port is `port` is in TIME-WAIT.
+fn time_wait_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields[1].rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        local_port == Some(port) && fields[3] == "06"
+    })
 }
