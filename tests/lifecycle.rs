@@ -1,5 +1,6 @@
 //! Server lifecycle over real sockets and real processes: graceful shutdown (in process
-//! and by SIGTERM to the binary), and running out of file descriptors.
+//! and by SIGTERM to the binary), running out of file descriptors, and starting on an
+//! address another server holds (refused) or one a stopped server left (allowed).
 
 mod common;
 
