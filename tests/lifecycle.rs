@@ -1,5 +1,6 @@
 //! Server lifecycle over real sockets and real processes: graceful shutdown (in process
-//! and by SIGTERM to the binary), and running out of file descriptors.
+//! and by SIGTERM to the binary), running out of file descriptors, and starting on an
+//! address another server holds (refused) or one a stopped server left (allowed).
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
+use wshub::Config;
 
 #[test]
 fn shutdown_sends_1001_to_every_connection_and_stops() {
@@ -86,13 +88,15 @@ fn sigterm_closes_connections_with_1001_and_exits_zero() {
 #[test]
 fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     // 48 descriptors: a few for the process itself, the rest for connections.
-    let (mut child, addr) = spawn_binary(&["--echo", "--shards", "1"], Some(48));
-    let request = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const FD_LIMIT: usize = 48;
+    let (mut child, addr) = spawn_binary(&["--echo", "--shards", "1"], Some(FD_LIMIT as u64));
+    let pid = child.id();
+    let own_sockets = socket_count(pid);
     let mut sockets: Vec<TcpStream> = (0..80)
         .map(|_| {
             let mut s = TcpStream::connect(addr).expect("the kernel queues what the server cannot take");
-            s.write_all(request).unwrap();
+            s.write_all(UPGRADE_REQUEST).unwrap();
+            s.set_nonblocking(true).unwrap();
             s
         })
         .collect();
@@ -101,13 +105,25 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning() {
         let mut head = [0u8; 12];
         s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 101")
     };
-    // Give the server time to take what it can; an answer by then is already buffered.
-    std::thread::sleep(Duration::from_millis(500));
-    let answered: Vec<bool> = sockets.iter_mut().map(|s| upgraded(s, Duration::from_millis(30))).collect();
+    // The server takes connections until its descriptors run out, and answers each one
+    // it took: wait until it is full and every connection it holds has its answer.
+    let mut answered = [false; 80];
+    eventually("the server holds all it can, each connection answered", || {
+        for (socket, answered) in sockets.iter().zip(&mut answered) {
+            let mut head = [0u8; 12];
+            *answered = *answered || socket.peek(&mut head).is_ok_and(|n| n == 12 && head.starts_with(b"HTTP/1.1 101"));
+        }
+        let held = answered.iter().filter(|&&a| a).count();
+        fd_count(pid) >= FD_LIMIT && held == socket_count(pid) - own_sockets
+    });
+    for socket in &sockets {
+        socket.set_nonblocking(false).unwrap();
+    }
     let held = answered.iter().filter(|&&a| a).count();
     assert!(held > 20 && held < 80, "some upgraded, the rest wait in the backlog ({held})");
 
-    // While connections wait, the server must not spin on accept.
+    // While connections wait, the server must not spin on accept. Not spinning is an
+    // absence, which no event announces: measure over a fixed second instead.
     let before = cpu_ticks(child.id());
     std::thread::sleep(Duration::from_secs(1));
     let spent = cpu_ticks(child.id()) - before;
@@ -134,16 +150,101 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Descriptors a process holds open.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Sockets among them: listeners, connections, the signal pipe.
+fn socket_count(pid: u32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().filter_map(Result::ok);
+    fds.filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.to_string_lossy().starts_with("socket:"))).count()
+}
+
 fn wait_with_patience(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("binary did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut status = None;
+    if !wait_until(PATIENCE, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        panic!("binary did not exit");
     }
+    status.unwrap()
+}
+
+#[test]
+fn a_second_server_on_a_taken_address_is_refused() {
+    let first = start(config(2), |_| wshub::Echo);
+    let addr = first.local_addr();
+    // Without the check, the second server's reuseport listeners would join the first's.
+    let second = wshub::start(Config { listen: addr, ..config(2) }, |_| wshub::Echo);
+    let Err(error) = second else { panic!("a second server started on {addr}, which another one holds") };
+    assert!(matches!(error, wshub::Error::Bind { addr: refused, .. } if refused == addr), "{error:?}");
+    assert!(
+        error.to_string().contains(&format!("cannot listen on {addr}: another process is already listening there")),
+        "{error}"
+    );
+    // The first one goes on serving.
+    let mut client = connect(addr, "/");
+    client.send(Message::text("still mine")).unwrap();
+    assert_eq!(next_text(&mut client), "still mine");
+    stop(first);
+}
+
+#[test]
+fn the_binary_exits_1_when_its_address_is_taken() {
+    let server = start(config(1), |_| wshub::Echo);
+    let addr = server.local_addr().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["--listen", &addr, "--echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    // A binary that wrongly starts is killed after PATIENCE and fails the test.
+    let status = wait_with_patience(&mut child);
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: another process is already listening there")),
+        "stderr: {stderr}"
+    );
+    stop(server);
+}
+
+#[test]
+fn a_restart_on_the_same_port_works_despite_connections_left_in_time_wait() {
+    let server = start(config(2), |_| wshub::Echo);
+    let addr = server.local_addr();
+    let mut client = connect(addr, "/");
+    client.send(Message::text("first run")).unwrap();
+    assert_eq!(next_text(&mut client), "first run");
+    server.shutdown();
+    assert_eq!(close_code(&mut client), CloseCode::Away);
+    // Reading on sends our close reply; the server then closes the TCP connection first,
+    // which leaves its end (on the server's port) in TIME-WAIT.
+    while client.read().is_ok() {}
+    assert!(wait_for_eof(client.get_mut()), "the server closes its end first");
+    drop(client);
+    server.join().expect("shards stop cleanly");
+    assert!(time_wait_on(addr.port()), "a connection on port {} is in TIME-WAIT", addr.port());
+
+    let again = wshub::start(Config { listen: addr, ..config(2) }, |_| wshub::Echo)
+        .unwrap_or_else(|e| panic!("restart on {addr} refused: {e}"));
+    let mut client = connect(addr, "/");
+    client.send(Message::text("second run")).unwrap();
+    assert_eq!(next_text(&mut client), "second run");
+    stop(again);
+}
+
+/// True when some IPv4 TCP connection whose local port is `port` is in TIME-WAIT.
+fn time_wait_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields[1].rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        local_port == Some(port) && fields[3] == "06"
+    })
 }

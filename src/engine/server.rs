@@ -1,7 +1,9 @@
-//! Starting and stopping a server: binds one `SO_REUSEPORT` listener per shard, spawns
-//! the shard threads, and turns SIGINT/SIGTERM into a graceful shutdown. The entry point
-//! of the data flow; the binary and the tests both come through [`run`] or [`start`].
+//! Starting and stopping a server: binds one `SO_REUSEPORT` listener per shard (after
+//! checking that no other server holds the address), spawns the shard threads, and turns
+//! SIGINT/SIGTERM into a graceful shutdown. The entry point of the data flow; the binary
+//! and the tests both come through [`run`] or [`start`].
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,6 +42,12 @@ where
     F: Fn(usize) -> H,
 {
     config.validate().map_err(Error::Config)?;
+    // The reuseport listeners below would quietly share the port with another server
+    // already on it (the two splitting the traffic): refuse that first. Port 0 is always
+    // a fresh port.
+    if config.listen.port() != 0 {
+        refuse_if_taken(config.listen)?;
+    }
     // Port 0 is resolved by the first listener; the others join that port.
     let first = reuseport_listener(config.listen)?;
     let local_addr = first.local_addr().map_err(Error::Startup)?;
@@ -136,6 +144,22 @@ impl Server {
             }
         }
         result
+    }
+}
+
+/// Fails with [`Error::Bind`] when another socket already holds `addr`: binds a plain
+/// socket there and drops it. `SO_REUSEADDR` lets it bind over connections of an earlier
+/// run left in TIME-WAIT (a restart must work), but without `SO_REUSEPORT` a listener
+/// still holding the address makes the bind fail.
+fn refuse_if_taken(addr: SocketAddr) -> Result<(), Error> {
+    let bind = |source| Error::Bind { addr, source };
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(Error::Startup)?;
+    probe.set_reuse_address(true).map_err(bind)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(bind(io::Error::new(io::ErrorKind::AddrInUse, "another process is already listening there")))
+        }
+        other => other.map_err(bind),
     }
 }
 

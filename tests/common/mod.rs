@@ -143,30 +143,40 @@ pub fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 
 pub const MASK: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
 
+/// Reads one server (unmasked) frame from a raw socket: its first byte (FIN/RSV/opcode)
+/// and payload; None when the socket ends or times out first.
+pub fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).ok()?;
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).ok()?;
+            u16::from_be_bytes(ext) as usize
+        }
+        127 => {
+            let mut ext = [0u8; 8];
+            stream.read_exact(&mut ext).ok()?;
+            u64::from_be_bytes(ext) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).ok()?;
+    Some((head[0], payload))
+}
+
+/// Every frame the server sends until it closes the socket.
+pub fn read_frames_to_end(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    std::iter::from_fn(|| read_frame(stream)).collect()
+}
+
 /// Reads server frames from a raw socket until a close frame; returns its code, or None
 /// when the socket ends first.
 pub fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
     loop {
-        let mut head = [0u8; 2];
-        if stream.read_exact(&mut head).is_err() {
-            return None;
-        }
-        let len = match head[1] & 0x7F {
-            126 => {
-                let mut ext = [0u8; 2];
-                stream.read_exact(&mut ext).ok()?;
-                u16::from_be_bytes(ext) as usize
-            }
-            127 => {
-                let mut ext = [0u8; 8];
-                stream.read_exact(&mut ext).ok()?;
-                u64::from_be_bytes(ext) as usize
-            }
-            n => n as usize,
-        };
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).ok()?;
-        if head[0] & 0x0F == 0x8 {
+        let (first, payload) = read_frame(stream)?;
+        if first & 0x0F == 0x8 {
             return Some(u16::from_be_bytes([payload[0], payload[1]]));
         }
     }
@@ -187,13 +197,25 @@ pub fn wait_for_eof(stream: &mut TcpStream) -> bool {
     false
 }
 
-/// Polls `condition` until it holds or `PATIENCE` runs out.
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+/// Polls `condition` every few milliseconds until it holds (true) or `timeout` runs out
+/// (false). The one place tests wait for something to happen: a wait ends as soon as its
+/// condition holds, however fast or loaded the machine is.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits until `condition` holds; fails the test when it does not within `PATIENCE`.
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    assert!(wait_until(PATIENCE, condition), "timed out waiting for: {what}");
 }
 
 /// A hub-protocol client: connected, with its `welcome` frame read.

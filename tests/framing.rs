@@ -1,5 +1,6 @@
-//! WebSocket protocol behaviour over real sockets: limits and the close codes they give,
-//! fragmentation, server pings and idle timeouts.
+//! RFC 6455 framing over real sockets: limits and the close codes they give,
+//! fragmentation, server pings and idle timeouts. (The hub's own JSON protocol,
+//! `src/protocol.rs`, is tested in `messaging.rs`.)
 
 mod common;
 
@@ -51,25 +52,38 @@ fn fragments_adding_up_past_the_limit_close_with_1009() {
     stop(server);
 }
 
+/// A text message in three fragments (text, continuation, final continuation) with a ping
+/// between them, ended by a close: what the echo handler must get is the whole message.
+fn fragmented_message_with_a_ping_then_close() -> Vec<u8> {
+    let mut bytes = frame(0x01, b"frag", MASK); // text, FIN clear
+    bytes.extend(frame(0x89, b"ping in between", MASK)); // control frames may interleave
+    bytes.extend(frame(0x00, b"men", MASK)); // continuation, FIN clear
+    bytes.extend(frame(0x80, b"ted", MASK)); // continuation, FIN set
+    bytes.extend(frame(0x88, &1000u16.to_be_bytes(), MASK));
+    bytes
+}
+
+/// What the server must answer to [`fragmented_message_with_a_ping_then_close`]: the pong
+/// as soon as the ping is read, one unfragmented echo of the reassembled message, and
+/// its side of the close handshake.
+fn assert_reassembled_answers(frames: &[(u8, Vec<u8>)]) {
+    let expected =
+        [(0x8A, b"ping in between".to_vec()), (0x81, b"fragmented".to_vec()), (0x88, 1000u16.to_be_bytes().to_vec())];
+    assert_eq!(frames, expected, "pong, the whole message once, then the close reply");
+}
+
 #[test]
 fn fragmented_messages_are_reassembled() {
     let server = start(config(1), |_| wshub::Echo);
     let mut raw = raw_upgrade(server.local_addr());
-    let mut bytes = frame(0x01, b"frag", MASK);
-    bytes.extend(frame(0x89, b"ping in between", MASK)); // control frames may interleave
-    bytes.extend(frame(0x00, b"men", MASK));
-    bytes.extend(frame(0x80, b"ted", MASK));
-    // Dribble the bytes so frames straddle reads.
-    for chunk in bytes.chunks(3) {
+    raw.set_nodelay(true).unwrap();
+    // Dribble the bytes, 3 to a segment, so frames and their headers straddle reads.
+    // The pause between writes waits for nothing: it only keeps the segments apart.
+    for chunk in fragmented_message_with_a_ping_then_close().chunks(3) {
         raw.write_all(chunk).unwrap();
         std::thread::sleep(Duration::from_millis(1));
     }
-    raw.write_all(&frame(0x88, &1000u16.to_be_bytes(), MASK)).unwrap();
-    let mut everything = Vec::new();
-    std::io::Read::read_to_end(&mut raw, &mut everything).unwrap();
-    let text = String::from_utf8_lossy(&everything);
-    assert!(text.contains("fragmented"), "echo of the whole message: {text:?}");
-    assert!(text.contains("ping in between"), "pong carries the ping payload");
+    assert_reassembled_answers(&read_frames_to_end(&mut raw));
     stop(server);
 }
 
@@ -147,16 +161,11 @@ fn a_peer_that_never_answers_is_closed_at_the_idle_timeout() {
 }
 
 #[test]
-fn messages_read_together_with_a_close_are_still_answered() {
+fn a_fragmented_message_read_together_with_a_close_is_still_answered() {
     let server = start(config(1), |_| wshub::Echo);
     let mut raw = raw_upgrade(server.local_addr());
-    // One write: the close frame arrives in the same read as the message before it.
-    let mut bytes = frame(0x81, b"fragmented", MASK);
-    bytes.extend(frame(0x88, &1000u16.to_be_bytes(), MASK));
-    raw.write_all(&bytes).unwrap();
-    let mut everything = Vec::new();
-    std::io::Read::read_to_end(&mut raw, &mut everything).unwrap();
-    let text = String::from_utf8_lossy(&everything);
-    assert!(text.contains("fragmented"), "echo of the whole message: {text:?}");
+    // One write: the close frame arrives in the same read as the fragments before it.
+    raw.write_all(&fragmented_message_with_a_ping_then_close()).unwrap();
+    assert_reassembled_answers(&read_frames_to_end(&mut raw));
     stop(server);
 }
