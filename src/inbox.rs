@@ -121,6 +121,9 @@ pub(crate) struct ShardShared {
     pub connections: AtomicUsize,
     /// The shard's counters as of its last loop pass (it publishes them once per pass).
     pub counters: Mutex<Counters>,
+    /// Credential warnings and closes the shard has scheduled, live or stale, as of its
+    /// last loop pass.
+    pub expiry_entries: AtomicUsize,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the data is plain maps whose
@@ -210,6 +213,9 @@ pub struct Stats {
     pub sessions: usize,
     /// Cross-shard commands waiting in each shard's inbox.
     pub inbox_depths: Vec<usize>,
+    /// Credential warnings and closes scheduled (two per connection whose token expires,
+    /// and a bounded number of stale ones for connections already gone).
+    pub expiry_entries: usize,
     pub uptime_seconds: u64,
     /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
     #[serde(flatten)]
@@ -300,6 +306,7 @@ impl Hub {
             users: users.len(),
             sessions,
             inbox_depths: self.inbox_depths(),
+            expiry_entries: self.shared.iter().map(|s| s.expiry_entries.load(Ordering::Relaxed)).sum(),
             uptime_seconds: self.started.elapsed().as_secs(),
             totals,
             per_shard,

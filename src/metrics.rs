@@ -82,6 +82,8 @@ pub fn prometheus(stats: &Stats) -> String {
     out.per_shard("wshub_inbox_depth", "gauge", "Cross-shard commands waiting in the shard's inbox.", depths);
     out.single("wshub_topics", "Distinct topics with a subscriber.", stats.topics as u64);
     out.single("wshub_users", "Distinct named users with an open connection.", stats.users as u64);
+    let expiries = stats.expiry_entries as u64;
+    out.single("wshub_expiry_entries", "Credential warnings and closes scheduled, live or stale.", expiries);
     out.single("wshub_uptime_seconds", "Seconds since the server started.", stats.uptime_seconds);
     let named: Vec<_> = stats.per_shard.iter().map(Counters::named).collect();
     for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
@@ -133,6 +135,7 @@ mod tests {
             users: 2,
             sessions: 0,
             inbox_depths: vec![0, 7],
+            expiry_entries: 2,
             uptime_seconds: 9,
             totals: Counters { messages_in: 5, ..Counters::default() },
             per_shard: vec![
@@ -148,6 +151,7 @@ mod tests {
         assert!(text.contains("# TYPE wshub_messages_received_total counter\n"));
         assert!(text.contains("wshub_messages_received_total{shard=\"1\"} 3\n"));
         assert!(text.contains("wshub_topics 4\n"));
+        assert!(text.contains("wshub_expiry_entries 2\n"));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
             assert!(value.parse::<f64>().is_ok(), "{line}");

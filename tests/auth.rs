@@ -269,3 +269,62 @@ fn config_rules_decide_topics_and_broadcasts() {
     assert_eq!(ann.next()["data"], "fire drill");
     stop(server);
 }
+
+/// Closes a client and waits until the server has dropped its socket (so its slab slot
+/// is free again).
+fn hang_up(mut client: JsonClient) {
+    client.ws.close(None).unwrap();
+    while client.ws.read().is_ok() {}
+    assert!(wait_for_eof(client.ws.get_mut()), "the server closes the socket");
+}
+
+fn one_shard_hub() -> Server {
+    App::new().start(Config { shards: 1, ..auth_config() }).expect("hub starts")
+}
+
+#[test]
+fn a_reconnect_into_the_same_slot_is_warned_once() {
+    let server = one_shard_hub();
+    let addr = server.local_addr();
+    // Warned 3 s from now (30 s before expiry): each of the first three connections is
+    // gone before its warning comes due, and the next one takes its slab slot.
+    let token = jwt(json!({"sub": "ann", "exp": unix_now() + 33}));
+    for _ in 0..3 {
+        let (client, _) = connect_with(addr, &format!("/?token={token}"), None);
+        hang_up(client);
+    }
+    let (mut last, _) = connect_with(addr, &format!("/?token={token}"), None);
+    let warning = last.next();
+    assert_eq!(warning["type"], "token_expiring", "{warning}");
+    // Any duplicate would have come due in the same pass, ahead of this answer.
+    last.send(json!({"type": "ping", "id": 1}));
+    let mut frames = Vec::new();
+    loop {
+        let frame = last.next();
+        if frame["type"] == "pong" {
+            break;
+        }
+        frames.push(frame);
+    }
+    assert_eq!(frames, Vec::<serde_json::Value>::new(), "exactly one token_expiring");
+    stop(server);
+}
+
+#[test]
+fn connection_churn_does_not_pile_up_expiry_entries() {
+    let server = one_shard_hub();
+    let addr = server.local_addr();
+    let token = jwt(json!({"sub": "ann", "exp": unix_now() + 3600}));
+    let (_keeper, _) = connect_with(addr, &format!("/?token={token}"), None);
+    for _ in 0..200 {
+        let (client, _) = connect_with(addr, &format!("/?token={token}"), None);
+        hang_up(client);
+    }
+    // One live connection (a warning and a close), twice over, plus the slack of 64
+    // stale entries; before the fix all 400 of the churned ones stayed until due.
+    eventually("the churned connections' entries dropped", || {
+        let entries = http_once(addr, "GET", "/stats", None, "").json()["expiry_entries"].as_u64();
+        entries.is_some_and(|entries| (2..=2 * 2 + 64).contains(&entries))
+    });
+    stop(server);
+}

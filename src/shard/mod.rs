@@ -231,7 +231,9 @@ impl<H: Handler> Shard<H> {
 
     /// Makes this pass's counts visible to `/stats`, `/metrics` and `Hub::stats`.
     fn publish_counters(&self) {
-        let mut published = lock(&self.routing.hub.shared(self.index).counters);
+        let shared = self.routing.hub.shared(self.index);
+        shared.expiry_entries.store(self.expiries.pending(), Ordering::Relaxed);
+        let mut published = lock(&shared.counters);
         if *published != self.io.counters {
             *published = self.io.counters;
         }
