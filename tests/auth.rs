@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,5 +327,69 @@ fn connection_churn_does_not_pile_up_expiry_entries() {
         let entries = http_once(addr, "GET", "/stats", None, "").json()["expiry_entries"].as_u64();
         entries.is_some_and(|entries| (2..=2 * 2 + 64).contains(&entries))
     });
+    stop(server);
+}
+
+#[test]
+fn an_upgrade_with_two_credentials_gets_400() {
+    let server = hub();
+    let addr = server.local_addr();
+    let valid = jwt(json!({"sub": "ann", "exp": unix_now() + 600}));
+    let header = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    let cases = [
+        ("valid header, other ?token=", header(&valid), "/?token=tok-bob".to_string()),
+        ("?token= valid, other header", header("tok-bob"), format!("/?token={valid}")),
+        ("the same token in both", header(&valid), format!("/?token={valid}")),
+        (
+            "?ticket= and a bearer subprotocol",
+            format!("Sec-WebSocket-Protocol: wshub, bearer.{valid}\r\n"),
+            "/?ticket=x".into(),
+        ),
+        ("two ?token=", String::new(), format!("/?token={valid}&token=tok-bob")),
+        ("two Authorization headers", format!("{}{}", header(&valid), header("tok-bob")), "/".into()),
+    ];
+    for (case, extra, target) in &cases {
+        let (status, response) = upgrade_status(addr, target, extra);
+        assert_eq!(status, 400, "{case}: {response}");
+        assert!(response.contains("more than one "), "{case}: {response}");
+        assert!(!response.contains(&valid) && !response.contains("tok-bob"), "{case}: no credential echoed");
+    }
+    // One of them alone still works.
+    let (ann, _) = connect_with(addr, &format!("/?token={valid}"), None);
+    assert_eq!(ann.user(), "ann");
+    eventually("refusals counted as handshake failures", || {
+        http_once(addr, "GET", "/stats", None, "").json()["handshake_failures"].as_u64() >= Some(cases.len() as u64)
+    });
+    stop(server);
+    // Open mode ignores credentials, but two of them are still ambiguous.
+    let server = App::new().start(config(1)).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(upgrade_status(addr, "/?user=ann&token=a", &header("b")).0, 400);
+    assert_eq!(upgrade_status(addr, "/?user=ann&token=a", "").0, 101);
+    stop(server);
+}
+
+#[test]
+fn the_api_refuses_two_authorization_headers_with_400() {
+    let server = hub();
+    let addr = server.local_addr();
+    let body = r#"{"topic":"t","data":1}"#;
+    let mut conn = HttpConn::connect(addr);
+    for (first, second) in [(API_KEY, "wrong"), ("wrong", API_KEY), (API_KEY, API_KEY)] {
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {first}\r\n\
+             Authorization: Bearer {second}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.stream.write_all(request.as_bytes()).unwrap();
+        let reply = conn.read_reply(false);
+        assert_eq!(
+            (reply.status, reply.json()["error"].as_str()),
+            (400, Some("ambiguous_credentials")),
+            "{first} + {second}"
+        );
+        assert!(!reply.body.contains(API_KEY), "the key is not echoed: {}", reply.body);
+    }
+    assert_eq!(http_once(addr, "POST", "/api/publish", Some(API_KEY), body).status, 202, "one header still works");
     stop(server);
 }
