@@ -15,7 +15,7 @@ use crate::auth::Gate;
 use crate::auth::IssueError;
 use crate::auth::{Grants, Identity};
 use crate::config::Config;
-use crate::http::{is_valid_user, HttpResponse, PlainRequest};
+use crate::http::{bearer_token, is_valid_user, HttpResponse, PlainRequest};
 use crate::hub::{Hub, InboxFull};
 use crate::metrics::{self, Counters};
 use crate::protocol;
@@ -95,16 +95,18 @@ fn error(status: u16, code: &str, message: &str) -> HttpResponse {
     HttpResponse::json(status, serde_json::json!({ "error": code, "message": message }).to_string())
 }
 
-/// Checks `Authorization: Bearer <key>` against the configured API keys.
+/// Checks `Authorization: Bearer <key>` against the configured API keys. Two
+/// `Authorization` headers are ambiguous (which one is meant?) and refused with 400.
 fn authorize(request: &PlainRequest, keys: &[ApiKey]) -> Result<(), HttpResponse> {
     if keys.is_empty() {
         return Err(error(403, "api_disabled", "the publish API is off: start the server with --api-key"));
     }
-    let presented = request.header("Authorization").and_then(|value| {
-        let (scheme, key) = value.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("Bearer").then(|| key.trim())
-    });
-    match presented {
+    let mut headers = request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("Authorization"));
+    let first = headers.next();
+    if headers.next().is_some() {
+        return Err(error(400, "ambiguous_credentials", "more than one Authorization header: present one API key"));
+    }
+    match first.and_then(|(_, value)| bearer_token(value)) {
         Some(key) if keys.iter().any(|known| known.matches(key)) => Ok(()),
         Some(_) => Err(unauthorized("invalid API key")),
         None => Err(unauthorized("send the API key as 'Authorization: Bearer <key>'")),
@@ -278,6 +280,21 @@ mod tests {
         assert_eq!(answer(&publish(Some("Basic s3cret")), &with_key()).0, 401);
         assert_eq!(answer(&publish(Some("Bearer s3cret")), &Config::default()).0, 403, "no key configured");
         assert_eq!(answer(&request("GET", "/api/publish", None, ""), &with_key()).0, 405);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused_with_400() {
+        for (first, second) in
+            [("Bearer s3cret", "Bearer s3cret"), ("Bearer nope", "Bearer s3cret"), ("Basic x", "Bearer s3cret")]
+        {
+            let mut publish = request("POST", "/api/publish", Some(first), r#"{"topic":"t","data":1}"#);
+            publish.headers.push(("authorization".into(), second.into()));
+            let (status, body, counters) = answer(&publish, &with_key());
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!((status, value["error"].as_str()), (400, Some("ambiguous_credentials")), "{first} + {second}");
+            assert!(!body.contains("s3cret") && !body.contains("nope"), "no key echoed: {body}");
+            assert_eq!(counters.auth_failures, 0, "malformed, not a wrong key");
+        }
     }
 
     #[test]

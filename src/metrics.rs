@@ -25,6 +25,9 @@ pub struct Stats {
     /// Deliveries each shard's inbox refused since the start because it was full
     /// (`--inbox-capacity`): that shard's receivers missed them.
     pub inbox_refused: Vec<u64>,
+    /// Credential warnings and closes scheduled (two per connection whose token expires,
+    /// and a bounded number of stale ones for connections already gone).
+    pub expiry_entries: usize,
     pub uptime_seconds: u64,
     /// Every shard's counters summed (flattened into the JSON: `messages_in`, ...).
     #[serde(flatten)]
@@ -109,6 +112,8 @@ pub fn prometheus(stats: &Stats) -> String {
     out.per_shard("wshub_inbox_refused_total", "counter", "Deliveries refused by the shard's full inbox.", refused);
     out.single("wshub_topics", "Distinct topics with a subscriber.", stats.topics as u64);
     out.single("wshub_users", "Distinct named users with an open connection.", stats.users as u64);
+    let expiries = stats.expiry_entries as u64;
+    out.single("wshub_expiry_entries", "Credential warnings and closes scheduled, live or stale.", expiries);
     out.single("wshub_uptime_seconds", "Seconds since the server started.", stats.uptime_seconds);
     let named: Vec<_> = stats.per_shard.iter().map(Counters::named).collect();
     for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
@@ -161,6 +166,7 @@ mod tests {
             sessions: 0,
             inbox_depths: vec![0, 7],
             inbox_refused: vec![3, 0],
+            expiry_entries: 2,
             uptime_seconds: 9,
             totals: Counters { messages_in: 5, ..Counters::default() },
             per_shard: vec![
@@ -177,6 +183,7 @@ mod tests {
         assert!(text.contains("# TYPE wshub_messages_received_total counter\n"));
         assert!(text.contains("wshub_messages_received_total{shard=\"1\"} 3\n"));
         assert!(text.contains("wshub_topics 4\n"));
+        assert!(text.contains("wshub_expiry_entries 2\n"));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,5 +268,128 @@ fn config_rules_decide_topics_and_broadcasts() {
     assert_eq!(kind(ann.call(json!({"type": "broadcast", "data": 1}), 5)), "forbidden");
     alerts.send(json!({"type": "broadcast", "data": "fire drill"}));
     assert_eq!(ann.next()["data"], "fire drill");
+    stop(server);
+}
+
+/// Closes a client and waits until the server has dropped its socket (so its slab slot
+/// is free again).
+fn hang_up(mut client: JsonClient) {
+    client.ws.close(None).unwrap();
+    while client.ws.read().is_ok() {}
+    assert!(wait_for_eof(client.ws.get_mut()), "the server closes the socket");
+}
+
+fn one_shard_hub() -> Server {
+    App::new().start(Config { shards: 1, ..auth_config() }).expect("hub starts")
+}
+
+#[test]
+fn a_reconnect_into_the_same_slot_is_warned_once() {
+    let server = one_shard_hub();
+    let addr = server.local_addr();
+    // Warned 3 s from now (30 s before expiry): each of the first three connections is
+    // gone before its warning comes due, and the next one takes its slab slot.
+    let token = jwt(json!({"sub": "ann", "exp": unix_now() + 33}));
+    for _ in 0..3 {
+        let (client, _) = connect_with(addr, &format!("/?token={token}"), None);
+        hang_up(client);
+    }
+    let (mut last, _) = connect_with(addr, &format!("/?token={token}"), None);
+    let warning = last.next();
+    assert_eq!(warning["type"], "token_expiring", "{warning}");
+    // Any duplicate would have come due in the same pass, ahead of this answer.
+    last.send(json!({"type": "ping", "id": 1}));
+    let mut frames = Vec::new();
+    loop {
+        let frame = last.next();
+        if frame["type"] == "pong" {
+            break;
+        }
+        frames.push(frame);
+    }
+    assert_eq!(frames, Vec::<serde_json::Value>::new(), "exactly one token_expiring");
+    stop(server);
+}
+
+#[test]
+fn connection_churn_does_not_pile_up_expiry_entries() {
+    let server = one_shard_hub();
+    let addr = server.local_addr();
+    let token = jwt(json!({"sub": "ann", "exp": unix_now() + 3600}));
+    let (_keeper, _) = connect_with(addr, &format!("/?token={token}"), None);
+    for _ in 0..200 {
+        let (client, _) = connect_with(addr, &format!("/?token={token}"), None);
+        hang_up(client);
+    }
+    // One live connection (a warning and a close), twice over, plus the slack of 64
+    // stale entries; before the fix all 400 of the churned ones stayed until due.
+    eventually("the churned connections' entries dropped", || {
+        let entries = http_once(addr, "GET", "/stats", None, "").json()["expiry_entries"].as_u64();
+        entries.is_some_and(|entries| (2..=2 * 2 + 64).contains(&entries))
+    });
+    stop(server);
+}
+
+#[test]
+fn an_upgrade_with_two_credentials_gets_400() {
+    let server = hub();
+    let addr = server.local_addr();
+    let valid = jwt(json!({"sub": "ann", "exp": unix_now() + 600}));
+    let header = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    let cases = [
+        ("valid header, other ?token=", header(&valid), "/?token=tok-bob".to_string()),
+        ("?token= valid, other header", header("tok-bob"), format!("/?token={valid}")),
+        ("the same token in both", header(&valid), format!("/?token={valid}")),
+        (
+            "?ticket= and a bearer subprotocol",
+            format!("Sec-WebSocket-Protocol: wshub, bearer.{valid}\r\n"),
+            "/?ticket=x".into(),
+        ),
+        ("two ?token=", String::new(), format!("/?token={valid}&token=tok-bob")),
+        ("two Authorization headers", format!("{}{}", header(&valid), header("tok-bob")), "/".into()),
+    ];
+    for (case, extra, target) in &cases {
+        let (status, response) = upgrade_status(addr, target, extra);
+        assert_eq!(status, 400, "{case}: {response}");
+        assert!(response.contains("more than one "), "{case}: {response}");
+        assert!(!response.contains(&valid) && !response.contains("tok-bob"), "{case}: no credential echoed");
+    }
+    // One of them alone still works.
+    let (ann, _) = connect_with(addr, &format!("/?token={valid}"), None);
+    assert_eq!(ann.user(), "ann");
+    eventually("refusals counted as handshake failures", || {
+        http_once(addr, "GET", "/stats", None, "").json()["handshake_failures"].as_u64() >= Some(cases.len() as u64)
+    });
+    stop(server);
+    // Open mode ignores credentials, but two of them are still ambiguous.
+    let server = App::new().start(config(1)).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(upgrade_status(addr, "/?user=ann&token=a", &header("b")).0, 400);
+    assert_eq!(upgrade_status(addr, "/?user=ann&token=a", "").0, 101);
+    stop(server);
+}
+
+#[test]
+fn the_api_refuses_two_authorization_headers_with_400() {
+    let server = hub();
+    let addr = server.local_addr();
+    let body = r#"{"topic":"t","data":1}"#;
+    let mut conn = HttpConn::connect(addr);
+    for (first, second) in [(API_KEY, "wrong"), ("wrong", API_KEY), (API_KEY, API_KEY)] {
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {first}\r\n\
+             Authorization: Bearer {second}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.stream.write_all(request.as_bytes()).unwrap();
+        let reply = conn.read_reply(false);
+        assert_eq!(
+            (reply.status, reply.json()["error"].as_str()),
+            (400, Some("ambiguous_credentials")),
+            "{first} + {second}"
+        );
+        assert!(!reply.body.contains(API_KEY), "the key is not echoed: {}", reply.body);
+    }
+    assert_eq!(http_once(addr, "POST", "/api/publish", Some(API_KEY), body).status, 202, "one header still works");
     stop(server);
 }

@@ -5,6 +5,6 @@ mod request;
 mod response;
 
 pub use request::PlainRequest;
-pub(crate) use request::{examine, is_valid_user, Credential, Upgrade, Verdict, MAX_REQUEST_BYTES};
+pub(crate) use request::{bearer_token, examine, is_valid_user, Credential, Upgrade, Verdict, MAX_REQUEST_BYTES};
 pub(crate) use response::reason_phrase;
 pub use response::HttpResponse;

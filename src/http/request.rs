@@ -227,19 +227,19 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
         .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
         .filter(|p| !p.is_empty())
         .collect();
-    let bearer_protocol = offered.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX));
     let subprotocol = match offered.iter().find(|p| *p == SUBPROTOCOL) {
         Some(ours) => Some(ours.clone()),
-        None => bearer_protocol.cloned(),
+        None => offered.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX)).cloned(),
     };
-    let bearer_header = header("Authorization").and_then(|value| {
-        let (scheme, token) = value.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim().to_string())
-    });
-    let credential = match (query_param(target, "ticket"), bearer_header, query_param(target, "token")) {
-        (Some(ticket), _, _) => Some(Credential::Ticket(ticket)),
-        (_, Some(token), _) | (_, None, Some(token)) => Some(Credential::Token(token)),
-        _ => bearer_protocol.map(|p| Credential::Token(p[BEARER_PROTOCOL_PREFIX.len()..].to_string())),
+    let authorization: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Authorization"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .collect();
+    let credential = match credential(&authorization, target, &offered) {
+        Ok(credential) => credential,
+        Err(why) => return refuse(bad_request(why)),
     };
     Verdict::Upgrade(Upgrade {
         accept: tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
@@ -250,6 +250,43 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
         subprotocol,
         head_len,
     })
+}
+
+/// The one credential an upgrade presents, from its `Authorization` headers, its target's
+/// query and its offered subprotocols; `None` without any. More than one (two places, or
+/// one place twice) is ambiguous, whether or not they agree, and refused with the reason
+/// (naming where they came from, never their values): a client uses one method
+/// (RFC 6750 section 2). An `Authorization` header of another scheme is not a credential
+/// here, but two `Authorization` headers are refused whatever their schemes.
+fn credential(authorization: &[String], target: &str, offered: &[String]) -> Result<Option<Credential>, String> {
+    if authorization.len() > 1 {
+        return Err("more than one Authorization header: present one credential".into());
+    }
+    let mut found: Vec<(&str, Credential)> = Vec::new();
+    if let Some(token) = authorization.first().and_then(|value| bearer_token(value)) {
+        found.push(("an Authorization header", Credential::Token(token.to_string())));
+    }
+    found.extend(query_params(target, "token").map(|token| ("?token=", Credential::Token(token))));
+    found.extend(query_params(target, "ticket").map(|ticket| ("?ticket=", Credential::Ticket(ticket))));
+    found.extend(
+        offered
+            .iter()
+            .filter_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+            .map(|token| ("a bearer. subprotocol", Credential::Token(token.to_string()))),
+    );
+    match found.len() {
+        0 | 1 => Ok(found.pop().map(|(_, credential)| credential)),
+        _ => {
+            let places: Vec<&str> = found.iter().map(|(place, _)| *place).collect();
+            Err(format!("more than one credential ({}): present one", places.join(", ")))
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; `None` for another scheme.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim())
 }
 
 /// The body length a request announces: 0 without `Content-Length`; several differing
@@ -292,10 +329,16 @@ pub(crate) fn is_valid_user(user: &str) -> bool {
         && !user.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The percent-decoded value of `name` in the target's query string.
+/// The percent-decoded value of `name` in the target's query string (the first, if it
+/// is there more than once).
 pub fn query_param(target: &str, name: &str) -> Option<String> {
-    let query = target.split_once('?')?.1;
-    query.split('&').find_map(|pair| {
+    query_params(target, name).next()
+}
+
+/// Every percent-decoded value of `name` in the target's query string, in order.
+fn query_params<'a>(target: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    let query = target.split_once('?').map_or("", |(_, query)| query);
+    query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
     })
@@ -377,6 +420,56 @@ mod tests {
         assert_eq!(credential(only_bearer, "/"), (token("xyz"), Some("bearer.xyz".into())));
         assert_eq!(credential("", "/"), (None, None));
         assert!(!format!("{:?}", token("secret")).contains("secret"));
+    }
+
+    /// Each place a credential can be put: (name, extra header lines, query parameter).
+    const PLACES: [(&str, &str, &str); 4] = [
+        ("header", "Authorization: Bearer h1\r\n", ""),
+        ("token", "", "token=q1"),
+        ("ticket", "", "ticket=t1"),
+        ("subprotocol", "Sec-WebSocket-Protocol: wshub, bearer.p1\r\n", ""),
+    ];
+
+    #[test]
+    fn two_credentials_are_refused_in_every_combination() {
+        for (first, second) in PLACES.iter().flat_map(|a| PLACES.iter().map(move |b| (a, b))) {
+            // The same place twice gets another value, so no two are identical.
+            let (header, query) = (second.1.replace('1', "2"), second.2.replace('1', "2"));
+            let extra = format!("{}{header}", first.1);
+            let query: Vec<&str> = [first.2, &query].into_iter().filter(|q| !q.is_empty()).collect();
+            let request = upgrade_request(&extra).replace("/ws?user=ann", &format!("/ws?{}", query.join("&")));
+            let case = format!("{} then {}", first.0, second.0);
+            match examine(request.as_bytes()) {
+                Verdict::Refuse { response, upgrade } => {
+                    let body = String::from_utf8(response.body).unwrap();
+                    assert_eq!((response.status, upgrade), (400, true), "{case}: {body}");
+                    assert!(body.starts_with("more than one "), "{case}: {body}");
+                    assert_eq!(body.lines().count(), 1, "{case}: one line: {body}");
+                    for value in ["h1", "h2", "q1", "q2", "t1", "t2", "p1", "p2"] {
+                        assert!(!body.contains(value), "{case}: the credential is not echoed: {body}");
+                    }
+                }
+                other => panic!("{case}: expected a 400, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_credential_beside_other_things_is_not_ambiguous() {
+        let credential = |extra: &str, target: &str| {
+            let request = upgrade_request(extra).replace("/ws?user=ann", target);
+            match examine(request.as_bytes()) {
+                Verdict::Upgrade(upgrade) => upgrade.credential,
+                other => panic!("{extra:?} {target}: {other:?}"),
+            }
+        };
+        let token = |t: &str| Some(Credential::Token(t.into()));
+        // Another scheme (a proxy's Basic auth) is not a credential of ours.
+        assert_eq!(credential("Authorization: Basic YTpi\r\n", "/?token=q"), token("q"));
+        assert_eq!(credential("Sec-WebSocket-Protocol: wshub\r\n", "/?user=ann&token=q"), token("q"));
+        // Two Authorization headers are ambiguous whatever their schemes.
+        let twice = upgrade_request("Authorization: Basic YTpi\r\nAuthorization: Basic Yzpk\r\n");
+        assert_eq!(status(examine(twice.as_bytes())), 400);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub(crate) struct ShardShared {
     pub connections: AtomicUsize,
     /// The shard's counters as of its last loop pass (it publishes them once per pass).
     pub counters: Mutex<Counters>,
+    /// Credential warnings and closes the shard has scheduled, live or stale, as of its
+    /// last loop pass.
+    pub expiry_entries: AtomicUsize,
 }
 
 /// Who is subscribed to a topic, across all shards.
@@ -77,6 +80,7 @@ impl Hub {
             sessions,
             inbox_depths: self.shards.iter().map(|inbox| inbox.depth()).collect(),
             inbox_refused: self.shards.iter().map(|inbox| inbox.refused()).collect(),
+            expiry_entries: self.shared.iter().map(|s| s.expiry_entries.load(Ordering::Relaxed)).sum(),
             uptime_seconds: self.started.elapsed().as_secs(),
             totals,
             per_shard,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::mem;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,7 +234,9 @@ impl<H: Handler> Shard<H> {
 
     /// Makes this pass's counts visible to `/stats`, `/metrics` and `Hub::stats`.
     fn publish_counters(&self) {
-        let mut published = lock(&self.routing.hub.shared(self.index).counters);
+        let shared = self.routing.hub.shared(self.index);
+        shared.expiry_entries.store(self.expiries.pending(), Ordering::Relaxed);
+        let mut published = lock(&shared.counters);
         if *published != self.io.counters {
             *published = self.io.counters;
         }
