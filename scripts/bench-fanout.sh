@@ -3,18 +3,21 @@
 # delivered messages per second and delivery latency, per server and case.
 #
 # Usage: scripts/bench-fanout.sh [--server NAME:PROTOCOL:COMMAND]... [--rounds R] [--out DIR]
-#   COMMAND has {port} where the port goes; PROTOCOL is `hub` (wshub's JSON protocol:
-#   subscribe, publish) or `raw` (a relay: every text message goes to every connection).
-#   Default: wshub:hub:target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn
+#   COMMAND has {port} where the port goes: it gets 0, and the server must print
+#   "listening on [ws://]127.0.0.1:PORT" (wshub at --log-level info, loadtest/peers' tokio-peer
+#   do). PROTOCOL is `hub` (wshub's JSON protocol: subscribe, publish) or `raw` (a relay:
+#   every text message goes to every connection).
+#   Default: wshub:hub:target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info
 #
 # Cases: 1,000 and 19,000 subscribers, 64 B and 1 KiB messages. The burst (200 messages
 # to 1,000 subscribers, 50 to 19,000) is small enough that no server here has to evict
 # or drop a receiver, so delivered/s measures how fast each drains the same work and loss
 # must be zero. With --rounds R the servers run interleaved (round 1 of each, then
 # round 2, ...), so a noisy moment does not land on one server only; the median is kept.
-# The server is pinned to CPU 0 and the load to CPU 1 when taskset exists.
+# The server is pinned to CPU 0 and the load to CPU 1 when taskset exists (and 2+ CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 SERVERS=()
 ROUNDS=1
@@ -27,7 +30,7 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--server NAME:PROTOCOL:COMMAND]... [--rounds R] [--out DIR]" >&2; exit 2 ;;
     esac
 done
-[ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub:hub:target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn")
+[ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub:hub:target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info")
 CASES=("1000 64 200" "1000 1024 200" "19000 64 50" "19000 1024 50")
 
 mkdir -p "$OUT"
@@ -36,34 +39,17 @@ RESULTS=$OUT/fanout.jsonl
 : >"$RESULTS"
 cargo build --release --quiet -p wshub -p wshub-load
 
-SERVER_PIN=() LOAD_PIN=()
-if command -v taskset >/dev/null; then SERVER_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1); fi
-SERVER_PID=""
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-trap stop_server EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pin_cpus
 
 run_case() { # name protocol command subscribers size messages round
-    local name=$1 protocol=$2 command=$3 subscribers=$4 size=$5 messages=$6 round=$7 port
-    port=$(free_port)
+    local name=$1 protocol=$2 command=$3 subscribers=$4 size=$5 messages=$6 round=$7
     # shellcheck disable=SC2086 # the command is meant to be split into words
-    "${SERVER_PIN[@]}" ${command//\{port\}/$port} >"$OUT/$name.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    start_server "$OUT/$name.log" "${SERVER_PIN[@]}" ${command//\{port\}/0}
     local line
-    line=$("${LOAD_PIN[@]}" timeout 300 target/release/wshub-load fanout --url "ws://127.0.0.1:$port/" \
+    line=$("${LOAD_PIN[@]}" timeout 300 target/release/wshub-load fanout --url "ws://127.0.0.1:$PORT/" \
         --connections "$subscribers" --publishers 1 --messages "$messages" --size "$size" \
         --protocol "$protocol" --rate 1000000 --timeout 120s --json 2>>"$OUT/load.log" | tail -n 1) || true
-    stop_server
+    stop_pid "$SERVER_PID" 5
     python3 - "$name" "$round" "$line" >>"$RESULTS" <<'PY'
 import json, sys
 name, rnd, line = sys.argv[1], int(sys.argv[2]), sys.argv[3]

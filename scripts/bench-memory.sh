@@ -5,18 +5,21 @@
 #
 # Usage: scripts/bench-memory.sh [--server NAME=COMMAND]... [--steps 1000,5000,10000,19000]
 #                                [--rounds R] [--out DIR]
-#   COMMAND has {port} where the port goes. Default server:
-#   wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn
+#   COMMAND has {port} where the port goes: it gets 0, and the server must print
+#   "listening on [ws://]127.0.0.1:PORT" (wshub at --log-level info, loadtest/peers' tokio-peer
+#   do). Default server:
+#   wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info
 #
 # Each step is a fresh set of connections on a freshly started server, so steps do not
 # inherit each other's allocator state. With --rounds R servers are measured interleaved
 # (round 1 of every server, then round 2, ...) and the median per step is reported. The
-# server runs on CPU 0 and the load on CPU 1 when taskset exists. Kernel figures count
+# server runs on CPU 0 and the load on CPU 1 when taskset exists (and 2+ CPUs). Kernel figures count
 # both ends of each loopback connection.
 # Writes DIR/memory.csv, DIR/memory.json and DIR/memory.svg (default DIR:
 # target/bench-memory). Exits non-zero if a step could not open all its connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 SERVERS=() STEPS=1000,5000,10000,19000 ROUNDS=1 OUT=target/bench-memory
 while [ $# -gt 0 ]; do
@@ -28,28 +31,14 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--server NAME=COMMAND]... [--steps LIST] [--rounds R] [--out DIR]" >&2; exit 2 ;;
     esac
 done
-[ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn")
+[ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub=target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info")
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RAW=$OUT/memory-raw.csv
 echo "server,round,connections,established,rss_kib,rss0_kib,sockstat_pages0,sockstat_pages,slab_bytes0,slab_bytes" >"$RAW"
 cargo build --release --quiet -p wshub -p wshub-load
 
-SERVER_PIN=() LOAD_PIN=()
-if command -v taskset >/dev/null; then SERVER_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1); fi
-SERVER_PID="" LOAD_PID=""
-stop() { # pid
-    [ -n "$1" ] || return 0
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-trap 'stop "$LOAD_PID"; stop "$SERVER_PID"' EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
-sockstat_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
+pin_cpus
 # Bytes in the slab caches that TCP sockets and epoll registrations live in, if readable.
 slab_bytes() {
     awk '$1 ~ /^(TCP|TCPv6|tw_sock_TCP|request_sock_TCP|sock_inode_cache|eventpoll_epi|eventpoll_pwq)$/ { total += $2 * $4 }
@@ -57,33 +46,25 @@ slab_bytes() {
 }
 
 measure() { # name command connections round
-    local name=$1 command=$2 connections=$3 round=$4 port
-    port=$(free_port)
+    local name=$1 command=$2 connections=$3 round=$4
     # shellcheck disable=SC2086 # the command is meant to be split into words
-    "${SERVER_PIN[@]}" ${command//\{port\}/$port} >"$OUT/$name.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-    sleep 1
+    start_server "$OUT/$name.log" "${SERVER_PIN[@]}" ${command//\{port\}/0}
     local rss0 pages0 slab0
-    rss0=$(rss_kib "$SERVER_PID") pages0=$(sockstat_pages) slab0=$(slab_bytes)
+    rss0=$(proc_kib VmRSS "$SERVER_PID") pages0=$(tcp_mem_pages) slab0=$(slab_bytes)
     local fifo=$OUT/hold.out
-    "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$port/" --connections "$connections" \
+    "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT/" --connections "$connections" \
         --duration 120s >"$fifo" 2>>"$OUT/load.log" &
-    LOAD_PID=$!
+    local load=$!
+    track_pid "$load"
     local established=0
-    for _ in $(seq 1200); do
-        if grep -q '^READY' "$fifo"; then
-            established=$(sed -n 's/^READY established=\([0-9]*\).*/\1/p' "$fifo")
-            break
-        fi
-        kill -0 "$LOAD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    if wait_until --while-alive "$load" 120 grep -q '^READY' "$fifo"; then
+        established=$(sed -n 's/^READY established=\([0-9]*\).*/\1/p' "$fifo")
+    fi
     sleep 3
     local rss pages slab
-    rss=$(rss_kib "$SERVER_PID") pages=$(sockstat_pages) slab=$(slab_bytes)
-    stop "$LOAD_PID"; LOAD_PID=""
-    stop "$SERVER_PID"; SERVER_PID=""
+    rss=$(proc_kib VmRSS "$SERVER_PID") pages=$(tcp_mem_pages) slab=$(slab_bytes)
+    stop_pid "$load"
+    stop_pid "$SERVER_PID"
     echo "$name,$round,$connections,$established,$rss,$rss0,$pages0,$pages,$slab0,$slab" >>"$RAW"
     printf '  %-14s round %d: %6d connections (%d open): RSS %7d KiB (idle %d KiB), %5.0f B/conn user space\n' \
         "$name" "$round" "$connections" "$established" "$rss" "$rss0" \

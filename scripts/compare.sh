@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 cargo build --release --quiet -p wshub -p wshub-load
 cargo build --release --quiet --manifest-path loadtest/peers/Cargo.toml
 PEER=loadtest/peers/target/release/tokio-peer
-WSHUB="target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level warn"
+WSHUB="target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info"
 
 scripts/bench-memory.sh --out "$OUT/memory" --rounds "$ROUNDS" \
     --server "wshub=$WSHUB" \

@@ -35,67 +35,11 @@ if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 RATE=5000
-SERVER_PID=""
-LOAD_PID=""
 WORK=$(mktemp -d)
-
-# True while the process exists and is not a zombie waiting to be reaped
-# (kill -0 alone succeeds on zombies).
-alive() {
-    local state
-    state=$(sed -E 's/.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-# Sends SIGTERM, gives the process $2 seconds to exit, then SIGKILL.
-stop_process() {
-    local pid=$1 grace=$2 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        echo "pid $pid did not stop within ${grace}s; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    stop_process "$LOAD_PID" 10
-    stop_process "$SERVER_PID" 10
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody listens on, below the ephemeral range so the load's own outgoing
-# connections can never have taken it.
-pick_port() {
-    local port listening
-    # /proc/net/tcp lists "addr:PORT" in hex; state 0A is LISTEN.
-    listening=$(awk 'FNR > 1 && $4 == "0A" { n = split($2, a, ":"); print a[n] }' \
-        /proc/net/tcp /proc/net/tcp6 2>/dev/null | while read -r hex; do echo $((16#$hex)); done)
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 12000))
-        grep -qx "$port" <<<"$listening" || { echo "$port"; return 0; }
-    done
-    echo "no free port found" >&2
-    return 1
-}
-
-kib() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$2/status"; }
-tcp_mem_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
-
-SERVER_PIN=()
-LOAD_PIN=()
-if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
-    SERVER_PIN=(taskset -c 0)
-    LOAD_PIN=(taskset -c 1)
-fi
+at_exit 'rm -rf "$WORK"'
+pin_cpus
 
 echo "building release binaries..." >&2
 timeout 1200 cargo build --release -p wshub -p wshub-load >&2
@@ -105,28 +49,9 @@ if ((TLS)); then
     EXTRA_SERVER_ARGS+=(--tls-cert "$WORK/cert/cert.pem" --tls-key "$WORK/cert/key.pem")
 fi
 
-PORT=$(pick_port)
-"${SERVER_PIN[@]}" target/release/wshub --listen "127.0.0.1:$PORT" --shards 1 \
-    --log-level warn "${EXTRA_SERVER_ARGS[@]}" >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
+start_wshub "$WORK/server.log" --shards 1 "${EXTRA_SERVER_ARGS[@]}"
 
-# Wait (at most 15 s) until the port accepts a TCP connection.
-for ((i = 0; ; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-    if ! alive "$SERVER_PID"; then
-        echo "wshub exited during startup:" >&2
-        cat "$WORK/server.log" >&2
-        exit 1
-    fi
-    if ((i >= 150)); then
-        echo "wshub did not accept connections on port $PORT within 15 s" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-sleep 1 # let the probe connection above be closed and forgotten
-
-RSS_BEFORE=$(kib VmRSS "$SERVER_PID")
+RSS_BEFORE=$(proc_kib VmRSS "$SERVER_PID")
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 
 if ((TLS)); then
@@ -137,29 +62,27 @@ else
         --connections "$N" --connect-rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
 fi
 LOAD_PID=$!
+track_pid "$LOAD_PID"
 
 # The ramp takes N/RATE seconds plus at most a 10 s handshake timeout; allow slack.
 READY_TIMEOUT=$((N / RATE + 40))
-for ((i = 0; ; i++)); do
-    READY=$(grep -m1 '^READY ' "$WORK/load.out" || true)
-    [[ -n $READY ]] && break
-    if ! alive "$LOAD_PID"; then
-        echo "wshub-load exited before READY:" >&2
-        cat "$WORK/load.out" "$WORK/load.err" >&2
-        exit 1
-    fi
-    if ((i >= READY_TIMEOUT * 10)); then
-        echo "no READY line from wshub-load within ${READY_TIMEOUT}s" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+ready() { READY=$(grep -m1 '^READY ' "$WORK/load.out"); }
+rc=0
+wait_until --while-alive "$LOAD_PID" "$READY_TIMEOUT" ready || rc=$?
+if ((rc == 2)); then
+    echo "wshub-load exited before READY:" >&2
+    cat "$WORK/load.out" "$WORK/load.err" >&2
+    exit 1
+elif ((rc != 0)); then
+    echo "no READY line from wshub-load within ${READY_TIMEOUT}s" >&2
+    exit 1
+fi
 ESTABLISHED=$(sed -E 's/.*established=([0-9]+).*/\1/' <<<"$READY")
 FAILED=$(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$READY")
 
 sleep 2 # let the server settle (allocator, lazily created per-connection state)
-RSS_AFTER=$(kib VmRSS "$SERVER_PID")
-HWM_AFTER=$(kib VmHWM "$SERVER_PID")
+RSS_AFTER=$(proc_kib VmRSS "$SERVER_PID")
+HWM_AFTER=$(proc_kib VmHWM "$SERVER_PID")
 TCP_MEM_AFTER=$(tcp_mem_pages)
 PAGE=$(getconf PAGESIZE)
 
@@ -175,16 +98,14 @@ if ((ESTABLISHED > 0)); then
     echo "kernel TCP buffer bytes per connection (both ends): $(((TCP_MEM_AFTER - TCP_MEM_BEFORE) * PAGE / ESTABLISHED))"
 fi
 
-stop_process "$LOAD_PID" 15
-LOAD_PID=""
+stop_pid "$LOAD_PID" 15
 echo "--- wshub-load summary"
 grep -v '^READY ' "$WORK/load.out" || true
 if [[ -s $WORK/load.err ]]; then
     echo "--- wshub-load stderr"
     cat "$WORK/load.err"
 fi
-stop_process "$SERVER_PID" 15
-SERVER_PID=""
+stop_pid "$SERVER_PID" 15
 if [[ -s $WORK/server.log ]]; then
     echo "--- wshub log (last 20 lines)"
     tail -n 20 "$WORK/server.log"

@@ -7,55 +7,18 @@
 #   fanout   raw (wshub --relay): 200 x 1 x 200  received == expected, lost == 0, duplicates == 0
 #
 # Prints one line per check and ends with "smoke-load: N passed, M failed"; exits 1 if
-# any check failed. Every run is bounded by `timeout`; servers are stopped on any exit.
+# any check failed. Every run is bounded by `timeout`; servers are stopped on any exit
+# (SIGTERM, then SIGKILL after 10 s).
 #
 # Usage: scripts/smoke-load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 # Bound for each load run: the longest one needs a few seconds.
 RUN_TIMEOUT=90
 WORK=$(mktemp -d)
-SERVERS=()
-
-cleanup() {
-    local pid i
-    for pid in "${SERVERS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${SERVERS[@]}"; do
-        # The server closes its connections on SIGTERM; give it 10 s, then kill it.
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start_server NAME PORT [wshub args...]: starts it and waits (bounded) until it accepts.
-start_server() {
-    local name=$1 port=$2
-    shift 2
-    target/release/wshub --listen "127.0.0.1:$port" --shards 2 --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
-    SERVERS+=($!)
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "smoke-load: $name server did not start on port $port:" >&2
-    cat "$WORK/$name.log" >&2
-    exit 1
-}
+at_exit 'rm -rf "$WORK"'
 
 # run NAME [wshub-load args...]: the last stdout line (the JSON summary) goes to NAME.json.
 run() {
@@ -70,12 +33,10 @@ run() {
 echo "== building"
 cargo build --release --quiet -p wshub -p wshub-load
 
-HUB_PORT=$(free_port)
-RELAY_PORT=$(free_port)
-start_server hub "$HUB_PORT"
-start_server relay "$RELAY_PORT" --relay
-HUB=ws://127.0.0.1:$HUB_PORT/
-RELAY=ws://127.0.0.1:$RELAY_PORT/
+start_wshub "$WORK/hub.log" --shards 2
+HUB=ws://127.0.0.1:$PORT/
+start_wshub "$WORK/relay.log" --shards 2 --relay
+RELAY=ws://127.0.0.1:$PORT/
 
 echo "== load runs"
 run hold hold --url "$HUB" --connections 2000 --duration 3s
