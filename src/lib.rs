@@ -42,13 +42,14 @@ mod sync;
 pub use app::{App, AppContext, AppError};
 pub use auth::Grants;
 pub use auth::{
-    sign_jwt, unix_now, ApiKey, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction, TopicRule,
+    sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
+    TopicDenied, TopicRule,
 };
 pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
-pub use hub::handler::{Context, Echo, Handler, Relay};
+pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
 pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
 pub use metrics::{Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;

@@ -11,6 +11,72 @@ use serde_json::value::RawValue;
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
 
+/// Declares a closed list of wire names: the enum, every member in `ALL`, each one's
+/// name on the wire, and the lookup by name. One list, so a name cannot be matched in
+/// one place and missing from another.
+macro_rules! wire_names {
+    ($(#[$meta:meta])* $name:ident { $($(#[$member_meta:meta])* $member:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$member_meta])* $member,)*
+        }
+
+        impl $name {
+            /// Every member, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$member,)*];
+
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$member => $text,)*
+                }
+            }
+
+            /// The member with this wire name; `None` for any other name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($text => Some($name::$member),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// The client frame `type`s the protocol defines, aliases included. [`decode`] reads any
+    /// other `type` as an application event, and an application may not register a handler
+    /// under one of these names (it would never be called).
+    BuiltInType {
+        Subscribe = "subscribe",
+        /// Alias of `subscribe`.
+        Join = "join",
+        Unsubscribe = "unsubscribe",
+        /// Alias of `unsubscribe`.
+        Leave = "leave",
+        Publish = "publish",
+        /// Alias of `publish`.
+        Message = "message",
+        Broadcast = "broadcast",
+        Send = "send",
+        Request = "request",
+        Ping = "ping",
+        Refresh = "refresh",
+    }
+}
+
+wire_names! {
+    /// The `request` methods the hub answers itself; an application may not register a
+    /// request handler under one of these names.
+    BuiltInMethod {
+        /// Who is subscribed to a topic.
+        Presence = "presence",
+        /// The server's counters.
+        Stats = "stats",
+    }
+}
+
 /// A decoded client frame.
 #[derive(Debug)]
 pub struct ClientFrame {
@@ -143,18 +209,22 @@ pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
     let Envelope { kind, id, topic, data, to, method, params, token } = envelope;
     let refuse = |code, message: String, id| Refusal { code, message, id };
     let op = (|| {
-        Ok(match kind.as_str() {
-            "subscribe" | "join" => ClientOp::Subscribe { topic: topic_field(topic)? },
-            "unsubscribe" | "leave" => ClientOp::Unsubscribe { topic: topic_field(topic)? },
-            "publish" | "message" => ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? },
-            "broadcast" => ClientOp::Broadcast { data: required(data, "data")? },
-            "send" => ClientOp::Send { to: string_field(to, "to")?, data: required(data, "data")? },
-            "request" => {
+        let Some(built_in) = BuiltInType::from_name(&kind) else {
+            return Ok(ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) });
+        };
+        Ok(match built_in {
+            BuiltInType::Subscribe | BuiltInType::Join => ClientOp::Subscribe { topic: topic_field(topic)? },
+            BuiltInType::Unsubscribe | BuiltInType::Leave => ClientOp::Unsubscribe { topic: topic_field(topic)? },
+            BuiltInType::Publish | BuiltInType::Message => {
+                ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? }
+            }
+            BuiltInType::Broadcast => ClientOp::Broadcast { data: required(data, "data")? },
+            BuiltInType::Send => ClientOp::Send { to: string_field(to, "to")?, data: required(data, "data")? },
+            BuiltInType::Request => {
                 ClientOp::Request { method: string_field(method, "method")?, params: params.unwrap_or_else(null) }
             }
-            "ping" => ClientOp::Ping,
-            "refresh" => ClientOp::Refresh { token: string_field(token, "token")? },
-            _ => ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) },
+            BuiltInType::Ping => ClientOp::Ping,
+            BuiltInType::Refresh => ClientOp::Refresh { token: string_field(token, "token")? },
         })
     })()
     .map_err(|(code, message)| refuse(code, message, id.clone()))?;
@@ -369,6 +439,26 @@ mod tests {
         assert!(
             matches!(decoded(r#"{"type":"typing","data":true}"#), ClientOp::Event { name, .. } if name == "typing")
         );
+    }
+
+    #[test]
+    fn every_built_in_name_decodes_as_built_in() {
+        for built_in in BuiltInType::ALL {
+            let name = built_in.as_str();
+            let frame = json!({"type": name, "id": 1, "topic": "t", "data": 1, "to": "u", "method": "m", "token": "x"});
+            let op = decoded(&frame.to_string());
+            assert!(!matches!(op, ClientOp::Event { .. }), "{name} decoded as an application event");
+            assert_eq!(BuiltInType::from_name(name), Some(*built_in));
+        }
+        assert_eq!(BuiltInType::from_name("typing"), None);
+    }
+
+    #[test]
+    fn every_built_in_method_has_its_name() {
+        for method in BuiltInMethod::ALL {
+            assert_eq!(BuiltInMethod::from_name(method.as_str()), Some(*method));
+        }
+        assert_eq!(BuiltInMethod::from_name("add"), None);
     }
 
     #[test]
