@@ -11,6 +11,17 @@ use serde_json::value::RawValue;
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
 
+/// How long before a connection's credential expires it is sent `token_expiring`, in
+/// seconds: time for the client to fetch a new token and send `refresh`.
+pub const REFRESH_WARNING_SECS: u64 = 30;
+
+/// The close code for a connection whose credential expired without a `refresh`. From the
+/// range RFC 6455 leaves to applications, so a client can tell it from the server's other
+/// closes and reconnect with a fresh token.
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// The close reason sent with [`TOKEN_EXPIRED`].
+pub const TOKEN_EXPIRED_REASON: &str = "token expired";
+
 /// Declares a closed list of wire names: the enum, every member in `ALL`, each one's
 /// name on the wire, and the lookup by name. One list, so a name cannot be matched in
 /// one place and missing from another.
