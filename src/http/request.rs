@@ -105,8 +105,9 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match parse_head(&mut request, bytes) {
-        Ok(head_len) => head_len,
-        Err(verdict) => return verdict,
+        Head::Complete(len) => len,
+        Head::Partial => return Verdict::Incomplete,
+        Head::Refused(response) => return Verdict::Refuse { response, upgrade: false },
     };
     if has_token(request.headers, "Upgrade", "websocket") {
         validate_upgrade(&request, head_len)
@@ -115,20 +116,24 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
     }
 }
 
-/// The length of the request head, once it has all arrived; or what to do meanwhile.
-fn parse_head<'h, 'b>(request: &mut httparse::Request<'h, 'b>, bytes: &'b [u8]) -> Result<usize, Verdict> {
-    let refuse = |response| Verdict::Refuse { response, upgrade: false };
-    let head_len = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => return Err(refuse(too_large())),
-        Ok(httparse::Status::Partial) => return Err(Verdict::Incomplete),
-        Err(httparse::Error::TooManyHeaders) => return Err(refuse(too_large())),
-        Err(e) => return Err(refuse(bad_request(format!("malformed request: {e}")))),
-    };
-    if head_len > MAX_REQUEST_BYTES {
-        return Err(refuse(too_large()));
+/// How far the request head has arrived.
+enum Head {
+    /// All of it, this many bytes.
+    Complete(usize),
+    Partial,
+    /// Malformed or too large.
+    Refused(HttpResponse),
+}
+
+fn parse_head<'h, 'b>(request: &mut httparse::Request<'h, 'b>, bytes: &'b [u8]) -> Head {
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_BYTES => Head::Refused(too_large()),
+        Ok(httparse::Status::Complete(len)) => Head::Complete(len),
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => Head::Refused(too_large()),
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => Head::Refused(too_large()),
+        Err(e) => Head::Refused(bad_request(format!("malformed request: {e}"))),
     }
-    Ok(head_len)
 }
 
 /// A request that is not an upgrade: complete once its `Content-Length` body is in.
