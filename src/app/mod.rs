@@ -71,7 +71,7 @@ impl App {
     ///
     /// # Panics
     /// If `event` is a built-in type such as `subscribe` (see
-    /// [`BuiltInType`](crate::protocol::BuiltInType)).
+    /// [`BuiltInType`]).
     pub fn on<F>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
@@ -85,7 +85,7 @@ impl App {
     ///
     /// # Panics
     /// If `method` is built in (`presence`, `stats`: see
-    /// [`BuiltInMethod`](crate::protocol::BuiltInMethod)).
+    /// [`BuiltInMethod`]).
     pub fn on_request<F>(mut self, method: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
