@@ -70,8 +70,7 @@ impl App {
     /// `id`, if any).
     ///
     /// # Panics
-    /// If `event` is a built-in type such as `subscribe` (see
-    /// [`BuiltInType`]).
+    /// If `event` is a built-in type such as `subscribe` (see [`BuiltInType`]).
     pub fn on<F>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
@@ -84,8 +83,7 @@ impl App {
     /// Answers `{"type":"request","method": method, ...}` with the handler's result.
     ///
     /// # Panics
-    /// If `method` is built in (`presence`, `stats`: see
-    /// [`BuiltInMethod`]).
+    /// If `method` is built in (`presence`, `stats`: see [`BuiltInMethod`]).
     pub fn on_request<F>(mut self, method: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
