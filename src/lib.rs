@@ -3,8 +3,9 @@
 //!
 //! The folders are layers, each using only those listed before it:
 //!
-//! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames, topic names and
-//!   patterns), `metrics` (what shards count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
+//! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames and built-in
+//!   names, topic names and patterns, its close codes and timings), `metrics` (what shards
+//!   count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
 //! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
 //!   the responses written back.
 //! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
