@@ -1,7 +1,7 @@
 //! The JSON wire protocol (see `docs/PROTOCOL.md`): decoding client frames and encoding
 //! server frames, and the protocol's fixed names, close codes and timings, which the rest
-//! of the crate takes from here. Sits between the connection (text messages) and the messaging handler;
-//! free of sockets, so every rule is unit-tested in memory.
+//! of the crate takes from here. Sits between the connection (text messages) and the
+//! messaging handler; free of sockets, so every rule is unit-tested in memory.
 //!
 //! Client `data`, `params` and `id` stay raw JSON (`RawValue`): the server never re-encodes
 //! what a client sent, it copies it once into the outbound frame.
