@@ -9,8 +9,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Longest topic name accepted, in bytes.
-pub const MAX_TOPIC_LEN: usize = 256;
+mod topic;
+
+pub use topic::{check_topic, glob_match, MAX_TOPIC_LEN};
 
 /// How long before a connection's credential expires it is sent `token_expiring`, in
 /// seconds: time for the client to fetch a new token and send `refresh`.
@@ -267,20 +268,6 @@ fn topic_field(value: Option<Box<RawValue>>) -> Result<String, FieldError> {
     Ok(topic)
 }
 
-/// A topic is 1 to 256 bytes with no control characters.
-pub fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("topic must not be empty".into());
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Err(format!("topic is {} bytes; the limit is {MAX_TOPIC_LEN}", topic.len()));
-    }
-    if topic.chars().any(char::is_control) {
-        return Err("topic must not contain control characters".into());
-    }
-    Ok(())
-}
-
 // Server frames. Each is serialized once; deliveries share the resulting bytes.
 
 #[derive(Serialize)]
@@ -387,39 +374,11 @@ pub fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Matches `name` against a pattern where `*` stands for any run of characters.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else { return pattern == name };
-    let Some(mut remaining) = name.strip_prefix(head) else { return false };
-    let parts: Vec<&str> = rest.split('*').collect();
-    let (middle, last) = parts.split_at(parts.len() - 1);
-    for part in middle {
-        match remaining.find(part) {
-            Some(at) => remaining = &remaining[at + part.len()..],
-            None => return false,
-        }
-    }
-    remaining.len() >= last[0].len() && remaining.ends_with(last[0])
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_match_like_shell_patterns() {
-        assert!(glob_match("ticker.*", "ticker.btc"));
-        assert!(glob_match("ticker.*", "ticker."));
-        assert!(!glob_match("ticker.*", "tick"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("a*b*c", "a-x-b-y-c"));
-        assert!(!glob_match("a*b*c", "a-x-c"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
-        assert!(glob_match("*.log", "app.log"));
-        assert!(!glob_match("ab*ba", "aba"), "head and tail may not overlap");
-    }
     use serde_json::{json, Value};
+
+    use super::*;
 
     fn decoded(text: &str) -> ClientOp {
         decode(text).unwrap_or_else(|r| panic!("refused {text}: {r:?}")).op
