@@ -3,8 +3,9 @@
 //!
 //! The folders are layers, each using only those listed before it:
 //!
-//! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames, topic names and
-//!   patterns), `metrics` (what shards count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
+//! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames and built-in
+//!   names, topic names and patterns, its close codes and timings), `metrics` (what shards
+//!   count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
 //! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
 //!   the responses written back.
 //! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
@@ -42,13 +43,14 @@ mod sync;
 pub use app::{App, AppContext, AppError};
 pub use auth::Grants;
 pub use auth::{
-    sign_jwt, unix_now, ApiKey, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction, TopicRule,
+    sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
+    TopicDenied, TopicRule,
 };
 pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
-pub use hub::handler::{Context, Echo, Handler, Relay};
+pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
 pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
 pub use metrics::{Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;

@@ -1,6 +1,7 @@
 //! The JSON wire protocol (see `docs/PROTOCOL.md`): decoding client frames and encoding
-//! server frames. Sits between the connection (text messages) and the messaging handler;
-//! free of sockets, so every rule is unit-tested in memory.
+//! server frames, and the protocol's fixed names, close codes and timings, which the rest
+//! of the crate takes from here. Sits between the connection (text messages) and the
+//! messaging handler; free of sockets, so every rule is unit-tested in memory.
 //!
 //! Client `data`, `params` and `id` stay raw JSON (`RawValue`): the server never re-encodes
 //! what a client sent, it copies it once into the outbound frame.
@@ -8,8 +9,86 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Longest topic name accepted, in bytes.
-pub const MAX_TOPIC_LEN: usize = 256;
+mod topic;
+
+pub use topic::{check_topic, glob_match, MAX_TOPIC_LEN};
+
+/// How long before a connection's credential expires it is sent `token_expiring`, in
+/// seconds: time for the client to fetch a new token and send `refresh`.
+pub const REFRESH_WARNING_SECS: u64 = 30;
+
+/// The close code for a connection whose credential expired without a `refresh`. From the
+/// range RFC 6455 leaves to applications, so a client can tell it from the server's other
+/// closes and reconnect with a fresh token.
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// The close reason sent with [`TOKEN_EXPIRED`].
+pub const TOKEN_EXPIRED_REASON: &str = "token expired";
+
+/// Declares a closed list of wire names: the enum, every member in `ALL`, each one's
+/// name on the wire, and the lookup by name. One list, so a name cannot be matched in
+/// one place and missing from another.
+macro_rules! wire_names {
+    ($(#[$meta:meta])* $name:ident { $($(#[$member_meta:meta])* $member:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$member_meta])* $member,)*
+        }
+
+        impl $name {
+            /// Every member, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$member,)*];
+
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$member => $text,)*
+                }
+            }
+
+            /// The member with this wire name; `None` for any other name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($text => Some($name::$member),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// The client frame `type`s the protocol defines, aliases included. [`decode`] reads any
+    /// other `type` as an application event, and an application may not register a handler
+    /// under one of these names (it would never be called).
+    BuiltInType {
+        Subscribe = "subscribe",
+        /// Alias of `subscribe`.
+        Join = "join",
+        Unsubscribe = "unsubscribe",
+        /// Alias of `unsubscribe`.
+        Leave = "leave",
+        Publish = "publish",
+        /// Alias of `publish`.
+        Message = "message",
+        Broadcast = "broadcast",
+        Send = "send",
+        Request = "request",
+        Ping = "ping",
+        Refresh = "refresh",
+    }
+}
+
+wire_names! {
+    /// The `request` methods the hub answers itself; an application may not register a
+    /// request handler under one of these names.
+    BuiltInMethod {
+        /// Who is subscribed to a topic.
+        Presence = "presence",
+        /// The server's counters.
+        Stats = "stats",
+    }
+}
 
 /// A decoded client frame.
 #[derive(Debug)]
@@ -143,18 +222,22 @@ pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
     let Envelope { kind, id, topic, data, to, method, params, token } = envelope;
     let refuse = |code, message: String, id| Refusal { code, message, id };
     let op = (|| {
-        Ok(match kind.as_str() {
-            "subscribe" | "join" => ClientOp::Subscribe { topic: topic_field(topic)? },
-            "unsubscribe" | "leave" => ClientOp::Unsubscribe { topic: topic_field(topic)? },
-            "publish" | "message" => ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? },
-            "broadcast" => ClientOp::Broadcast { data: required(data, "data")? },
-            "send" => ClientOp::Send { to: string_field(to, "to")?, data: required(data, "data")? },
-            "request" => {
+        let Some(built_in) = BuiltInType::from_name(&kind) else {
+            return Ok(ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) });
+        };
+        Ok(match built_in {
+            BuiltInType::Subscribe | BuiltInType::Join => ClientOp::Subscribe { topic: topic_field(topic)? },
+            BuiltInType::Unsubscribe | BuiltInType::Leave => ClientOp::Unsubscribe { topic: topic_field(topic)? },
+            BuiltInType::Publish | BuiltInType::Message => {
+                ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? }
+            }
+            BuiltInType::Broadcast => ClientOp::Broadcast { data: required(data, "data")? },
+            BuiltInType::Send => ClientOp::Send { to: string_field(to, "to")?, data: required(data, "data")? },
+            BuiltInType::Request => {
                 ClientOp::Request { method: string_field(method, "method")?, params: params.unwrap_or_else(null) }
             }
-            "ping" => ClientOp::Ping,
-            "refresh" => ClientOp::Refresh { token: string_field(token, "token")? },
-            _ => ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) },
+            BuiltInType::Ping => ClientOp::Ping,
+            BuiltInType::Refresh => ClientOp::Refresh { token: string_field(token, "token")? },
         })
     })()
     .map_err(|(code, message)| refuse(code, message, id.clone()))?;
@@ -183,20 +266,6 @@ fn topic_field(value: Option<Box<RawValue>>) -> Result<String, FieldError> {
     let topic = string_field(value, "topic")?;
     check_topic(&topic).map_err(|why| (ErrorCode::BadTopic, why))?;
     Ok(topic)
-}
-
-/// A topic is 1 to 256 bytes with no control characters.
-pub fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("topic must not be empty".into());
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Err(format!("topic is {} bytes; the limit is {MAX_TOPIC_LEN}", topic.len()));
-    }
-    if topic.chars().any(char::is_control) {
-        return Err("topic must not contain control characters".into());
-    }
-    Ok(())
 }
 
 // Server frames. Each is serialized once; deliveries share the resulting bytes.
@@ -305,39 +374,11 @@ pub fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Matches `name` against a pattern where `*` stands for any run of characters.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else { return pattern == name };
-    let Some(mut remaining) = name.strip_prefix(head) else { return false };
-    let parts: Vec<&str> = rest.split('*').collect();
-    let (middle, last) = parts.split_at(parts.len() - 1);
-    for part in middle {
-        match remaining.find(part) {
-            Some(at) => remaining = &remaining[at + part.len()..],
-            None => return false,
-        }
-    }
-    remaining.len() >= last[0].len() && remaining.ends_with(last[0])
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_match_like_shell_patterns() {
-        assert!(glob_match("ticker.*", "ticker.btc"));
-        assert!(glob_match("ticker.*", "ticker."));
-        assert!(!glob_match("ticker.*", "tick"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("a*b*c", "a-x-b-y-c"));
-        assert!(!glob_match("a*b*c", "a-x-c"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
-        assert!(glob_match("*.log", "app.log"));
-        assert!(!glob_match("ab*ba", "aba"), "head and tail may not overlap");
-    }
     use serde_json::{json, Value};
+
+    use super::*;
 
     fn decoded(text: &str) -> ClientOp {
         decode(text).unwrap_or_else(|r| panic!("refused {text}: {r:?}")).op
@@ -369,6 +410,26 @@ mod tests {
         assert!(
             matches!(decoded(r#"{"type":"typing","data":true}"#), ClientOp::Event { name, .. } if name == "typing")
         );
+    }
+
+    #[test]
+    fn every_built_in_name_decodes_as_built_in() {
+        for built_in in BuiltInType::ALL {
+            let name = built_in.as_str();
+            let frame = json!({"type": name, "id": 1, "topic": "t", "data": 1, "to": "u", "method": "m", "token": "x"});
+            let op = decoded(&frame.to_string());
+            assert!(!matches!(op, ClientOp::Event { .. }), "{name} decoded as an application event");
+            assert_eq!(BuiltInType::from_name(name), Some(*built_in));
+        }
+        assert_eq!(BuiltInType::from_name("typing"), None);
+    }
+
+    #[test]
+    fn every_built_in_method_has_its_name() {
+        for method in BuiltInMethod::ALL {
+            assert_eq!(BuiltInMethod::from_name(method.as_str()), Some(*method));
+        }
+        assert_eq!(BuiltInMethod::from_name("add"), None);
     }
 
     #[test]

@@ -16,10 +16,7 @@ use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
 use crate::hub::handler::{Context, Handler};
 use crate::hub::routes::SubscribeError;
-use crate::protocol::{self, ClientOp, ErrorCode};
-
-/// Request methods the hub answers itself.
-pub const BUILT_IN_METHODS: [&str; 2] = ["presence", "stats"];
+use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode};
 
 /// One per shard; shares the application's registered handlers.
 pub struct Messaging {
@@ -31,6 +28,20 @@ pub struct Messaging {
 impl Messaging {
     pub(crate) fn new(app: Arc<AppCore>, rate: u32, burst: u32) -> Self {
         Messaging { app, limiter: RateLimiter::new(rate, burst) }
+    }
+
+    /// Counts the message against the connection's rate; `false` if it is refused (with an
+    /// error frame) or the connection is being closed for persisting.
+    fn within_rate(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.limiter.check(cx.conn().slot(), Instant::now()) {
+            RateVerdict::Allow => return true,
+            RateVerdict::Refuse => {
+                let why = "too many messages; slow down or be disconnected";
+                Answer::Error(ErrorCode::RateLimited, why.into()).send(cx, None);
+            }
+            RateVerdict::Close => cx.close(CloseCode::Policy, "rate limit exceeded"),
+        }
+        false
     }
 }
 
@@ -55,96 +66,85 @@ impl Handler for Messaging {
 
     fn on_message(&mut self, cx: &mut Context<'_>, message: Message) {
         // Before decoding: a flood costs the shard as little as possible.
-        match self.limiter.check(cx.conn().slot(), Instant::now()) {
-            RateVerdict::Allow => {}
-            RateVerdict::Refuse => {
-                let why = "too many messages; slow down or be disconnected";
-                return reply_error(cx, ErrorCode::RateLimited, why, None);
-            }
-            RateVerdict::Close => return cx.close(CloseCode::Policy, "rate limit exceeded"),
+        if !self.within_rate(cx) {
+            return;
         }
         let Message::Text(text) = message else {
             let why = "binary frames carry no meaning in this protocol; send JSON text";
-            cx.reply(Message::text(protocol::error(ErrorCode::BinaryNotSupported.as_str(), why, None)));
-            return;
+            return Answer::Error(ErrorCode::BinaryNotSupported, why.into()).send(cx, None);
         };
-        let frame = match protocol::decode(&text) {
+        let ClientFrame { id, op } = match protocol::decode(&text) {
             Ok(frame) => frame,
-            Err(refusal) => {
-                let error = protocol::error(refusal.code.as_str(), &refusal.message, refusal.id.as_deref());
-                cx.reply(Message::text(error));
-                return;
-            }
+            Err(refusal) => return Answer::Error(refusal.code, refusal.message).send(cx, refusal.id.as_deref()),
         };
-        let id = frame.id;
-        let answer = match frame.op {
-            ClientOp::Subscribe { topic } => match cx.check_topic(&topic, TopicAction::Subscribe) {
-                Err(why) => Answer::Error(ErrorCode::Forbidden, why),
-                Ok(()) => match cx.subscribe(&topic) {
-                    Ok(_) => Answer::Ack,
-                    Err(SubscribeError::TooMany) => Answer::Error(
-                        ErrorCode::TooManySubscriptions,
-                        format!("at most {} subscriptions per connection", cx.max_subscriptions()),
-                    ),
-                },
-            },
+        let answer = match op {
+            ClientOp::Subscribe { topic } => subscribe(cx, &topic),
             ClientOp::Unsubscribe { topic } => {
                 cx.unsubscribe(&topic);
                 Answer::Ack
             }
-            ClientOp::Publish { topic, data } => {
-                if let Err(why) = cx.check_topic(&topic, TopicAction::Publish) {
-                    return reply_error(cx, ErrorCode::Forbidden, &why, id.as_deref());
-                }
-                cx.publish(&topic, &cx.identity(), &data);
-                Answer::Ack
-            }
-            ClientOp::Broadcast { data } => {
-                if !cx.may_broadcast() {
-                    let why = "you may not broadcast on this server";
-                    return reply_error(cx, ErrorCode::Forbidden, why, id.as_deref());
-                }
-                let frame = protocol::message(None, &cx.identity(), &data, protocol::now_millis());
-                cx.broadcast(Message::text(frame));
-                Answer::Ack
-            }
-            ClientOp::Send { to, data } => {
-                let frame = protocol::message(None, &cx.identity(), &data, protocol::now_millis());
-                cx.send_to_user(&to, Message::text(frame));
-                Answer::Ack
-            }
+            ClientOp::Publish { topic, data } => publish(cx, &topic, &data),
+            ClientOp::Broadcast { data } => broadcast(cx, &data),
+            ClientOp::Send { to, data } => send(cx, &to, &data),
             ClientOp::Ping => Answer::Pong,
-            ClientOp::Refresh { token } => match cx.refresh(&token) {
-                Ok(()) => Answer::Ack,
-                Err(why) => Answer::Error(ErrorCode::Unauthorized, why),
-            },
+            ClientOp::Refresh { token } => refresh(cx, &token),
             ClientOp::Request { method, params } => {
                 let id = id.expect("decode requires an id on requests");
-                self.request(cx, method, params, id);
-                return;
+                return self.request(cx, method, params, id);
             }
             ClientOp::Event { name, data } => {
                 if self.app.has_event(&name) {
-                    self.app.submit(Job::new(JobKind::Event(name), cx, id, data));
-                    return;
+                    // The worker answers, in order with the connection's other jobs.
+                    return self.app.submit(Job::new(JobKind::Event(name), cx, id, data));
                 }
                 Answer::Error(ErrorCode::UnknownType, format!("unknown type \"{name}\""))
             }
         };
-        let reply = match answer {
-            Answer::Ack => match &id {
-                Some(id) => protocol::ack(id),
-                None => return,
-            },
-            Answer::Pong => protocol::pong(id.as_deref()),
-            Answer::Error(code, message) => protocol::error(code.as_str(), &message, id.as_deref()),
-        };
-        cx.reply(Message::text(reply));
+        answer.send(cx, id.as_deref());
     }
 }
 
-fn reply_error(cx: &mut Context<'_>, code: ErrorCode, why: &str, id: Option<&RawValue>) {
-    cx.reply(Message::text(protocol::error(code.as_str(), why, id)));
+fn subscribe(cx: &mut Context<'_>, topic: &str) -> Answer {
+    if let Err(denied) = cx.check_topic(topic, TopicAction::Subscribe) {
+        return Answer::Error(ErrorCode::Forbidden, denied.to_string());
+    }
+    match cx.subscribe(topic) {
+        Ok(_) => Answer::Ack,
+        Err(SubscribeError::TooMany) => Answer::Error(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {} subscriptions per connection", cx.max_subscriptions()),
+        ),
+    }
+}
+
+fn publish(cx: &mut Context<'_>, topic: &str, data: &RawValue) -> Answer {
+    if let Err(denied) = cx.check_topic(topic, TopicAction::Publish) {
+        return Answer::Error(ErrorCode::Forbidden, denied.to_string());
+    }
+    cx.publish(topic, &cx.identity(), data);
+    Answer::Ack
+}
+
+fn broadcast(cx: &mut Context<'_>, data: &RawValue) -> Answer {
+    if !cx.may_broadcast() {
+        return Answer::Error(ErrorCode::Forbidden, "you may not broadcast on this server".into());
+    }
+    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
+    cx.broadcast(Message::text(frame));
+    Answer::Ack
+}
+
+fn send(cx: &mut Context<'_>, to: &str, data: &RawValue) -> Answer {
+    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
+    cx.send_to_user(to, Message::text(frame));
+    Answer::Ack
+}
+
+fn refresh(cx: &mut Context<'_>, token: &str) -> Answer {
+    match cx.refresh(token) {
+        Ok(()) => Answer::Ack,
+        Err(refused) => Answer::Error(ErrorCode::Unauthorized, refused.to_string()),
+    }
 }
 
 /// How a built-in frame is answered.
@@ -155,10 +155,24 @@ enum Answer {
     Error(ErrorCode, String),
 }
 
+impl Answer {
+    fn send(self, cx: &mut Context<'_>, id: Option<&RawValue>) {
+        let reply = match self {
+            Answer::Ack => match id {
+                Some(id) => protocol::ack(id),
+                None => return,
+            },
+            Answer::Pong => protocol::pong(id),
+            Answer::Error(code, message) => protocol::error(code.as_str(), &message, id),
+        };
+        cx.reply(Message::text(reply));
+    }
+}
+
 impl Messaging {
     fn request(&self, cx: &mut Context<'_>, method: String, params: Box<RawValue>, id: Box<RawValue>) {
-        let response = match method.as_str() {
-            "presence" => match serde_json::from_str::<PresenceParams>(params.get()) {
+        let response = match BuiltInMethod::from_name(&method) {
+            Some(BuiltInMethod::Presence) => match serde_json::from_str::<PresenceParams>(params.get()) {
                 Ok(PresenceParams { topic }) => match protocol::check_topic(&topic) {
                     Ok(()) => {
                         let presence = cx.hub().presence(&topic);
@@ -168,15 +182,15 @@ impl Messaging {
                 },
                 Err(e) => protocol::response_err(&id, ErrorCode::BadField.as_str(), &format!("presence: {e}")),
             },
-            "stats" => {
+            Some(BuiltInMethod::Stats) => {
                 let stats = cx.hub().stats();
                 protocol::response_ok(&id, &serde_json::to_value(stats).expect("stats serialize"))
             }
-            _ if self.app.has_request(&method) => {
+            None if self.app.has_request(&method) => {
                 self.app.submit(Job::new(JobKind::Request(method), cx, Some(id), params));
                 return;
             }
-            _ => protocol::response_err(
+            None => protocol::response_err(
                 &id,
                 ErrorCode::UnknownMethod.as_str(),
                 &format!("no request method \"{method}\""),

@@ -18,31 +18,16 @@ use tungstenite::Message;
 
 mod messaging;
 
-use crate::app::messaging::{Messaging, BUILT_IN_METHODS};
+use crate::app::messaging::Messaging;
 use crate::config::Config;
 use crate::engine::{self, Server};
 use crate::error::Error;
 use crate::hub::handler::Context;
 use crate::hub::{ConnId, Filter, Hub, InboxFull, Session};
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::{self, BuiltInMethod, BuiltInType, ErrorCode};
 
 type EventHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync>;
 type RequestHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync>;
-
-/// Client frame types the protocol defines; an application cannot take these names.
-const BUILT_IN_TYPES: [&str; 11] = [
-    "subscribe",
-    "join",
-    "unsubscribe",
-    "leave",
-    "publish",
-    "message",
-    "broadcast",
-    "send",
-    "request",
-    "ping",
-    "refresh",
-];
 
 /// An application's handlers, to run with the hub protocol.
 ///
@@ -85,12 +70,12 @@ impl App {
     /// `id`, if any).
     ///
     /// # Panics
-    /// If `event` is a built-in type such as `subscribe`.
+    /// If `event` is a built-in type such as `subscribe` (see [`BuiltInType`]).
     pub fn on<F>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync + 'static,
     {
-        assert!(!BUILT_IN_TYPES.contains(&event), "\"{event}\" is a built-in frame type");
+        assert!(BuiltInType::from_name(event).is_none(), "\"{event}\" is a built-in frame type");
         self.events.insert(event.to_string(), Arc::new(handler));
         self
     }
@@ -98,12 +83,12 @@ impl App {
     /// Answers `{"type":"request","method": method, ...}` with the handler's result.
     ///
     /// # Panics
-    /// If `method` is built in (`presence`, `stats`).
+    /// If `method` is built in (`presence`, `stats`: see [`BuiltInMethod`]).
     pub fn on_request<F>(mut self, method: &str, handler: F) -> Self
     where
         F: Fn(&mut AppContext<'_>, Value) -> Result<Value, AppError> + Send + Sync + 'static,
     {
-        assert!(!BUILT_IN_METHODS.contains(&method), "\"{method}\" is a built-in request method");
+        assert!(BuiltInMethod::from_name(method).is_none(), "\"{method}\" is a built-in request method");
         self.requests.insert(method.to_string(), Arc::new(handler));
         self
     }

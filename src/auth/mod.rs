@@ -14,7 +14,7 @@ mod tickets;
 pub use gate::unix_now;
 pub(crate) use gate::{Admitted, Gate};
 pub use jwt::{sign as sign_jwt, JwtVerifier};
-pub use policy::{Policy, TopicAction, TopicRule};
+pub use policy::{Policy, TopicAction, TopicDenied, TopicRule};
 pub use settings::{ApiKey, AuthSettings, Secret, StaticToken};
 pub(crate) use tickets::IssueError;
 

@@ -11,6 +11,7 @@
 //! - Broadcast: with `--broadcasters`, those users (and admins) only; otherwise anyone in
 //!   open mode, and only admins when credentials are on.
 
+use std::fmt;
 use std::str::FromStr;
 
 use super::Grants;
@@ -24,6 +25,44 @@ pub enum TopicAction {
     Subscribe,
     Publish,
 }
+
+impl TopicAction {
+    /// The verb in a refusal: "you may not {verb} the topic".
+    fn verb(self) -> &'static str {
+        match self {
+            TopicAction::Subscribe => "subscribe to",
+            TopicAction::Publish => "publish to",
+        }
+    }
+}
+
+/// Why a connection may not use a topic. Whichever it is, the client is answered
+/// `forbidden` with this text; the variant says which setting would have to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicDenied {
+    /// A `user:<owner>` topic of another user: only that user (or an admin) may use it.
+    OtherUsersTopic { topic: String, owner: String },
+    /// A `--topic-rule` for this action and topic names other users.
+    ServerRule { action: TopicAction, topic: String },
+    /// The credential's `subs` / `pubs` list does not match the topic.
+    Credential { action: TopicAction, topic: String },
+}
+
+impl fmt::Display for TopicDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicDenied::OtherUsersTopic { topic, owner } => write!(f, "topic {topic:?} belongs to user {owner:?}"),
+            TopicDenied::ServerRule { action, topic } => {
+                write!(f, "the server's rules do not allow you to {} {topic:?}", action.verb())
+            }
+            TopicDenied::Credential { action, topic } => {
+                write!(f, "your credential does not allow you to {} {topic:?}", action.verb())
+            }
+        }
+    }
+}
+
+impl std::error::Error for TopicDenied {}
 
 /// `ACTION:PATTERN=USER,USER`: only these users may `ACTION` (subscribe or publish) on
 /// topics matching the glob `PATTERN`.
@@ -70,7 +109,7 @@ impl Policy {
         identity: &str,
         topic: &str,
         action: TopicAction,
-    ) -> Result<(), String> {
+    ) -> Result<(), TopicDenied> {
         let admin = grants.is_some_and(|g| g.admin);
         if admin {
             return Ok(());
@@ -78,16 +117,12 @@ impl Policy {
         if let Some(owner) = topic.strip_prefix(USER_TOPIC_PREFIX) {
             return match owner == identity {
                 true => Ok(()),
-                false => Err(format!("topic {topic:?} belongs to user {owner:?}")),
+                false => Err(TopicDenied::OtherUsersTopic { topic: topic.into(), owner: owner.into() }),
             };
         }
-        let verb = match action {
-            TopicAction::Subscribe => "subscribe to",
-            TopicAction::Publish => "publish to",
-        };
         let rule = self.rules.iter().find(|rule| rule.action == action && glob_match(&rule.pattern, topic));
         if rule.is_some_and(|rule| !rule.users.iter().any(|user| user == identity)) {
-            return Err(format!("the server's rules do not allow you to {verb} {topic:?}"));
+            return Err(TopicDenied::ServerRule { action, topic: topic.into() });
         }
         let patterns = grants.and_then(|grants| match action {
             TopicAction::Subscribe => grants.subscribe.as_ref(),
@@ -95,7 +130,7 @@ impl Policy {
         });
         match patterns {
             Some(patterns) if !patterns.iter().any(|pattern| glob_match(pattern, topic)) => {
-                Err(format!("your credential does not allow you to {verb} {topic:?}"))
+                Err(TopicDenied::Credential { action, topic: topic.into() })
             }
             _ => Ok(()),
         }
@@ -160,6 +195,22 @@ mod tests {
         for bad in ["news.*=ops", "read:news=ops", "publish:news=", "publish:=ops"] {
             assert!(bad.parse::<TopicRule>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn refusals_say_why_in_the_words_clients_see() {
+        let rule: TopicRule = "publish:news.*=ops".parse().unwrap();
+        let policy = Policy { rules: vec![rule], broadcasters: None };
+        let refusal = |grants, topic, action| policy.check_topic(grants, "ann", topic, action).unwrap_err();
+        assert_eq!(refusal(None, "user:bob", Subscribe).to_string(), r#"topic "user:bob" belongs to user "bob""#);
+        assert_eq!(
+            refusal(None, "news.x", Publish).to_string(),
+            r#"the server's rules do not allow you to publish to "news.x""#
+        );
+        assert_eq!(
+            refusal(Some(&limited()), "admin.log", Subscribe).to_string(),
+            r#"your credential does not allow you to subscribe to "admin.log""#
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 
+use super::credential::{presented_credential, Credential, BEARER_PROTOCOL_PREFIX};
 use super::response::{reason_phrase, HttpResponse};
 
 /// Largest request head accepted; the connection buffers no more than this.
@@ -16,8 +17,6 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 /// The subprotocol wshub confirms when a client offers it.
 pub const SUBPROTOCOL: &str = "wshub";
-/// A subprotocol starting with this carries a token: `bearer.<token>`.
-pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// Longest `?user=` name accepted in open (no auth) mode.
 pub const MAX_USER_LEN: usize = 64;
 
@@ -56,25 +55,6 @@ pub struct Upgrade {
     pub subprotocol: Option<String>,
     /// How many bytes the request head used; anything after is WebSocket data.
     pub head_len: usize,
-}
-
-/// A credential on an upgrade request. Browsers cannot set headers on a WebSocket, so a
-/// token may also come as `?token=` or as a `bearer.<token>` subprotocol.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// A static token or a JWT (`Authorization: Bearer`, `?token=`, subprotocol).
-    Token(String),
-    /// A one-time ticket (`?ticket=`).
-    Ticket(String),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credential::Token(_) => "Token(<redacted>)",
-            Credential::Ticket(_) => "Ticket(<redacted>)",
-        })
-    }
 }
 
 impl Upgrade {
@@ -124,73 +104,79 @@ impl PlainRequest {
 pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let refuse = |response| Verdict::Refuse { response, upgrade: false };
-    let head_len = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => return refuse(too_large()),
-        Ok(httparse::Status::Partial) => return Verdict::Incomplete,
-        Err(httparse::Error::TooManyHeaders) => return refuse(too_large()),
-        Err(e) => return refuse(bad_request(format!("malformed request: {e}"))),
+    let head_len = match parse_head(&mut request, bytes) {
+        Head::Complete(len) => len,
+        Head::Partial => return Verdict::Incomplete,
+        Head::Refused(response) => return Verdict::Refuse { response, upgrade: false },
     };
-    if head_len > MAX_REQUEST_BYTES {
-        return refuse(too_large());
+    if has_token(request.headers, "Upgrade", "websocket") {
+        validate_upgrade(&request, head_len)
+    } else {
+        read_plain(&request, bytes, head_len, max_body)
     }
-    let method = request.method.unwrap_or_default();
-    let target = request.path.unwrap_or_default();
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-    };
-    let has_token = |name: &str, token: &str| {
-        request
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
+}
 
-    if !has_token("Upgrade", "websocket") {
-        if header("Transfer-Encoding").is_some() {
-            return refuse(HttpResponse::text(411, "Length Required", "send the body with a Content-Length"));
-        }
-        let body_len = match content_length(request.headers) {
-            Ok(len) => len,
-            Err(why) => return refuse(bad_request(why)),
-        };
-        if body_len > max_body {
-            return refuse(HttpResponse::text(
-                413,
-                reason_phrase(413),
-                format!("request body of {body_len} bytes is over the limit of {max_body}"),
-            ));
-        }
-        if bytes.len() < head_len + body_len {
-            return Verdict::BodyPending { expect_continue: has_token("Expect", "100-continue") };
-        }
-        let keep_alive = match request.version {
-            Some(1) => !has_token("Connection", "close"),
-            _ => has_token("Connection", "keep-alive"),
-        };
-        let headers = request
-            .headers
-            .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect();
-        let request = PlainRequest {
-            method: method.to_string(),
-            target: target.to_string(),
-            headers,
-            body: bytes[head_len..head_len + body_len].to_vec(),
-            keep_alive,
-        };
-        return Verdict::Plain { request, len: head_len + body_len };
+/// How far the request head has arrived.
+enum Head {
+    /// All of it, this many bytes.
+    Complete(usize),
+    Partial,
+    /// Malformed or too large.
+    Refused(HttpResponse),
+}
+
+fn parse_head<'h, 'b>(request: &mut httparse::Request<'h, 'b>, bytes: &'b [u8]) -> Head {
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_BYTES => Head::Refused(too_large()),
+        Ok(httparse::Status::Complete(len)) => Head::Complete(len),
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_REQUEST_BYTES => Head::Refused(too_large()),
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => Head::Refused(too_large()),
+        Err(e) => Head::Refused(bad_request(format!("malformed request: {e}"))),
     }
+}
+
+/// A request that is not an upgrade: complete once its `Content-Length` body is in.
+fn read_plain(request: &httparse::Request<'_, '_>, bytes: &[u8], head_len: usize, max_body: usize) -> Verdict {
+    let refuse = |response| Verdict::Refuse { response, upgrade: false };
+    let headers = &*request.headers;
+    if header_value(headers, "Transfer-Encoding").is_some() {
+        return refuse(HttpResponse::text(411, "Length Required", "send the body with a Content-Length"));
+    }
+    let body_len = match content_length(headers) {
+        Ok(len) => len,
+        Err(why) => return refuse(bad_request(why)),
+    };
+    if body_len > max_body {
+        return refuse(HttpResponse::text(
+            413,
+            reason_phrase(413),
+            format!("request body of {body_len} bytes is over the limit of {max_body}"),
+        ));
+    }
+    if bytes.len() < head_len + body_len {
+        return Verdict::BodyPending { expect_continue: has_token(headers, "Expect", "100-continue") };
+    }
+    let keep_alive = match request.version {
+        Some(1) => !has_token(headers, "Connection", "close"),
+        _ => has_token(headers, "Connection", "keep-alive"),
+    };
+    let request = PlainRequest {
+        method: request.method.unwrap_or_default().to_string(),
+        target: request.path.unwrap_or_default().to_string(),
+        headers: headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect(),
+        body: bytes[head_len..head_len + body_len].to_vec(),
+        keep_alive,
+    };
+    Verdict::Plain { request, len: head_len + body_len }
+}
+
+/// An upgrade request: the WebSocket handshake rules (RFC 6455 section 4.2.1), then what
+/// it says about the client (user, credential, origin, subprotocol).
+fn validate_upgrade(request: &httparse::Request<'_, '_>, head_len: usize) -> Verdict {
     let refuse = |response| Verdict::Refuse { response, upgrade: true };
-    if method != "GET" {
+    let headers = &*request.headers;
+    if request.method != Some("GET") {
         return refuse(
             HttpResponse::text(405, "Method Not Allowed", "a WebSocket upgrade must use GET")
                 .with_header("Allow", "GET"),
@@ -199,45 +185,29 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
     if request.version != Some(1) {
         return refuse(bad_request("a WebSocket upgrade needs HTTP/1.1"));
     }
-    if !has_token("Connection", "upgrade") {
+    if !has_token(headers, "Connection", "upgrade") {
         return refuse(bad_request("missing 'Connection: Upgrade'"));
     }
-    if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {
+    if header_value(headers, "Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {
         return refuse(
             HttpResponse::text(426, "Upgrade Required", "only WebSocket version 13 is supported")
                 .with_header("Sec-WebSocket-Version", "13"),
         );
     }
-    let Some(key) = header("Sec-WebSocket-Key").filter(|k| is_valid_key(k.trim())) else {
+    let Some(key) = header_value(headers, "Sec-WebSocket-Key").filter(|k| is_valid_key(k.trim())) else {
         return refuse(bad_request("missing or invalid Sec-WebSocket-Key"));
     };
+    let target = request.path.unwrap_or_default();
     let user = match query_param(target, "user") {
-        None => None,
-        Some(user) if is_valid_user(&user) => Some(user),
-        Some(_) => {
+        Some(user) if !is_valid_user(&user) => {
             return refuse(bad_request(format!(
                 "user must be 1-{MAX_USER_LEN} characters of A-Z a-z 0-9 _ . @ -, not all digits"
             )))
         }
+        user => user,
     };
-    let offered: Vec<String> = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
-        .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
-        .filter(|p| !p.is_empty())
-        .collect();
-    let subprotocol = match offered.iter().find(|p| *p == SUBPROTOCOL) {
-        Some(ours) => Some(ours.clone()),
-        None => offered.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX)).cloned(),
-    };
-    let authorization: Vec<String> = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("Authorization"))
-        .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        .collect();
-    let credential = match credential(&authorization, target, &offered) {
+    let offered = offered_subprotocols(headers);
+    let credential = match presented_credential(headers, target, &offered) {
         Ok(credential) => credential,
         Err(why) => return refuse(bad_request(why)),
     };
@@ -245,48 +215,45 @@ pub fn examine(bytes: &[u8], max_body: usize) -> Verdict {
         accept: tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
         user,
         credential,
-        origin: header("Origin"),
-        host: header("Host"),
-        subprotocol,
+        origin: header_value(headers, "Origin"),
+        host: header_value(headers, "Host"),
+        subprotocol: chosen_subprotocol(&offered),
         head_len,
     })
 }
 
-/// The one credential an upgrade presents, from its `Authorization` headers, its target's
-/// query and its offered subprotocols; `None` without any. More than one (two places, or
-/// one place twice) is ambiguous, whether or not they agree, and refused with the reason
-/// (naming where they came from, never their values): a client uses one method
-/// (RFC 6750 section 2). An `Authorization` header of another scheme is not a credential
-/// here, but two `Authorization` headers are refused whatever their schemes.
-fn credential(authorization: &[String], target: &str, offered: &[String]) -> Result<Option<Credential>, String> {
-    if authorization.len() > 1 {
-        return Err("more than one Authorization header: present one credential".into());
-    }
-    let mut found: Vec<(&str, Credential)> = Vec::new();
-    if let Some(token) = authorization.first().and_then(|value| bearer_token(value)) {
-        found.push(("an Authorization header", Credential::Token(token.to_string())));
-    }
-    found.extend(query_params(target, "token").map(|token| ("?token=", Credential::Token(token))));
-    found.extend(query_params(target, "ticket").map(|ticket| ("?ticket=", Credential::Ticket(ticket))));
-    found.extend(
-        offered
-            .iter()
-            .filter_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
-            .map(|token| ("a bearer. subprotocol", Credential::Token(token.to_string()))),
-    );
-    match found.len() {
-        0 | 1 => Ok(found.pop().map(|(_, credential)| credential)),
-        _ => {
-            let places: Vec<&str> = found.iter().map(|(place, _)| *place).collect();
-            Err(format!("more than one credential ({}): present one", places.join(", ")))
-        }
-    }
+/// The first header called `name` (case-insensitive), as text.
+fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).into_owned())
 }
 
-/// The token of an `Authorization: Bearer <token>` value; `None` for another scheme.
-pub(crate) fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim())
+/// Whether any `name` header lists `token` among its comma-separated values
+/// (case-insensitive, as `Connection: keep-alive, Upgrade`).
+fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Every subprotocol the client offered, across its `Sec-WebSocket-Protocol` headers.
+fn offered_subprotocols(headers: &[httparse::Header<'_>]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// `wshub` if offered, else a `bearer.` one: browsers fail a connection whose offered
+/// subprotocols are all ignored.
+fn chosen_subprotocol(offered: &[String]) -> Option<String> {
+    match offered.iter().find(|p| *p == SUBPROTOCOL) {
+        Some(ours) => Some(ours.clone()),
+        None => offered.iter().find(|p| p.starts_with(BEARER_PROTOCOL_PREFIX)).cloned(),
+    }
 }
 
 /// The body length a request announces: 0 without `Content-Length`; several differing
@@ -336,7 +303,7 @@ pub fn query_param(target: &str, name: &str) -> Option<String> {
 }
 
 /// Every percent-decoded value of `name` in the target's query string, in order.
-fn query_params<'a>(target: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+pub(super) fn query_params<'a>(target: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
     let query = target.split_once('?').map_or("", |(_, query)| query);
     query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -368,23 +335,24 @@ fn percent_decode(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-    fn upgrade_request(extra: &str) -> String {
+    /// A valid upgrade for user `ann` at `/ws?user=ann`, with `extra` header lines.
+    pub(in crate::http) fn upgrade_request(extra: &str) -> String {
         format!(
             "GET /ws?user=ann HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
     }
 
-    fn examine(bytes: &[u8]) -> Verdict {
+    pub(in crate::http) fn examine(bytes: &[u8]) -> Verdict {
         super::examine(bytes, 1024)
     }
 
-    fn status(verdict: Verdict) -> u16 {
+    pub(in crate::http) fn status(verdict: Verdict) -> u16 {
         match verdict {
             Verdict::Refuse { response, .. } => response.status,
             other => panic!("expected a refusal, got {other:?}"),
@@ -401,75 +369,6 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 101 "));
         assert_eq!(upgrade.user.as_deref(), Some("ann"));
         assert_eq!(upgrade.head_len, request.len());
-    }
-
-    #[test]
-    fn finds_the_credential_wherever_a_client_can_put_it() {
-        let credential = |extra: &str, target: &str| {
-            let request = upgrade_request(extra).replace("/ws?user=ann", target);
-            let Verdict::Upgrade(upgrade) = examine(request.as_bytes()) else { panic!("not an upgrade") };
-            (upgrade.credential, upgrade.subprotocol)
-        };
-        let token = |t: &str| Some(Credential::Token(t.into()));
-        assert_eq!(credential("Authorization: Bearer abc\r\n", "/"), (token("abc"), None));
-        assert_eq!(credential("", "/ws?token=a%2Eb"), (token("a.b"), None));
-        assert_eq!(credential("", "/ws?ticket=t1").0, Some(Credential::Ticket("t1".into())));
-        let protocols = "Sec-WebSocket-Protocol: wshub, bearer.xyz\r\n";
-        assert_eq!(credential(protocols, "/"), (token("xyz"), Some("wshub".into())));
-        let only_bearer = "Sec-WebSocket-Protocol: bearer.xyz\r\n";
-        assert_eq!(credential(only_bearer, "/"), (token("xyz"), Some("bearer.xyz".into())));
-        assert_eq!(credential("", "/"), (None, None));
-        assert!(!format!("{:?}", token("secret")).contains("secret"));
-    }
-
-    /// Each place a credential can be put: (name, extra header lines, query parameter).
-    const PLACES: [(&str, &str, &str); 4] = [
-        ("header", "Authorization: Bearer h1\r\n", ""),
-        ("token", "", "token=q1"),
-        ("ticket", "", "ticket=t1"),
-        ("subprotocol", "Sec-WebSocket-Protocol: wshub, bearer.p1\r\n", ""),
-    ];
-
-    #[test]
-    fn two_credentials_are_refused_in_every_combination() {
-        for (first, second) in PLACES.iter().flat_map(|a| PLACES.iter().map(move |b| (a, b))) {
-            // The same place twice gets another value, so no two are identical.
-            let (header, query) = (second.1.replace('1', "2"), second.2.replace('1', "2"));
-            let extra = format!("{}{header}", first.1);
-            let query: Vec<&str> = [first.2, &query].into_iter().filter(|q| !q.is_empty()).collect();
-            let request = upgrade_request(&extra).replace("/ws?user=ann", &format!("/ws?{}", query.join("&")));
-            let case = format!("{} then {}", first.0, second.0);
-            match examine(request.as_bytes()) {
-                Verdict::Refuse { response, upgrade } => {
-                    let body = String::from_utf8(response.body).unwrap();
-                    assert_eq!((response.status, upgrade), (400, true), "{case}: {body}");
-                    assert!(body.starts_with("more than one "), "{case}: {body}");
-                    assert_eq!(body.lines().count(), 1, "{case}: one line: {body}");
-                    for value in ["h1", "h2", "q1", "q2", "t1", "t2", "p1", "p2"] {
-                        assert!(!body.contains(value), "{case}: the credential is not echoed: {body}");
-                    }
-                }
-                other => panic!("{case}: expected a 400, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn one_credential_beside_other_things_is_not_ambiguous() {
-        let credential = |extra: &str, target: &str| {
-            let request = upgrade_request(extra).replace("/ws?user=ann", target);
-            match examine(request.as_bytes()) {
-                Verdict::Upgrade(upgrade) => upgrade.credential,
-                other => panic!("{extra:?} {target}: {other:?}"),
-            }
-        };
-        let token = |t: &str| Some(Credential::Token(t.into()));
-        // Another scheme (a proxy's Basic auth) is not a credential of ours.
-        assert_eq!(credential("Authorization: Basic YTpi\r\n", "/?token=q"), token("q"));
-        assert_eq!(credential("Sec-WebSocket-Protocol: wshub\r\n", "/?user=ann&token=q"), token("q"));
-        // Two Authorization headers are ambiguous whatever their schemes.
-        let twice = upgrade_request("Authorization: Basic YTpi\r\nAuthorization: Basic Yzpk\r\n");
-        assert_eq!(status(examine(twice.as_bytes())), 400);
     }
 
     #[test]

@@ -7,15 +7,14 @@
 //! so handlers stay testable in memory and cannot re-enter the event loop.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-use crate::auth::Gate;
-use crate::auth::Grants;
-use crate::auth::TopicAction;
+use crate::auth::{AuthError, Gate, Grants, TopicAction, TopicDenied};
 use crate::http::{HttpResponse, PlainRequest};
 use crate::hub::routes::{Routes, SubscribeError};
 use crate::hub::{ConnId, Filter, Hub, Target};
@@ -116,7 +115,7 @@ impl<'a> Context<'a> {
 
     /// `Ok` if this connection may `action` on `topic` (its `user:` topic, the server's
     /// rules, its credential's grants), or why not.
-    pub fn check_topic(&self, topic: &str, action: TopicAction) -> Result<(), String> {
+    pub fn check_topic(&self, topic: &str, action: TopicAction) -> Result<(), TopicDenied> {
         self.routing.gate.policy.check_topic(self.grants(), &self.identity(), topic, action)
     }
 
@@ -127,13 +126,13 @@ impl<'a> Context<'a> {
 
     /// Replaces the connection's expiring credential with `token`, which must name the
     /// same user. On success its grants and expiry are the new token's.
-    pub fn refresh(&mut self, token: &str) -> Result<(), String> {
+    pub fn refresh(&mut self, token: &str) -> Result<(), RefreshError> {
         if self.routing.gate.is_open() {
-            return Err("this server does not use credentials".into());
+            return Err(RefreshError::NotUsingCredentials);
         }
-        let identity = self.routing.gate.verify_token(token).map_err(|e| e.to_string())?;
+        let identity = self.routing.gate.verify_token(token).map_err(RefreshError::Refused)?;
         if Some(identity.user.as_str()) != self.user() {
-            return Err("the new token is for another user".into());
+            return Err(RefreshError::OtherUser);
         }
         self.routing.grants.insert(self.conn.slot(), Arc::new(identity.grants));
         self.effects.push(Effect::Refreshed(identity.expires_at));
@@ -233,6 +232,31 @@ impl<'a> Context<'a> {
         self.effects.push(Effect::Close(code, reason));
     }
 }
+
+/// Why [`Context::refresh`] kept the connection's old credential (which still expires
+/// when it would have). The text is what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshError {
+    /// The server runs in open mode: there is no credential to replace, nothing expires.
+    NotUsingCredentials,
+    /// The token is valid but names another user; a connection cannot change its user.
+    OtherUser,
+    /// The gate refused the token itself (expired, unknown, badly signed...).
+    Refused(AuthError),
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefreshError::NotUsingCredentials => f.write_str("this server does not use credentials"),
+            RefreshError::OtherUser => f.write_str("the new token is for another user"),
+            // The gate's reason is the whole message, as for a refused upgrade.
+            RefreshError::Refused(why) => fmt::Display::fmt(why, f),
+        }
+    }
+}
+
+impl std::error::Error for RefreshError {}
 
 /// Sends every message back to its sender (`wshub --echo`): for conformance tests and
 /// benchmarks.

@@ -1,6 +1,7 @@
 //! Credentials that expire while their connection is open (a JWT's `exp`): the shard
-//! warns the client `REFRESH_WARNING` before, with a `token_expiring` frame, and closes it
-//! with 4001 at the expiry unless a `refresh` frame brought a new token first. Connections
+//! warns the client [`REFRESH_WARNING_SECS`] before, with a `token_expiring` frame, and
+//! closes it with [`TOKEN_EXPIRED`](crate::protocol::TOKEN_EXPIRED) at the expiry unless a
+//! `refresh` frame brought a new token first. Connections
 //! without an expiring credential cost nothing here.
 //!
 //! Each `set` is a schedule of its own (a stamp), and its two heap entries belong to it:
@@ -12,8 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// How long before expiry the client is told to refresh, in seconds.
-pub(crate) const REFRESH_WARNING: u64 = 30;
+use crate::protocol::REFRESH_WARNING_SECS;
 
 /// Stale entries tolerated beyond the live ones before the heap is compacted.
 const COMPACT_SLACK: usize = 64;
@@ -23,7 +23,7 @@ const COMPACT_SLACK: usize = 64;
 pub(crate) enum ExpiryEvent {
     /// Send `token_expiring`; the credential expires at this Unix second.
     Warn(u64),
-    /// Close with 4001.
+    /// Close with [`TOKEN_EXPIRED`](crate::protocol::TOKEN_EXPIRED).
     Expired,
 }
 
@@ -59,7 +59,7 @@ impl Expiries {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         self.current.insert(key, stamp);
-        let warn_at = expires_at.saturating_sub(REFRESH_WARNING).max(now);
+        let warn_at = expires_at.saturating_sub(REFRESH_WARNING_SECS).max(now);
         self.due.push(Reverse(Due { at: warn_at, close: false, stamp, key, expires_at }));
         self.due.push(Reverse(Due { at: expires_at, close: true, stamp, key, expires_at }));
         self.compact_if_mostly_stale();

@@ -43,8 +43,6 @@ mod ledger;
 use expiry::{Expiries, ExpiryEvent};
 
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
-/// The close code for a connection whose credential expired without a refresh.
-pub const TOKEN_EXPIRED: u16 = 4001;
 const LISTENER: Token = Token(usize::MAX - 2);
 /// How long accepting pauses after the process runs out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -123,7 +121,7 @@ pub(crate) struct Shard<H> {
     accept_paused_until: Option<Tick>,
     /// Each connection's source address, kept only with `--max-connections-per-ip`.
     peer_ips: HashMap<usize, IpAddr>,
-    /// Connections whose credential expires: warnings and 4001 closes.
+    /// Connections whose credential expires: warnings and [`protocol::TOKEN_EXPIRED`] closes.
     expiries: Expiries,
     /// The Unix second the expiries were last checked.
     expiries_checked: u64,
@@ -430,7 +428,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Once a second: warns connections whose credential expires soon, closes those
-    /// whose credential has expired (4001).
+    /// whose credential has expired ([`protocol::TOKEN_EXPIRED`]).
     fn fire_expiries(&mut self, now: Tick) {
         let unix = unix_now();
         if unix == self.expiries_checked {
@@ -447,7 +445,9 @@ impl<H: Handler> Shard<H> {
                 }
                 ExpiryEvent::Expired => {
                     let Some(conn) = self.conns.get_mut(key) else { continue };
-                    if conn.close(CloseCode::Library(TOKEN_EXPIRED), "token expired", now) == Outcome::Remove {
+                    if conn.close(CloseCode::Library(protocol::TOKEN_EXPIRED), protocol::TOKEN_EXPIRED_REASON, now)
+                        == Outcome::Remove
+                    {
                         self.remove(key, now);
                     }
                     self.settle(key);
