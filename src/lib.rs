@@ -41,9 +41,8 @@ pub mod protocol;
 mod sync;
 
 pub use app::{App, AppContext, AppError};
-pub use auth::Grants;
 pub use auth::{
-    sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
+    sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, Grants, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
     TopicDenied, TopicRule,
 };
 pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};

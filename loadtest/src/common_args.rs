@@ -4,7 +4,7 @@
 
 use crate::failures::Failures;
 use crate::opts::{self, format_duration, parse_duration, parse_source_ips, parse_ws_url, SourceIps, WsUrl};
-use crate::workers::{self, Share};
+use crate::plan::{self, Share};
 use std::time::Duration;
 
 /// Connections one source address is given by default. An address has ~28k
@@ -95,7 +95,7 @@ impl CommonArgs {
     /// Each process's connections and source addresses.
     pub fn shares(&self, processes: u64) -> Result<Vec<Share>, String> {
         let loopback = self.url.addr.ip().is_loopback();
-        workers::plan(self.connections, processes, self.source_ips.as_ref(), loopback, CONNECTIONS_PER_SOURCE_IP)
+        plan::plan(self.connections, processes, self.source_ips.as_ref(), loopback, CONNECTIONS_PER_SOURCE_IP)
     }
 
     /// In a worker: its share is what its (parent-made) options say.

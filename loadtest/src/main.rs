@@ -22,6 +22,7 @@ mod hold_cli;
 mod hold_report;
 mod latency;
 mod opts;
+mod plan;
 mod procs;
 mod ramp;
 mod track;

@@ -3,7 +3,7 @@
 //! (`?token=`, or a one-time `?ticket=`) or offer it as a `bearer.<token>` subprotocol; the
 //! request parser collects them here, and exactly one place may be used.
 
-use super::request::query_params;
+use super::query::query_params;
 
 /// A subprotocol starting with this carries a token: `bearer.<token>`.
 pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";

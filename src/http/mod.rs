@@ -3,6 +3,7 @@
 //! presents), [`response`] is what goes back.
 
 mod credential;
+mod query;
 mod request;
 mod response;
 
