@@ -32,6 +32,9 @@ impl<H: Handler> Shard<H> {
         }
     }
 
+    // Inlined into every fan-out loop by hand: the inliner stopped doing it once delivery
+    // gained call sites, which cost ~30 instructions a delivery (callgrind, fanout bench).
+    #[inline(always)]
     pub(super) fn deliver(&mut self, key: usize, message: Message, now: Tick) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;

@@ -258,6 +258,8 @@ impl<H: Handler> Shard<H> {
 
     /// After anything touched a connection: list it for the flush and for the buffer
     /// sweeps, and arm its close deadline.
+    // Runs once per delivery; see `deliver` for why it is inlined by hand.
+    #[inline(always)]
     fn settle(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
