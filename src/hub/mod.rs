@@ -7,6 +7,8 @@
 //! (`Message` clones share their bytes).
 
 pub(crate) mod batch;
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
@@ -85,8 +87,8 @@ impl Hub {
         Hub::undrained(shards, 1024).0
     }
 
-    /// A hub whose inboxes hold what is sent until the test reads or drops the receivers.
-    #[cfg(test)]
+    /// A hub whose inboxes hold what is sent until the test reads or drops the receivers
+    /// (also what `bench::Tables` uses, never drained).
     pub(crate) fn undrained(shards: usize, capacity: usize) -> (Self, Vec<InboxReceiver>) {
         // One poll per waker (mio allows a single waker per poll); a waker outlives its poll.
         let waker = || mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
