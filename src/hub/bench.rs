@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use super::handler::ShardRouting;
-use super::routes::Routes;
+use super::handler::{Context, ShardRouting};
 use super::{ConnId, Hub};
 use crate::auth::Gate;
 use crate::sync::lock;
@@ -17,7 +16,6 @@ pub struct Tables {
     routing: ShardRouting,
     /// What a connection's slab entry would hold: its user.
     users: Vec<Option<Arc<str>>>,
-    local: std::collections::HashMap<Arc<str>, Vec<usize>>,
 }
 
 impl Default for Tables {
@@ -33,12 +31,11 @@ impl Tables {
         let routing = ShardRouting {
             index: 0,
             hub: hub.clone(),
-            routes: Routes::default(),
             max_subscriptions: usize::MAX,
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
         };
-        Tables { hub, routing, users: Vec::new(), local: Default::default() }
+        Tables { hub, routing, users: Vec::new() }
     }
 
     fn id(key: usize) -> ConnId {
@@ -52,63 +49,38 @@ impl Tables {
             self.users.resize(key + 1, None);
         }
         if let Some(user) = &user {
-            let keys = self.local.entry(user.clone()).or_default();
-            if keys.is_empty() {
-                lock(&self.hub.shared(0).users).insert(user.clone());
-            }
-            keys.push(key);
+            lock(&self.hub.shared(0).users).add(user, key as u32);
         }
         self.users[key] = user;
     }
 
-    /// As a handler's `subscribe`.
+    /// A handler's `subscribe`.
     pub fn subscribe(&mut self, key: usize, topic: &str) -> bool {
-        let topic: Arc<str> = topic.into();
-        let limit = self.routing.max_subscriptions;
-        let added = self.routing.routes.subscribe(key, &topic, limit).unwrap_or(false);
-        if added {
-            let identity = ShardRouting::identity(Self::id(key), self.users[key].as_ref());
-            lock(&self.hub.shared(0).directory).add(&topic, &identity);
-        }
-        added
+        let mut effects = Vec::new();
+        let mut cx = Context::new(Self::id(key), self.users[key].as_ref(), &mut effects, &mut self.routing);
+        cx.subscribe(topic).unwrap_or(false)
     }
 
-    /// As a handler's `unsubscribe`.
+    /// A handler's `unsubscribe`.
     pub fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
-        let removed = self.routing.routes.unsubscribe(key, topic);
-        if removed {
-            let identity = ShardRouting::identity(Self::id(key), self.users[key].as_ref());
-            lock(&self.hub.shared(0).directory).remove(topic, &identity);
-        }
-        removed
+        let mut effects = Vec::new();
+        let mut cx = Context::new(Self::id(key), self.users[key].as_ref(), &mut effects, &mut self.routing);
+        cx.unsubscribe(topic)
     }
 
     /// The connection is gone (as `forget`).
     pub fn close(&mut self, key: usize) {
-        let user = self.users[key].take();
         let shared = self.hub.shared(0);
-        if let Some(user) = &user {
-            if let Some(keys) = self.local.get_mut(user) {
-                keys.retain(|&k| k != key);
-                if keys.is_empty() {
-                    self.local.remove(user);
-                    lock(&shared.users).remove(user);
-                }
-            }
+        if let Some(user) = self.users[key].take() {
+            lock(&shared.users).remove(&user, key as u32);
         }
-        let topics = self.routing.routes.remove_conn(key);
-        if !topics.is_empty() {
-            let identity = ShardRouting::identity(Self::id(key), user.as_ref());
-            let mut directory = lock(&shared.directory);
-            for topic in &topics {
-                directory.remove(topic, &identity);
-            }
-        }
+        lock(&shared.topics).remove_conn(key as u32);
     }
 
     /// Appends the local subscribers of `topic` to `keys`, as a publish collects them.
     pub fn subscribers(&self, topic: &str, keys: &mut Vec<usize>) {
-        keys.extend_from_slice(self.routing.routes.subscribers(topic));
+        let table = lock(&self.hub.shared(0).topics);
+        keys.extend(table.subscribers(topic).iter().map(|&key| key as usize));
     }
 
     /// Distinct users subscribed to `topic` (`Hub::presence`).
