@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::keys::Keys;
+use super::keys::{KeyLists, Keys};
 
-/// Topics a member entry holds inline; more go to a side table.
-pub(crate) const INLINE: usize = 3;
+/// Topics a member entry holds inline; more go to a side table. Four cost no more than
+/// three: the entry is padded to 8 bytes either way.
+pub(crate) const INLINE: usize = 4;
 /// An unused inline slot.
 const NONE: u32 = u32::MAX;
 /// Tables smaller than this are never shrunk (not worth the churn).
@@ -50,6 +51,8 @@ pub(crate) struct TopicTable {
     topics: Vec<Topic>,
     /// Ids of `topics` entries without a topic, for reuse.
     free: Vec<u32>,
+    /// Subscriber lists of topics with more than one.
+    lists: KeyLists,
     /// By slab key.
     members: HashMap<u32, Member>,
     /// Topics of a member past its inline ones, by slab key (rare: few connections
@@ -79,7 +82,7 @@ impl TopicTable {
         }
         let id = match id {
             Some(id) => {
-                self.topics[id as usize].subscribers.push(key);
+                self.topics[id as usize].subscribers.push(key, &mut self.lists);
                 id
             }
             None => self.create(topic, key),
@@ -138,7 +141,7 @@ impl TopicTable {
 
     /// The local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> &[u32] {
-        self.ids.get(topic).map_or(&[], |&id| self.topics[id as usize].subscribers.as_slice())
+        self.ids.get(topic).map_or(&[], |&id| self.topics[id as usize].subscribers.as_slice(&self.lists))
     }
 
     /// Whether any connection on this shard subscribes to `topic`.
@@ -181,7 +184,7 @@ impl TopicTable {
 
     fn drop_subscriber(&mut self, id: u32, key: u32) {
         let topic = &mut self.topics[id as usize];
-        if !topic.subscribers.remove(key) {
+        if !topic.subscribers.remove(key, &mut self.lists) {
             return;
         }
         let name = topic.name.take().expect("a live topic has its name");
@@ -243,6 +246,7 @@ impl TopicTable {
             + self.free.capacity()
             + self.members.capacity()
             + self.more.capacity()
+            + self.lists.capacity()
     }
 }
 

@@ -6,18 +6,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::keys::Keys;
+use super::keys::{KeyLists, Keys};
 
 #[derive(Default)]
 pub(crate) struct UserTable {
     users: HashMap<Arc<str>, Keys>,
+    /// Connection lists of users with more than one here.
+    lists: KeyLists,
 }
 
 impl UserTable {
     /// Connection `key` of `user` completed its upgrade.
     pub fn add(&mut self, user: &Arc<str>, key: u32) {
         match self.users.get_mut(user) {
-            Some(keys) => keys.push(key),
+            Some(keys) => keys.push(key, &mut self.lists),
             None => {
                 self.users.insert(user.clone(), Keys::One(key));
             }
@@ -26,7 +28,7 @@ impl UserTable {
 
     /// Connection `key` of `user` is gone.
     pub fn remove(&mut self, user: &str, key: u32) {
-        if self.users.get_mut(user).is_some_and(|keys| keys.remove(key)) {
+        if self.users.get_mut(user).is_some_and(|keys| keys.remove(key, &mut self.lists)) {
             self.users.remove(user);
             // A burst of users that left gives its memory back (amortized O(1)).
             if self.users.capacity() > 64 && self.users.len() * 4 < self.users.capacity() {
@@ -37,7 +39,7 @@ impl UserTable {
 
     /// The local connections of `user`.
     pub fn keys(&self, user: &str) -> &[u32] {
-        self.users.get(user).map_or(&[], Keys::as_slice)
+        self.users.get(user).map_or(&[], |keys| keys.as_slice(&self.lists))
     }
 
     pub fn contains(&self, user: &str) -> bool {
@@ -72,5 +74,6 @@ mod tests {
         }
         assert_eq!(users.names().count(), 0);
         assert!(users.users.capacity() <= 64, "capacity {} kept", users.users.capacity());
+        assert!(users.lists.is_empty());
     }
 }
