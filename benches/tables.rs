@@ -4,8 +4,11 @@
 //!
 //! Each connection has its own user and three topics, as deployed: `global` (shared by
 //! all) and two of its own. `cargo bench --bench tables`.
+//!
+//! It first reports the resident memory of one shard's tables holding 1,000,000 distinct
+//! topics (1,000 connections with 1,000 topics each; 10,000 topics under `cargo test`).
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use std::hint::black_box;
 use wshub::BenchTables;
 
@@ -16,11 +19,7 @@ fn own_topics() -> Vec<[String; 2]> {
 }
 
 fn opened() -> BenchTables {
-    let mut tables = BenchTables::new();
-    for key in 0..CONNS {
-        tables.open(key, Some(&format!("u{key}")));
-    }
-    tables
+    opened_n(CONNS)
 }
 
 fn subscribe_all(tables: &mut BenchTables, topics: &[[String; 2]]) {
@@ -92,5 +91,53 @@ fn tables(c: &mut Criterion) {
     group.finish();
 }
 
+/// Resident memory of this process, in bytes.
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<usize>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// What one shard's tables take for `topics` distinct topics, each with one subscriber.
+fn memory(topics: usize) {
+    let conns = 1_000.min(topics);
+    let per_conn = topics / conns;
+    let names: Vec<String> = (0..conns * per_conn).map(|t| format!("chat.{t}")).collect();
+    let before = rss();
+    let mut tables = opened_n(conns);
+    for (t, name) in names.iter().enumerate() {
+        tables.subscribe(t / per_conn, name);
+    }
+    let held = rss() - before;
+    for key in 0..conns {
+        tables.close(key);
+    }
+    let after = rss().saturating_sub(before);
+    println!(
+        "tables memory: {} topics on {conns} connections: {} KiB, {} B per topic; {} KiB still resident after all closed",
+        names.len(),
+        held / 1024,
+        held / names.len(),
+        after / 1024
+    );
+}
+
+fn opened_n(conns: usize) -> BenchTables {
+    let mut tables = BenchTables::new();
+    for key in 0..conns {
+        tables.open(key, Some(&format!("u{key}")));
+    }
+    tables
+}
+
 criterion_group!(benches, tables);
-criterion_main!(benches);
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    memory(if full { 1_000_000 } else { 10_000 });
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
