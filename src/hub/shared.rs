@@ -54,12 +54,7 @@ impl Hub {
     pub fn presence(&self, topic: &str) -> Presence {
         let mut users = BTreeSet::new();
         for shared in self.shared.iter() {
-            let table = lock(&shared.topics);
-            for user in table.users(topic) {
-                if !users.contains(&**user) {
-                    users.insert(user.to_string());
-                }
-            }
+            users.extend(lock(&shared.topics).users(topic).map(|user| user.to_string()));
         }
         let count = users.len();
         let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
