@@ -58,6 +58,9 @@ pub(crate) struct TopicTable {
     /// Topics of a member past its inline ones, by slab key (rare: few connections
     /// subscribe to more than `INLINE` topics).
     more: HashMap<u32, Vec<u32>>,
+    /// Times the ids were renumbered, for tests to know that they were.
+    #[cfg(test)]
+    renumbered: usize,
 }
 
 impl TopicTable {
@@ -217,6 +220,10 @@ impl TopicTable {
         }
         self.topics = live;
         self.free = Vec::new();
+        #[cfg(test)]
+        {
+            self.renumbered += 1;
+        }
         let new_id = |id: &mut u32| {
             if *id != NONE {
                 *id = renumbered[*id as usize];
@@ -352,13 +359,83 @@ mod tests {
         for key in 0..900 {
             table.remove_conn(key);
         }
-        assert!(table.topics.len() < 1001, "renumbered: {} slots", table.topics.len());
+        assert!(table.renumbered > 0 && table.topics.len() < 1001, "renumbered: {} slots", table.topics.len());
         for key in 900..1000 {
             assert_eq!(table.subscribers(&format!("own.{key}")), &[key]);
             assert!(table.unsubscribe(key, &format!("own.{key}")));
         }
         assert_eq!(table.subscribers("shared").len(), 100);
         assert_eq!(table.topic_count(), 1);
+    }
+
+    /// Every topic's subscribers are the model's.
+    fn check(table: &TopicTable, model: &HashMap<u32, std::collections::BTreeSet<String>>) {
+        for t in 0..400 {
+            let topic = format!("t{t}");
+            let mut got = table.subscribers(&topic).to_vec();
+            got.sort_unstable();
+            let mut want: Vec<u32> = model.iter().filter(|(_, mine)| mine.contains(&topic)).map(|(&k, _)| k).collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "subscribers of {topic}");
+            assert_eq!(table.has_topic(&topic), !want.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_churn_matches_a_plain_model() {
+        use std::collections::BTreeSet;
+        // A small xorshift: deterministic, no dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let mut table = TopicTable::default();
+        let mut model: HashMap<u32, BTreeSet<String>> = HashMap::new();
+        for step in 0..200_000 {
+            let key = next(300) as u32;
+            let topic = format!("t{}", next(400));
+            match next(10) {
+                0 => {
+                    table.remove_conn(key);
+                    model.remove(&key);
+                }
+                1..=5 => {
+                    let mine = model.entry(key).or_default();
+                    let expected = if mine.contains(&topic) {
+                        Ok(false)
+                    } else if mine.len() >= 6 {
+                        Err(SubscribeError::TooMany)
+                    } else {
+                        mine.insert(topic.clone());
+                        Ok(true)
+                    };
+                    assert_eq!(table.subscribe(key, who("u"), &topic, 6), expected, "step {step}");
+                }
+                _ => {
+                    let expected = model.get_mut(&key).is_some_and(|mine| mine.remove(&topic));
+                    assert_eq!(table.unsubscribe(key, &topic), expected, "step {step}");
+                }
+            }
+            if step % 1000 == 0 {
+                check(&table, &model);
+            }
+        }
+        // Closing them all frees most ids while members with side tables remain: the
+        // renumbering runs, and must keep every remaining subscription where it was.
+        let renumbered = table.renumbered;
+        for key in 0..300 {
+            table.remove_conn(key);
+            model.remove(&key);
+            if key % 10 == 0 {
+                check(&table, &model);
+            }
+        }
+        assert!(table.renumbered > renumbered, "the renumbering ran");
+        assert_eq!((table.topic_count(), table.subscription_count()), (0, 0));
+        assert!(table.members.is_empty() && table.more.is_empty() && table.lists.is_empty());
     }
 
     #[test]
