@@ -1,4 +1,5 @@
-//! Fan-out cost: one server, N idle receivers, M broadcasts of S bytes.
+//! Fan-out cost: one server, N idle receivers, M broadcasts of S bytes; and once the same
+//! to a topic all N subscribe to (what a publish adds: the subscriber lookup).
 //!
 //! Reports delivered messages per second and, from the shard threads' own CPU counters
 //! (/proc/self/task/*/stat), the server's user-space and kernel time per delivery: the
@@ -19,7 +20,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wshub::{Config, Message};
+use wshub::{Config, Context, Handler, Message, Target};
 
 /// Counts allocations made by shard threads (named `wshub-shard-*`), so the reader thread
 /// and the benchmark's own work do not blur the figure.
@@ -75,18 +76,38 @@ struct Case {
     receivers: usize,
     messages: usize,
     size: usize,
+    /// To the subscribers of a topic instead of everyone.
+    topic: bool,
+}
+
+/// The topic every receiver subscribes to in the topic cases.
+const TOPIC: &str = "bench";
+
+/// Echo's receivers, subscribed to [`TOPIC`] on open.
+struct Subscriber;
+
+impl Handler for Subscriber {
+    fn on_open(&mut self, cx: &mut Context<'_>) {
+        cx.subscribe(TOPIC).expect("one subscription");
+    }
+
+    fn on_message(&mut self, _cx: &mut Context<'_>, _message: Message) {}
 }
 
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let cases = if full {
         vec![
-            Case { receivers: 1_000, messages: 1_000, size: 64 },
-            Case { receivers: 1_000, messages: 200, size: 1024 },
-            Case { receivers: 5_000, messages: 200, size: 64 },
+            Case { receivers: 1_000, messages: 1_000, size: 64, topic: false },
+            Case { receivers: 1_000, messages: 200, size: 1024, topic: false },
+            Case { receivers: 5_000, messages: 200, size: 64, topic: false },
+            Case { receivers: 5_000, messages: 200, size: 64, topic: true },
         ]
     } else {
-        vec![Case { receivers: 50, messages: 20, size: 64 }]
+        vec![
+            Case { receivers: 50, messages: 20, size: 64, topic: false },
+            Case { receivers: 50, messages: 20, size: 64, topic: true },
+        ]
     };
     for case in cases {
         run(&case);
@@ -95,7 +116,7 @@ fn main() {
 
 fn run(case: &Case) {
     let config = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 1, ..Config::default() };
-    let server = wshub::start(config, |_| wshub::Echo).expect("server starts");
+    let server = wshub::start(config, |_| Subscriber).expect("server starts");
     let addr = server.local_addr();
     let mut sockets: Vec<TcpStream> = (0..case.receivers)
         .map(|_| {
@@ -137,12 +158,24 @@ fn run(case: &Case) {
     });
 
     let hub = server.hub();
+    // Subscribed on open, on the shard's thread: wait until every receiver is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hub.presence(TOPIC).count < case.receivers {
+        assert!(Instant::now() < deadline, "receivers did not all subscribe");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let payload = "x".repeat(case.size);
     let (user_before, system_before) = shard_cpu();
     let allocations_before = SHARD_ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
     for _ in 0..case.messages {
-        hub.broadcast(Message::text(payload.as_str())).unwrap();
+        let frame = Message::text(payload.as_str());
+        if case.topic {
+            // The payload as the whole frame, so receivers count the same bytes.
+            hub.route(Target::Topic { topic: TOPIC.into(), data: "0".into() }, frame).unwrap();
+        } else {
+            hub.broadcast(frame).unwrap();
+        }
     }
     let sockets = reader.join().unwrap();
     let elapsed = started.elapsed();
@@ -151,7 +184,8 @@ fn run(case: &Case) {
     let deliveries = (case.receivers * case.messages) as f64;
     let tick_us = 1e6 / clock_ticks_per_second();
     println!(
-        "fanout {} receivers x {} msgs of {} B: {:.0} deliveries/s; shard CPU per delivery: user {:.3} us, kernel {:.3} us; shard allocations: {} ({:.4} per delivery)",
+        "fanout {}{} receivers x {} msgs of {} B: {:.0} deliveries/s; shard CPU per delivery: user {:.3} us, kernel {:.3} us; shard allocations: {} ({:.4} per delivery)",
+        if case.topic { "(topic) " } else { "" },
         case.receivers,
         case.messages,
         case.size,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the server's user-space memory per idle WebSocket connection.
 #
-# Usage: scripts/mem-per-conn.sh [--tls] [N=19000] [extra wshub args...]
+# Usage: scripts/mem-per-conn.sh [--tls] [--user] [--topics K] [N=19000] [extra wshub args...]
 #
 # Starts one wshub running the hub protocol (one shard, pinned to CPU 0 when taskset
 # exists; pass --echo to measure the echo handler instead), opens N idle
@@ -17,20 +17,37 @@
 # MEM_URL_PATH='/?token=t1' with `--auth token --auth-token t1=ann` to measure
 # authenticated connections.
 #
+# --user gives each connection its own user (`?user=u0x<index>`, open mode); --topics K
+# subscribes each to K topics after the upgrade (hub protocol): `global`, shared by all,
+# and K-1 of its own (`room.0x<index>.<k>`), each acknowledged before READY. Together they
+# are the deployed profile: `--user --topics 3`. Not with --tls.
+#
+# MEM_SERVER_BIN runs another wshub binary (e.g. one built from an earlier commit, to
+# compare before and after in one session); the default is the fresh release build.
+#
 # N defaults to 19000 because the server, like every process here, may have at most
 # 20000 open files: one server process cannot hold many more connections than that.
 set -euo pipefail
 
-TLS=0
-if [[ ${1:-} == --tls ]]; then
-    TLS=1
+TLS=0 USER_ARGS=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --tls) TLS=1 ;;
+        --user) USER_ARGS+=(--user) ;;
+        --topics) USER_ARGS+=(--topics "${2:?--topics needs a count}"); shift ;;
+        *) break ;;
+    esac
     shift
+done
+if ((TLS)) && ((${#USER_ARGS[@]} > 0)); then
+    echo "--user and --topics are for ws:// (wshub-load hold), not --tls" >&2
+    exit 2
 fi
 N=${1:-19000}
 [[ $# -gt 0 ]] && shift
 EXTRA_SERVER_ARGS=("$@")
 if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then
-    echo "usage: $0 [--tls] [N=19000] [extra wshub args...]" >&2
+    echo "usage: $0 [--tls] [--user] [--topics K] [N=19000] [extra wshub args...]" >&2
     exit 2
 fi
 
@@ -49,7 +66,12 @@ if ((TLS)); then
     EXTRA_SERVER_ARGS+=(--tls-cert "$WORK/cert/cert.pem" --tls-key "$WORK/cert/key.pem")
 fi
 
-start_wshub "$WORK/server.log" --shards 1 "${EXTRA_SERVER_ARGS[@]}"
+if [[ -n ${MEM_SERVER_BIN:-} ]]; then
+    start_server "$WORK/server.log" "${SERVER_PIN[@]}" "$MEM_SERVER_BIN" --listen 127.0.0.1:0 --log-level info \
+        --shards 1 "${EXTRA_SERVER_ARGS[@]}"
+else
+    start_wshub "$WORK/server.log" --shards 1 "${EXTRA_SERVER_ARGS[@]}"
+fi
 
 RSS_BEFORE=$(proc_kib VmRSS "$SERVER_PID")
 TCP_MEM_BEFORE=$(tcp_mem_pages)
@@ -59,7 +81,8 @@ if ((TLS)); then
         --path "${MEM_URL_PATH:-/}" >"$WORK/load.out" 2>"$WORK/load.err" &
 else
     "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
-        --connections "$N" --connect-rate "$RATE" --duration 20s >"$WORK/load.out" 2>"$WORK/load.err" &
+        --connections "$N" --connect-rate "$RATE" --duration 20s "${USER_ARGS[@]}" \
+        >"$WORK/load.out" 2>"$WORK/load.err" &
 fi
 LOAD_PID=$!
 track_pid "$LOAD_PID"
@@ -86,6 +109,7 @@ HWM_AFTER=$(proc_kib VmHWM "$SERVER_PID")
 TCP_MEM_AFTER=$(tcp_mem_pages)
 PAGE=$(getconf PAGESIZE)
 
+echo "server:                  ${MEM_SERVER_BIN:-target/release/wshub} ${USER_ARGS[*]}"
 echo "connections requested:   $N"
 echo "connections established: $ESTABLISHED (failed: $FAILED)"
 echo "server RSS before:       $RSS_BEFORE KiB"

@@ -49,6 +49,9 @@ pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
+/// For `benches/tables.rs` only: one shard's per-connection tables, driven directly.
+#[doc(hidden)]
+pub use hub::bench::Tables as BenchTables;
 pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
 pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
 pub use metrics::{Counters, Stats};

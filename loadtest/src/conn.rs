@@ -97,6 +97,9 @@ pub struct Net {
     pub stats: NetStats,
     rng: Rng,
     scratch: Vec<u8>,
+    /// With `Some(prefix)`, connection `idx` asks for `?user=<prefix><idx>`: each
+    /// connection its own user, as deployed hubs see them.
+    user_prefix: Option<String>,
 }
 
 impl Net {
@@ -113,7 +116,18 @@ impl Net {
             stats: NetStats::default(),
             rng: Rng::seeded(seed),
             scratch: vec![0; 64 * 1024],
+            user_prefix: None,
         })
+    }
+
+    /// Gives each connection opened from now on its own user, `<prefix><idx>`.
+    pub fn set_user_prefix(&mut self, prefix: String) {
+        self.user_prefix = Some(prefix);
+    }
+
+    /// The user connection `idx` asks for, if connections get users.
+    pub fn user_of(&self, idx: usize) -> Option<String> {
+        self.user_prefix.as_ref().map(|prefix| format!("{prefix}{idx}"))
     }
 
     pub fn handshaking(&self) -> usize {
@@ -145,6 +159,12 @@ impl Net {
             sent: 0,
             reader: MessageReader::default(),
         };
+        if let Some(user) = self.user_of(idx) {
+            // Built now, while the index is known; the connect step sends it as is.
+            let sep = if self.url.path.contains('?') { '&' } else { '?' };
+            let path = format!("{}{sep}user={user}", self.url.path);
+            conn.handshake = ws::upgrade_request_to(&self.url, &path, &mut self.rng);
+        }
         let opened = open_socket(self.url.addr, src).and_then(|mut stream| {
             self.poll.registry().register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)
@@ -294,7 +314,9 @@ fn drive(
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return (false, None),
                     Err(e) => return (false, failed(Cause::of(&e), format!("connect: {e}"))),
                 }
-                conn.handshake = ws::upgrade_request(url, rng);
+                if conn.handshake.is_empty() {
+                    conn.handshake = ws::upgrade_request(url, rng);
+                }
                 conn.state = State::Sending { written: 0 };
                 None
             }

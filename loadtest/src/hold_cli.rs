@@ -22,6 +22,14 @@ pub struct HoldArgs {
     /// How long to hold the connections once all are up (e.g. 30s, 500ms, 2m)
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
+    /// Give each connection its own user (`?user=u<process>x<index>` added to the URL)
+    #[arg(long)]
+    pub user: bool,
+    /// After the upgrade, subscribe each connection (hub protocol) to this many topics:
+    /// `global` (shared by all) and `room.<process>x<index>.<k>` of its own; a
+    /// connection counts as ready once every subscription is acknowledged
+    #[arg(long, default_value_t = 0)]
+    pub topics: u32,
 }
 
 pub fn main(args: &HoldArgs) -> Result<ExitCode, String> {
@@ -72,6 +80,8 @@ fn config(args: &HoldArgs, share: &Share, worker: Option<u64>) -> HoldConfig {
         max_inflight: common.max_inflight,
         worker: worker.is_some(),
         seed: worker.unwrap_or(0),
+        user: args.user,
+        topics: args.topics,
     }
 }
 
@@ -81,7 +91,11 @@ fn parent_run(args: &HoldArgs, shares: Vec<Share>) -> Result<HoldReport, String>
     // A worker holds until told to stop; its own --duration is only a backstop in
     // case this parent vanishes without closing the pipe.
     let backstop = args.duration + ramp_bound + Duration::from_secs(30);
-    let extra = ["--duration".to_string(), format_duration(backstop)];
+    let mut extra = vec!["--duration".to_string(), format_duration(backstop), "--topics".to_string()];
+    extra.push(args.topics.to_string());
+    if args.user {
+        extra.push("--user".to_string());
+    }
     let mut workers = Workers::<HoldReport>::start("hold", common, shares, &extra)?;
 
     // Phase 1: wait until every worker is ready (or gone). A signal stops the ramps,

@@ -49,13 +49,18 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The HTTP/1.1 upgrade request, with a fresh 16-byte key.
 pub fn upgrade_request(url: &WsUrl, rng: &mut Rng) -> Vec<u8> {
+    upgrade_request_to(url, &url.path, rng)
+}
+
+/// The upgrade request for `path` (path and query) on `url`'s host.
+pub fn upgrade_request_to(url: &WsUrl, path: &str, rng: &mut Rng) -> Vec<u8> {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
     key[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        url.path,
+        path,
         url.host_header,
         base64(&key)
     )

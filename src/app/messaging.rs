@@ -15,7 +15,7 @@ use crate::app::{AppCore, Job, JobKind};
 use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
 use crate::hub::handler::{Context, Handler};
-use crate::hub::routes::SubscribeError;
+use crate::hub::SubscribeError;
 use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode};
 
 /// One per shard; shares the application's registered handlers.

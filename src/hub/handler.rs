@@ -16,7 +16,7 @@ use tungstenite::Message;
 
 use crate::auth::{AuthError, Gate, Grants, TopicAction, TopicDenied};
 use crate::http::{HttpResponse, PlainRequest};
-use crate::hub::routes::{Routes, SubscribeError};
+use crate::hub::SubscribeError;
 use crate::hub::{ConnId, Filter, Hub, Target};
 use crate::protocol;
 use crate::sync::lock;
@@ -55,7 +55,6 @@ pub struct Context<'a> {
 pub(crate) struct ShardRouting {
     pub index: usize,
     pub hub: Hub,
-    pub routes: Routes,
     pub max_subscriptions: usize,
     /// What each connection's credential grants, by slab key; absent in open mode.
     /// Entries live from the upgrade until the connection is removed.
@@ -150,26 +149,22 @@ impl<'a> Context<'a> {
     }
 
     /// Subscribes this connection to `topic` now: `Ok(false)` if it already was.
+    /// Recorded before the handler acks it, so a publish that follows the ack reaches it.
     pub fn subscribe(&mut self, topic: &str) -> Result<bool, SubscribeError> {
-        let topic: Arc<str> = topic.into();
-        let routing = &mut *self.routing;
-        let added = routing.routes.subscribe(self.conn.slot(), &topic, routing.max_subscriptions)?;
-        if added {
-            let identity = ShardRouting::identity(self.conn, self.user);
-            lock(&routing.hub.shared(routing.index).directory).add(&topic, &identity);
-        }
-        Ok(added)
+        let (conn, user, routing) = (self.conn, self.user, &*self.routing);
+        let identity = || ShardRouting::identity(conn, user);
+        lock(&routing.hub.shared(routing.index).topics).subscribe(
+            conn.slot() as u32,
+            identity,
+            topic,
+            routing.max_subscriptions,
+        )
     }
 
     /// Unsubscribes this connection from `topic` now; `false` if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        let routing = &mut *self.routing;
-        let removed = routing.routes.unsubscribe(self.conn.slot(), topic);
-        if removed {
-            let identity = ShardRouting::identity(self.conn, self.user);
-            lock(&routing.hub.shared(routing.index).directory).remove(topic, &identity);
-        }
-        removed
+        let routing = &*self.routing;
+        lock(&routing.hub.shared(routing.index).topics).unsubscribe(self.conn.slot() as u32, topic)
     }
 
     /// Sends `frame` to the connections `target` names, on every shard (see
@@ -291,7 +286,6 @@ mod tests {
         let mut routing = ShardRouting {
             index: 0,
             hub: Hub::detached(1),
-            routes: Routes::default(),
             max_subscriptions: 8,
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
@@ -311,7 +305,6 @@ mod tests {
         let mut routing = ShardRouting {
             index: 0,
             hub: hub.clone(),
-            routes: Routes::default(),
             max_subscriptions: 1,
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
@@ -326,6 +319,6 @@ mod tests {
         assert_eq!(cx.get("lang"), Some(serde_json::json!("fi")));
         assert!(cx.unsubscribe("room"));
         assert_eq!(hub.presence("room").count, 0);
-        assert_eq!(routing.routes.topic_count(), 0);
+        assert_eq!(lock(&hub.shared(0).topics).topic_count(), 0);
     }
 }

@@ -1,5 +1,5 @@
 //! Where a message goes: the [`Hub`] handle that reaches every shard, each shard's inbox
-//! ([`inbox`]), its topic tables ([`routes`]) and batches ([`batch`]), and the hook through
+//! ([`inbox`]), its topic and user tables ([`topics`], [`users`]) and batches ([`batch`]), and the hook through
 //! which handlers act ([`handler`]). Sits between the senders (a handler, the worker pool,
 //! the HTTP API, an embedding application) and the shard loops (the receivers).
 //!
@@ -7,10 +7,14 @@
 //! (`Message` clones share their bytes).
 
 pub(crate) mod batch;
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
-pub(crate) mod routes;
+mod keys;
+pub(crate) mod topics;
+pub(crate) mod users;
 
 mod shared;
 
@@ -28,7 +32,7 @@ use tungstenite::Message;
 
 use crate::protocol;
 use crate::sync::lock;
-pub use routes::SubscribeError;
+pub use topics::SubscribeError;
 
 /// A connection's session data: whatever the application stores with `set`.
 pub type Session = serde_json::Map<String, serde_json::Value>;
@@ -85,8 +89,8 @@ impl Hub {
         Hub::undrained(shards, 1024).0
     }
 
-    /// A hub whose inboxes hold what is sent until the test reads or drops the receivers.
-    #[cfg(test)]
+    /// A hub whose inboxes hold what is sent until the test reads or drops the receivers
+    /// (also what `bench::Tables` uses, never drained).
     pub(crate) fn undrained(shards: usize, capacity: usize) -> (Self, Vec<InboxReceiver>) {
         // One poll per waker (mio allows a single waker per poll); a waker outlives its poll.
         let waker = || mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
@@ -132,7 +136,7 @@ impl Hub {
         match target {
             // A subscriber acknowledged before this check is in the directory (the shard
             // records it before queueing the ack), so skipping cannot lose its messages.
-            Target::Topic { topic, .. } => lock(&shared.directory).has_topic(topic),
+            Target::Topic { topic, .. } => lock(&shared.topics).has_topic(topic),
             Target::User(user) => {
                 let by_id = user.parse::<u64>().is_ok_and(|raw| ConnId::from_u64(raw).shard() == index);
                 by_id || lock(&shared.users).contains(user)
@@ -189,7 +193,7 @@ mod tests {
     #[test]
     fn user_sends_cross_only_to_shards_that_hold_the_user() {
         let (hub, _receivers) = Hub::undrained(3, 64);
-        lock(&hub.shared(1).users).insert("ann".into());
+        lock(&hub.shared(1).users).add(&"ann".into(), 0);
         hub.send_to_user("ann", Message::text("hi")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 1, 0]);
         // A connection id names its shard.
@@ -202,7 +206,7 @@ mod tests {
     #[test]
     fn each_target_crosses_to_the_shards_that_may_hold_it_and_skips_its_origin() {
         let (hub, _receivers) = Hub::undrained(3, 64);
-        lock(&hub.shared(2).directory).add(&"room".into(), &"ann".into());
+        lock(&hub.shared(2).topics).subscribe(0, || "ann".into(), "room", 8).unwrap();
         let topic = Target::Topic { topic: "room".into(), data: "1".into() };
         hub.route(topic.clone(), Message::text("t")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 0, 1], "only the shard with a subscriber");
@@ -220,7 +224,7 @@ mod tests {
     #[test]
     fn a_full_shard_refuses_while_the_others_still_receive() {
         let (hub, _receivers) = Hub::undrained(3, 64);
-        lock(&hub.shared(1).users).insert("bob".into());
+        lock(&hub.shared(1).users).add(&"bob".into(), 0);
         for _ in 0..64 {
             hub.send_to_user("bob", Message::text("fill")).unwrap();
         }

@@ -4,23 +4,26 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::routes::Directory;
+use super::topics::TopicTable;
+use super::users::UserTable;
 use super::{ConnId, Hub, Session};
 use crate::metrics::{Counters, Stats};
 use crate::sync::lock;
 
-/// What other threads may read or change of a shard: its topic directory, its
+/// What other threads may read or change of a shard: its topic and user tables, its
 /// connections' session data, its connection count.
 #[derive(Default)]
 pub(crate) struct ShardShared {
-    pub directory: Mutex<Directory>,
-    /// Users with at least one open connection on this shard, so a send to a user
-    /// crosses only to shards that have one.
-    pub users: Mutex<HashSet<Arc<str>>>,
+    /// The shard's subscriptions. The shard reads them to deliver (its own thread, so the
+    /// lock is uncontended then); others read them for presence and to skip this shard.
+    pub topics: Mutex<TopicTable>,
+    /// The shard's users and their connections: the shard delivers a send to a user
+    /// through it, and a send crosses only to shards that have the user.
+    pub users: Mutex<UserTable>,
     pub sessions: Mutex<HashMap<ConnId, Session>>,
     pub connections: AtomicUsize,
     /// The shard's counters as of its last loop pass (it publishes them once per pass).
@@ -45,11 +48,13 @@ pub struct Presence {
 pub const PRESENCE_LIST_LIMIT: usize = 1000;
 
 impl Hub {
-    /// Users subscribed to `topic`, across shards.
+    /// Users subscribed to `topic`, across shards: each shard's subscribers of the topic
+    /// name their identities (O(local subscribers) per shard, under its lock), and the
+    /// set counts a user with several connections once.
     pub fn presence(&self, topic: &str) -> Presence {
         let mut users = BTreeSet::new();
         for shared in self.shared.iter() {
-            users.extend(lock(&shared.directory).users(topic).map(|user| user.to_string()));
+            users.extend(lock(&shared.topics).users(topic).map(|user| user.to_string()));
         }
         let count = users.len();
         let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
@@ -63,8 +68,8 @@ impl Hub {
         let mut totals = Counters::default();
         let mut per_shard = Vec::with_capacity(self.shared.len());
         for shared in self.shared.iter() {
-            topics.extend(lock(&shared.directory).topics().cloned());
-            users.extend(lock(&shared.users).iter().cloned());
+            topics.extend(lock(&shared.topics).topics().cloned());
+            users.extend(lock(&shared.users).names().cloned());
             sessions += lock(&shared.sessions).len();
             let counters = *lock(&shared.counters);
             totals.add(&counters);

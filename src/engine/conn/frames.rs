@@ -17,7 +17,7 @@ use crate::engine::wire::{inbound, FrameError};
 
 impl Connection {
     pub(super) fn read_frames(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
-        inbound::load(&mut self.stash);
+        inbound::load(&mut self.stash.take().map_or_else(Vec::new, |stash| *stash));
         for _ in 0..READ_BUDGET {
             if let Some(outcome) = self.feed_frames(cx) {
                 return outcome;
@@ -30,7 +30,7 @@ impl Connection {
                 }
                 Ok(_) => self.last_heard = cx.now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    inbound::stash(&mut self.stash);
+                    self.stash_rest();
                     return Outcome::Keep;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -42,9 +42,16 @@ impl Connection {
         }
         // Budget spent: handle what the last recv completed, then yield to others.
         self.feed_frames(cx).unwrap_or_else(|| {
-            inbound::stash(&mut self.stash);
+            self.stash_rest();
             Outcome::ReadAgain
         })
+    }
+
+    /// Ends the read burst, keeping an unfinished frame's bytes for the next one.
+    fn stash_rest(&mut self) {
+        let mut rest = Vec::new();
+        inbound::stash(&mut rest);
+        self.stash = (!rest.is_empty()).then(|| Box::new(rest));
     }
 
     /// Hands every complete frame in the inbound buffer to tungstenite. `Some` ends the
@@ -66,7 +73,7 @@ impl Connection {
                 // answers to the messages before it would be lost. Let the handler run
                 // first; the close frame waits in the stash for the next pass.
                 inbound::defer_frame();
-                inbound::stash(&mut self.stash);
+                self.stash_rest();
                 return Some(Outcome::ReadAgain);
             }
             if info.data {

@@ -147,7 +147,8 @@ impl Connection {
             }
             Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, Instant::now()) {
                 Ok(admitted) => {
-                    self.stash = handshake.request.split_off(upgrade.head_len);
+                    let rest = handshake.request.split_off(upgrade.head_len);
+                    self.stash = (!rest.is_empty()).then(|| Box::new(rest));
                     handshake.request = Vec::new();
                     handshake.reply = upgrade.response();
                     handshake.stage = HandshakeStage::ReplyingThenUpgrade;

@@ -66,10 +66,10 @@ impl<H: Handler> Shard<H> {
 
     fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
-        match self.users.get(user) {
-            Some(local) => keys.extend(local),
+        keys.extend(lock(&self.routing.hub.shared(self.index).users).keys(user).iter().map(|&key| key as usize));
+        if keys.is_empty() {
             // In open mode a connection without a user goes by its connection id.
-            None => keys.extend(self.anonymous_conn(user)),
+            keys.extend(self.anonymous_conn(user));
         }
         self.deliver_to_all(&mut keys, message, now);
         self.targets = keys;
@@ -91,7 +91,9 @@ impl<H: Handler> Shard<H> {
 
     fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
-        keys.extend_from_slice(self.routing.routes.subscribers(topic));
+        keys.extend(
+            lock(&self.routing.hub.shared(self.index).topics).subscribers(topic).iter().map(|&key| key as usize),
+        );
         self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
     }

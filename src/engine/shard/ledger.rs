@@ -4,8 +4,8 @@
 //! | entered | where | by |
 //! | --- | --- | --- |
 //! | at accept | `Shared::live`, the shard's connection count, `peer_ips` (with `--max-connections-per-ip`) | `accept` |
-//! | at the upgrade | `users` and the hub's user set, `grants`, `expiries` | [`Shard::admit`] |
-//! | while open | subscriptions (`routes` and the directory), session data | handlers, via `Context` |
+//! | at the upgrade | the shard's user table (`ShardShared::users`), `grants`, `expiries` | [`Shard::admit`] |
+//! | while open | subscriptions (`ShardShared::topics`), session data | handlers, via `Context` |
 //!
 //! [`Shard::forget`] removes all of them.
 
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use super::Shard;
 use crate::auth::unix_now;
 use crate::engine::conn::{Admission, Connection};
-use crate::hub::handler::{Handler, ShardRouting};
+use crate::hub::handler::Handler;
 use crate::hub::ConnId;
 use crate::sync::lock;
 
@@ -30,11 +30,7 @@ impl<H: Handler> Shard<H> {
             }
         }
         if let Some(user) = &self.conns[key].user {
-            let keys = self.users.entry(user.clone()).or_default();
-            if keys.is_empty() {
-                lock(&self.routing.hub.shared(self.index).users).insert(user.clone());
-            }
-            keys.push(key);
+            lock(&self.routing.hub.shared(self.index).users).add(user, key as u32);
         }
     }
 
@@ -47,25 +43,11 @@ impl<H: Handler> Shard<H> {
             per_ip.release(ip);
         }
         if let Some(user) = &conn.user {
-            if let Some(keys) = self.users.get_mut(user) {
-                keys.retain(|&k| k != key);
-                if keys.is_empty() {
-                    self.users.remove(user);
-                    lock(&shared.users).remove(user);
-                }
-            }
+            lock(&shared.users).remove(user, key as u32);
         }
         self.routing.grants.remove(&key);
         self.expiries.clear(key);
-        let id = ConnId::new(self.index, key, conn.generation);
-        let topics = self.routing.routes.remove_conn(key);
-        if !topics.is_empty() {
-            let identity = ShardRouting::identity(id, conn.user.as_ref());
-            let mut directory = lock(&shared.directory);
-            for topic in &topics {
-                directory.remove(topic, &identity);
-            }
-        }
-        lock(&shared.sessions).remove(&id);
+        lock(&shared.topics).remove_conn(key as u32);
+        lock(&shared.sessions).remove(&ConnId::new(self.index, key, conn.generation));
     }
 }

@@ -29,7 +29,6 @@ use crate::engine::limits::PerIp;
 use crate::engine::timers::{Entry, TimerWheel};
 use crate::hub::batch::Batcher;
 use crate::hub::handler::{Context, Effect, Handler, ShardRouting};
-use crate::hub::routes::Routes;
 use crate::hub::{Command, ConnId, Hub, InboxReceiver, Origin};
 use crate::metrics::Counters;
 use crate::protocol;
@@ -99,8 +98,6 @@ pub(crate) struct Shard<H> {
     shared: Arc<Shared>,
     clock: Clock,
     timers: TimerWheel,
-    /// The local connections of each user (only users with an open connection here).
-    users: HashMap<Arc<str>, Vec<usize>>,
     /// Connections with output to write at the end of this pass (each listed once).
     flush_list: Vec<usize>,
     /// Connections whose read budget ran out: read again next pass.
@@ -144,7 +141,6 @@ impl<H: Handler> Shard<H> {
         let routing = ShardRouting {
             index,
             hub,
-            routes: Routes::default(),
             max_subscriptions: shared.config.max_subscriptions,
             grants: HashMap::new(),
             gate: shared.gate.clone(),
@@ -167,7 +163,6 @@ impl<H: Handler> Shard<H> {
             shared,
             timers: TimerWheel::new(clock.now()),
             clock,
-            users: HashMap::new(),
             flush_list: Vec::new(),
             read_again: Vec::new(),
             expired: Vec::new(),
