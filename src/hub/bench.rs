@@ -1,4 +1,4 @@
-//! A handle on one shard's per-connection tables (users, subscriptions, the directory)
+//! A handle on one shard's per-connection tables (users and subscriptions)
 //! for `benches/tables.rs`: the same calls, in the same order and under the same locks,
 //! as a shard's admit/forget and a handler's subscribe/unsubscribe, without sockets.
 //! Not part of the API (hidden from the docs).

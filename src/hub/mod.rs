@@ -1,7 +1,8 @@
 //! Where a message goes: the [`Hub`] handle that reaches every shard, each shard's inbox
-//! ([`inbox`]), its topic and user tables ([`topics`], [`users`]) and batches ([`batch`]), and the hook through
-//! which handlers act ([`handler`]). Sits between the senders (a handler, the worker pool,
-//! the HTTP API, an embedding application) and the shard loops (the receivers).
+//! ([`inbox`]), its topic and user tables ([`topics`], [`users`]) and batches ([`batch`]),
+//! and the hook through which handlers act ([`handler`]). Sits between the senders (a
+//! handler, the worker pool, the HTTP API, an embedding application) and the shard loops
+//! (the receivers).
 //!
 //! A message meant for many connections crosses to each shard once, as one shared payload
 //! (`Message` clones share their bytes).
@@ -134,7 +135,7 @@ impl Hub {
     fn may_hold(&self, index: usize, target: &Target) -> bool {
         let shared = &self.shared[index];
         match target {
-            // A subscriber acknowledged before this check is in the directory (the shard
+            // A subscriber acknowledged before this check is in the topic table (the shard
             // records it before queueing the ack), so skipping cannot lose its messages.
             Target::Topic { topic, .. } => lock(&shared.topics).has_topic(topic),
             Target::User(user) => {
