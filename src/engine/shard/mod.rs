@@ -207,11 +207,13 @@ impl<H: Handler> Shard<H> {
             }
             self.fire_timers(now);
             self.deliver_batches(now);
+            // Before the flush, so a client that has read an answer (an HTTP response, an
+            // ack, a delivery) finds it counted in /stats, whichever shard answers that.
+            self.publish_counters();
             self.flush_all(now);
             self.sweep_buffers(now);
             self.fire_expiries(now);
             self.resume_accepting(now);
-            self.publish_counters();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
