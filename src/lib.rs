@@ -5,7 +5,8 @@
 //!
 //! - Vocabulary, free of I/O: `protocol` (the hub protocol's JSON frames and built-in
 //!   names, topic names and patterns, its close codes and timings), `metrics` (what shards
-//!   count, [`Stats`]), `clock` (ticks), `sync`, [`Error`].
+//!   count, [`Stats`]), `clock` (ticks), `frame` (a server frame encoded once and shared
+//!   by its receivers), `sync`, [`Error`].
 //! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
 //!   the responses written back.
 //! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
@@ -20,12 +21,15 @@
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
 //!   thread each; a shard accepts, reads frames, calls the handler, applies what it asked
-//!   for through the hub, fires timers, and flushes output once per loop pass.
+//!   for through the hub, fires timers, and flushes output once per loop pass. Inside it,
+//!   `wire` is the bytes (socket, TLS, the shard's inbound buffer) and `conn` the
+//!   connection core (phases, outbound queue, deadlines), which runs without a socket.
 //! - `app`: the hub protocol as a handler, and the [`App`] API that runs the application's
 //!   own event and request handlers on a worker pool.
 //!
 //! A message from a client thus flows: engine (bytes → frame) → hub handler (app's hub
-//! protocol) → hub routing → the shards' inboxes → engine (frame → bytes).
+//! protocol) → hub routing, where it is framed once → the shards' inboxes → each
+//! receiver's outbound queue (a reference) → one vectored write per connection per pass.
 
 mod api;
 mod app;
@@ -34,6 +38,7 @@ mod clock;
 mod config;
 mod engine;
 mod error;
+mod frame;
 mod http;
 mod hub;
 mod metrics;

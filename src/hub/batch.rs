@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tungstenite::Message;
+use crate::frame::SharedFrame;
 
 use crate::clock::{ticks, Tick};
 use crate::config::BatchRule;
@@ -28,7 +28,7 @@ pub(crate) enum Hold {
     /// Held for the topic's next batch.
     Held,
     /// Held, after the batch it would have overfilled went out early: deliver this frame now.
-    Full(Message),
+    Full(SharedFrame),
 }
 
 pub(crate) struct Batcher {
@@ -59,7 +59,7 @@ impl Batcher {
                 let frame = protocol::batch(topic, held.items.iter().map(|item| &**item));
                 held.items.clear();
                 held.bytes = batch_overhead(topic);
-                Message::text(frame)
+                SharedFrame::text(frame)
             });
             held.bytes += item.len() + 1;
             held.items.push(item);
@@ -74,7 +74,7 @@ impl Batcher {
     }
 
     /// The batch frames due by `now`, one per topic, each serialized once.
-    pub fn take_due(&mut self, now: Tick, out: &mut Vec<(Arc<str>, Message)>) {
+    pub fn take_due(&mut self, now: Tick, out: &mut Vec<(Arc<str>, SharedFrame)>) {
         if self.held.is_empty() {
             return;
         }
@@ -83,7 +83,7 @@ impl Batcher {
                 return true;
             }
             let frame = protocol::batch(topic, held.items.iter().map(|item| &**item));
-            out.push((topic.clone(), Message::text(frame)));
+            out.push((topic.clone(), SharedFrame::text(frame)));
             false
         });
     }

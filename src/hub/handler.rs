@@ -15,6 +15,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::auth::{AuthError, Gate, Grants, TopicAction, TopicDenied};
+use crate::frame::SharedFrame;
 use crate::http::{HttpResponse, PlainRequest};
 use crate::hub::SubscribeError;
 use crate::hub::{ConnId, Filter, Hub, Target};
@@ -73,9 +74,9 @@ impl ShardRouting {
 /// A handler's request, applied by the shard after the handler returns.
 pub(crate) enum Effect {
     /// To the connection the handler was called for, in order with its other output.
-    Reply(Message),
+    Reply(SharedFrame),
     /// Through the hub: this shard delivers its own part, the hub the rest.
-    Route(Target, Message),
+    Route(Target, SharedFrame),
     Close(CloseCode, &'static str),
     /// The connection presented a fresh credential (its grants are already replaced):
     /// its new expiry, if it has one.
@@ -170,7 +171,7 @@ impl<'a> Context<'a> {
     /// Sends `frame` to the connections `target` names, on every shard (see
     /// [`Hub::route`]); applied when the handler returns.
     pub fn route(&mut self, target: Target, frame: Message) {
-        self.effects.push(Effect::Route(target, frame));
+        self.effects.push(Effect::Route(target, SharedFrame::encode(frame)));
     }
 
     /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
@@ -204,7 +205,7 @@ impl<'a> Context<'a> {
 
     /// Sends `message` back on this connection.
     pub fn reply(&mut self, message: Message) {
-        self.effects.push(Effect::Reply(message));
+        self.effects.push(Effect::Reply(SharedFrame::encode(message)));
     }
 
     /// Sends `message` to another connection, on any shard.

@@ -18,16 +18,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::frame::SharedFrame;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
-use tungstenite::Message;
 
 use super::Target;
 
 /// A delivery handed to a shard: the frame, for its connections that `Target` names.
 pub(crate) struct Command {
     pub target: Target,
-    pub frame: Message,
+    pub frame: SharedFrame,
 }
 
 /// A shard's inbox was full: the delivery did not reach that shard's receivers.
@@ -143,7 +143,7 @@ mod tests {
     use std::time::Duration;
 
     fn everyone(text: &str) -> Command {
-        Command { target: Target::Everyone, frame: Message::text(text) }
+        Command { target: Target::Everyone, frame: SharedFrame::text(text) }
     }
 
     #[test]
@@ -178,7 +178,8 @@ mod tests {
         assert_eq!((sender.depth(), sender.refused()), (3, 2));
         sender.shutdown();
         assert!(receiver.shutdown_requested());
-        let kept: Vec<String> = std::iter::from_fn(|| receiver.next()).map(|c| c.frame.to_string()).collect();
+        let kept: Vec<String> =
+            std::iter::from_fn(|| receiver.next()).map(|c| c.frame.to_text().unwrap().to_owned()).collect();
         assert_eq!(kept, ["0", "1", "2"], "the first three, in order");
         sender.send(everyone("room again")).unwrap();
         assert_eq!(sender.refused(), 2);

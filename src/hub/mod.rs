@@ -4,8 +4,8 @@
 //! handler, the worker pool, the HTTP API, an embedding application) and the shard loops
 //! (the receivers).
 //!
-//! A message meant for many connections crosses to each shard once, as one shared payload
-//! (`Message` clones share their bytes).
+//! A message meant for many connections is framed once where it enters ([`SharedFrame`])
+//! and crosses to each shard once; every receiver's queue holds a reference to its bytes.
 
 pub(crate) mod batch;
 #[doc(hidden)]
@@ -31,6 +31,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 
+use crate::frame::SharedFrame;
 use crate::protocol;
 use crate::sync::lock;
 pub use topics::SubscribeError;
@@ -112,11 +113,11 @@ impl Hub {
     /// once, and its bytes are shared by every receiver. `Err` if a shard's inbox was
     /// full: that shard's receivers miss it (the others get it), and it is counted.
     pub fn route(&self, target: Target, frame: Message) -> Result<(), InboxFull> {
-        self.route_from(Origin::Outside, &target, &frame)
+        self.route_from(Origin::Outside, &target, &SharedFrame::encode(frame))
     }
 
     /// The one seam every delivery passes: decides which shards a delivery crosses to.
-    pub(crate) fn route_from(&self, origin: Origin, target: &Target, frame: &Message) -> Result<(), InboxFull> {
+    pub(crate) fn route_from(&self, origin: Origin, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull> {
         let mut result = Ok(());
         for (index, inbox) in self.shards.iter().enumerate() {
             if origin == Origin::Shard(index) || !self.may_hold(index, target) {
@@ -216,9 +217,9 @@ mod tests {
         hub.route(Target::Everyone, Message::text("e")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 2, 2]);
         let filter: Filter = Arc::new(|_| true);
-        hub.route_from(Origin::Shard(0), &Target::Filtered(filter), &Message::text("f")).unwrap();
+        hub.route_from(Origin::Shard(0), &Target::Filtered(filter), &SharedFrame::text("f")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 3, 3], "the origin shard delivers its own part");
-        hub.route_from(Origin::Shard(2), &topic, &Message::text("t")).unwrap();
+        hub.route_from(Origin::Shard(2), &topic, &SharedFrame::text("t")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 3, 3]);
     }
 

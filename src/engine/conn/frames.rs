@@ -9,48 +9,48 @@ use tungstenite::error::{CapacityError, Error as WsError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
+use super::outbound::FrameIo;
 use super::{
-    ConnEnv, Connection, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET, RECENT,
-    RESCHEDULE, USED_BUFFERS,
+    new_context, ConnEnv, Connection, Incoming, Outcome, Phase, DISCARD_INPUT, MID_MESSAGE, NEEDS_FLUSH, READ_BUDGET,
+    RECENT, RESCHEDULE,
 };
-use crate::engine::wire::{inbound, FrameError};
+use crate::engine::wire::{FrameError, Transport};
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     pub(super) fn read_frames(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
-        inbound::load(&mut self.stash.take().map_or_else(Vec::new, |stash| *stash));
+        cx.inbound.load(&mut self.stash.take().map_or_else(Vec::new, |stash| *stash));
         for _ in 0..READ_BUDGET {
             if let Some(outcome) = self.feed_frames(cx) {
                 return outcome;
             }
-            let Some(wire) = self.wire() else { break };
-            match inbound::recv(wire) {
+            match cx.inbound.recv(&mut self.wire) {
                 Ok(0) => {
-                    inbound::discard();
+                    cx.inbound.discard();
                     return Outcome::Remove;
                 }
                 Ok(_) => self.last_heard = cx.now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stash_rest();
+                    self.stash_rest(cx);
                     return Outcome::Keep;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    inbound::discard();
+                    cx.inbound.discard();
                     return Outcome::Remove;
                 }
             }
         }
         // Budget spent: handle what the last recv completed, then yield to others.
         self.feed_frames(cx).unwrap_or_else(|| {
-            self.stash_rest();
+            self.stash_rest(cx);
             Outcome::ReadAgain
         })
     }
 
     /// Ends the read burst, keeping an unfinished frame's bytes for the next one.
-    fn stash_rest(&mut self) {
+    fn stash_rest(&mut self, cx: &mut ConnEnv<'_>) {
         let mut rest = Vec::new();
-        inbound::stash(&mut rest);
+        cx.inbound.stash(&mut rest);
         self.stash = (!rest.is_empty()).then(|| Box::new(rest));
     }
 
@@ -58,11 +58,11 @@ impl Connection {
     /// read burst with that outcome (the inbound buffer already stashed or discarded).
     fn feed_frames(&mut self, cx: &mut ConnEnv<'_>) -> Option<Outcome> {
         if self.has(DISCARD_INPUT) {
-            inbound::discard();
+            cx.inbound.discard();
             return None;
         }
         loop {
-            let info = match inbound::next_frame(cx.limits.max_message_size) {
+            let info = match cx.inbound.next_frame(cx.limits.max_message_size) {
                 Ok(Some(info)) => info,
                 Ok(None) => return None,
                 Err(FrameError::TooBig) => return Some(self.fail(CloseCode::Size, "message too big", cx)),
@@ -72,32 +72,50 @@ impl Connection {
                 // Once tungstenite sees the close it refuses to send, so the handler's
                 // answers to the messages before it would be lost. Let the handler run
                 // first; the close frame waits in the stash for the next pass.
-                inbound::defer_frame();
-                self.stash_rest();
+                cx.inbound.defer_frame();
+                self.stash_rest(cx);
                 return Some(Outcome::ReadAgain);
             }
             if info.data {
                 self.set(MID_MESSAGE, !info.fin);
             }
-            self.flags |= USED_BUFFERS | RECENT;
-            let (Phase::Open(ws) | Phase::Closing(ws)) = &mut self.phase else {
-                inbound::discard();
-                return Some(Outcome::Remove);
+            self.flags |= RECENT;
+            let Connection { phase, out, .. } = self;
+            let open = matches!(phase, Phase::Open(_));
+            let context = match phase {
+                Phase::Open(context) => context.get_or_insert_with(|| new_context(cx.limits)),
+                Phase::Closing(context) => context,
+                Phase::Handshaking(_) | Phase::Moving => {
+                    cx.inbound.discard();
+                    return Some(Outcome::Remove);
+                }
             };
-            let result = ws.read();
-            debug_assert!(inbound::frame_consumed());
+            if !context.can_read() {
+                // Both close frames have crossed: whatever follows is not ours to read.
+                cx.inbound.discard();
+                return None;
+            }
+            let result = context.read(&mut FrameIo { window: Some(&mut *cx.inbound), out });
+            debug_assert!(cx.inbound.frame_consumed());
             match result {
-                Ok(Message::Text(_) | Message::Binary(_)) if !self.is_open() => {}
+                Ok(Message::Text(_) | Message::Binary(_)) if !open => {}
                 Ok(message @ (Message::Text(_) | Message::Binary(_))) => cx.incoming.push(Incoming::Message(message)),
-                // Tungstenite queued the pong; our flush sends it.
-                Ok(Message::Ping(_)) => self.flags |= NEEDS_FLUSH,
+                Ok(Message::Ping(_)) => {
+                    // The pong goes in line now, behind what is already queued.
+                    let _ = context.flush(&mut FrameIo { window: None, out });
+                    self.flags |= NEEDS_FLUSH;
+                }
                 Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {
-                    // Our reply (or the end of our own close handshake) goes out at the flush.
+                    // Queues our reply (when the peer started the close); tungstenite then
+                    // reports the close handshake complete, which the flush acts on.
+                    let _ = context.flush(&mut FrameIo { window: None, out });
                     self.flags |= NEEDS_FLUSH;
                     if let Phase::Open(_) = self.phase {
-                        let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-                        self.phase = Phase::Closing(ws);
+                        let Phase::Open(Some(context)) = mem::replace(&mut self.phase, Phase::Moving) else {
+                            unreachable!("a context was made for this frame")
+                        };
+                        self.phase = Phase::Closing(context);
                         self.since = cx.now;
                         self.flags |= RESCHEDULE;
                     }
@@ -112,7 +130,7 @@ impl Connection {
                     return Some(self.fail(CloseCode::Protocol, "protocol error", cx))
                 }
                 Err(_) => {
-                    inbound::discard();
+                    cx.inbound.discard();
                     return Some(Outcome::Remove);
                 }
             }
@@ -123,8 +141,8 @@ impl Connection {
     /// `code` after the messages that came before. Once the close frame is out, our write
     /// side is shut and the connection goes at EOF or the close deadline.
     fn fail(&mut self, code: CloseCode, reason: &'static str, cx: &mut ConnEnv<'_>) -> Outcome {
-        log::debug!("failing connection {:?}: {reason}", cx.token);
-        inbound::discard();
+        log::debug!("failing connection {}: {reason}", cx.key);
+        cx.inbound.discard();
         self.flags |= DISCARD_INPUT;
         cx.incoming.push(Incoming::Failed(code, reason));
         // Keep draining the socket (discarding) so EOF is noticed.

@@ -2,32 +2,27 @@
 //! HTTP), writing our answer (a 101, an HTTP response, or a refusal), then upgrading,
 //! reading the next request on a kept-alive connection, or lingering until EOF.
 
-use std::io::{self, Write};
-use std::mem;
-use std::net::Shutdown;
-use std::time::Instant;
+use std::io;
 
-use tungstenite::protocol::Role;
-use tungstenite::WebSocket;
+use tungstenite::Bytes;
 
-use super::{Admission, ConnEnv, Connection, Incoming, Outcome, Phase, RESCHEDULE, WANTS_WRITABLE};
+use super::output::Drained;
+use super::{Admission, ConnEnv, Connection, Incoming, Outcome, Phase, RESCHEDULE};
 use crate::auth::Admitted;
-use crate::engine::wire::Wire;
+use crate::engine::wire::Transport;
+use crate::frame::SharedFrame;
 use crate::http::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
 
 /// Requests one kept-alive connection may make; the answer to the last says `close`.
 const MAX_REQUESTS_PER_CONNECTION: u16 = 1000;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// A connection's state before the upgrade; boxed inside `Phase::Handshaking`.
+/// A connection's state before the upgrade; boxed inside `Phase::Handshaking`. Our
+/// answer goes through the connection's outbound queue like every later frame.
 pub(crate) struct Handshake {
-    pub(super) wire: Wire,
     /// The request received so far: at most one head and body, plus the start of a
     /// pipelined next request.
     pub(super) request: Vec<u8>,
-    /// Our answer; `reply[written..]` is still to go out.
-    pub(super) reply: Vec<u8>,
-    pub(super) written: usize,
     pub(super) stage: HandshakeStage,
     /// The request being answered lets the connection stay open after the answer.
     pub(super) keep_alive: bool,
@@ -56,12 +51,9 @@ pub(super) enum HandshakeStage {
 }
 
 impl Handshake {
-    pub(super) fn new(wire: Wire) -> Self {
+    pub(super) fn new() -> Self {
         Handshake {
-            wire,
             request: Vec::new(),
-            reply: Vec::new(),
-            written: 0,
             stage: HandshakeStage::Reading,
             keep_alive: false,
             head_only: false,
@@ -71,10 +63,9 @@ impl Handshake {
         }
     }
 
-    /// A connection that cannot be served: both directions shut, read until EOF.
-    pub(super) fn refused(wire: Wire) -> Self {
-        let _ = wire.tcp.shutdown(Shutdown::Both);
-        Handshake { stage: HandshakeStage::Lingering, ..Handshake::new(wire) }
+    /// A connection that cannot be served (its socket already shut): read until EOF.
+    pub(super) fn lingering() -> Self {
+        Handshake { stage: HandshakeStage::Lingering, ..Handshake::new() }
     }
 
     /// Between an answer and what follows it (the upgrade, the next request, the close).
@@ -86,7 +77,7 @@ impl Handshake {
     }
 }
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     pub(super) fn handshake_ready(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
         loop {
             let Phase::Handshaking(handshake) = &mut self.phase else {
@@ -104,7 +95,7 @@ impl Connection {
             };
             let mut chunk = [0u8; 4096];
             let limit = limit.min(chunk.len());
-            match handshake.wire.recv(&mut chunk[..limit]) {
+            match self.wire.recv(&mut chunk[..limit]) {
                 Ok(0) => return Outcome::Remove,
                 Ok(n) if handshake.stage == HandshakeStage::Reading => {
                     handshake.request.extend_from_slice(&chunk[..n]);
@@ -118,7 +109,7 @@ impl Connection {
                 Err(e) => {
                     if e.kind() == io::ErrorKind::InvalidData {
                         // Not TLS, or a TLS alert, or a handshake we cannot agree on.
-                        log::debug!("TLS failed on {:?}: {e}", cx.token);
+                        log::debug!("TLS failed on connection {}: {e}", cx.key);
                         cx.counters.handshake_failures += 1;
                     }
                     return Outcome::Remove;
@@ -137,23 +128,22 @@ impl Connection {
             Verdict::BodyPending { expect_continue } => {
                 if expect_continue && !handshake.continued {
                     handshake.continued = true;
-                    // 25 bytes to a socket whose buffer holds nothing of ours yet: a short
-                    // write does not happen, and if it did the stream would be corrupt.
-                    if !matches!(handshake.wire.write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                    self.queue(SharedFrame::raw(Bytes::from_static(CONTINUE)));
+                    if self.write_out() == Drained::Broken {
                         return Some(Outcome::Remove);
                     }
                 }
                 None
             }
-            Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, Instant::now()) {
+            Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, cx.wall) {
                 Ok(admitted) => {
                     let rest = handshake.request.split_off(upgrade.head_len);
                     self.stash = (!rest.is_empty()).then(|| Box::new(rest));
                     handshake.request = Vec::new();
-                    handshake.reply = upgrade.response();
                     handshake.stage = HandshakeStage::ReplyingThenUpgrade;
                     self.user = admitted.user.as_deref().map(Into::into);
                     handshake.admitted = Some(admitted);
+                    self.queue(SharedFrame::raw(upgrade.response().into()));
                     Some(self.handshake_write(cx))
                 }
                 Err(refusal) => {
@@ -192,9 +182,8 @@ impl Connection {
         }
         handshake.request = Vec::new();
         handshake.keep_alive = false;
-        handshake.reply = response.to_bytes(false, false);
-        handshake.written = 0;
         handshake.stage = HandshakeStage::ReplyingThenClose;
+        self.queue(SharedFrame::raw(response.to_bytes(false, false).into()));
         self.handshake_write(cx)
     }
 
@@ -203,58 +192,35 @@ impl Connection {
         let Phase::Handshaking(handshake) = &mut self.phase else {
             return Outcome::Keep;
         };
-        handshake.reply = response.to_bytes(handshake.keep_alive, handshake.head_only);
-        handshake.written = 0;
+        let reply = response.to_bytes(handshake.keep_alive, handshake.head_only);
         handshake.stage =
             if handshake.keep_alive { HandshakeStage::ReplyingThenNext } else { HandshakeStage::ReplyingThenClose };
+        self.queue(SharedFrame::raw(reply.into()));
         self.handshake_write(cx)
     }
 
     pub(super) fn handshake_write(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
-        let Phase::Handshaking(handshake) = &mut self.phase else {
+        if !matches!(self.phase, Phase::Handshaking(_)) {
             return Outcome::Keep;
-        };
-        while handshake.written < handshake.reply.len() {
-            match handshake.wire.write(&handshake.reply[handshake.written..]) {
-                Ok(0) => return Outcome::Remove,
-                Ok(n) => handshake.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.set(WANTS_WRITABLE, true);
-                    return self.sync_interest(cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Outcome::Remove,
-            }
         }
-        // On a TLS wire the reply is out once rustls has sent its last record, which it
-        // cannot before the handshake is done (an early 503): the next read resumes here.
-        match handshake.wire.flush() {
-            Ok(()) if handshake.wire.handshaking() => {
-                self.set(WANTS_WRITABLE, false);
-                return self.sync_interest(cx);
-            }
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.set(WANTS_WRITABLE, true);
-                return self.sync_interest(cx);
-            }
-            Err(_) => return Outcome::Remove,
+        match self.write_out() {
+            Drained::Done => {}
+            // On a TLS wire the reply is out once the session has sent its last record,
+            // which it cannot before the handshake is done (an early 503): the next read
+            // resumes here.
+            Drained::Blocked | Drained::AwaitingTls => return Outcome::Keep,
+            Drained::Broken => return Outcome::Remove,
         }
-        self.flags &= !WANTS_WRITABLE;
+        let Phase::Handshaking(handshake) = &mut self.phase else { unreachable!() };
         match handshake.stage {
             HandshakeStage::ReplyingThenUpgrade => self.upgrade(cx),
             HandshakeStage::ReplyingThenNext => {
                 handshake.stage = HandshakeStage::Reading;
                 handshake.served += 1;
-                handshake.reply = Vec::new();
-                handshake.written = 0;
                 // The handshake deadline doubles as the keep-alive idle timeout, and the
                 // next request must arrive in full within it.
                 self.since = cx.now;
                 self.flags |= RESCHEDULE;
-                if let Outcome::Remove = self.sync_interest(cx) {
-                    return Outcome::Remove;
-                }
                 // A pipelined request may be buffered already, or waiting in the socket
                 // with no new edge to announce it.
                 if let Some(outcome) = self.handshake_examine(cx) {
@@ -263,16 +229,12 @@ impl Connection {
                 self.handshake_ready(cx)
             }
             HandshakeStage::ReplyingThenClose => {
-                handshake.wire.shutdown_write();
                 handshake.stage = HandshakeStage::Lingering;
-                handshake.reply = Vec::new();
-                if let Outcome::Remove = self.sync_interest(cx) {
-                    return Outcome::Remove;
-                }
+                self.wire.shutdown_write();
                 // Drain what the peer already sent, so EOF is seen even without a new edge.
                 self.handshake_ready(cx)
             }
-            _ => self.sync_interest(cx),
+            _ => Outcome::Keep,
         }
     }
 
@@ -283,19 +245,16 @@ impl Connection {
     }
 
     fn upgrade(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {
-        let Phase::Handshaking(mut handshake) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
+        let Phase::Handshaking(handshake) = &mut self.phase else { unreachable!() };
         let admitted = handshake.admitted.take();
-        let websocket = WebSocket::from_raw_socket(handshake.wire, Role::Server, Some(cx.limits.websocket));
-        self.phase = Phase::Open(websocket);
+        // Tungstenite's state is made when the first frame arrives.
+        self.phase = Phase::Open(None);
         self.since = cx.now;
         self.last_heard = cx.now;
         self.last_ping = cx.now;
         self.flags |= RESCHEDULE;
         cx.counters.handshakes += 1;
         cx.incoming.push(Incoming::Opened(admitted.map(|a| Admission { grants: a.grants, expires_at: a.expires_at })));
-        if let Outcome::Remove = self.sync_interest(cx) {
-            return Outcome::Remove;
-        }
         // Frames may have arrived with the request; the socket may hold more that no new
         // edge will announce. Read now.
         self.read_frames(cx)

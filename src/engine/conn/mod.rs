@@ -1,7 +1,9 @@
-//! One connection: its phase, its deadlines, and the translation between readiness
-//! events and messages. Sits inside a shard's slab; the shard calls [`Connection::ready`]
-//! on readiness, [`Connection::send`] to queue output, [`Connection::flush`] once per loop
-//! pass, and [`Connection::on_timer`] when its wheel entry fires.
+//! One connection: its phase, its deadlines, its outbound queue, and the translation
+//! between readiness events and messages. Sits inside a shard's slab; the shard calls
+//! [`Connection::ready`] on readiness, [`Connection::send`] to queue output,
+//! [`Connection::flush`] once per loop pass, and [`Connection::on_timer`] when its wheel
+//! entry fires. The core touches no socket and no clock: it reads and writes through a
+//! [`Transport`] and is told the time, so the tests in `pipe` run it in memory.
 //!
 //! # Phases
 //! ```text
@@ -20,27 +22,29 @@
 
 use std::mem;
 use std::sync::Arc;
+use std::time::Instant;
 
-use mio::net::TcpStream;
-use mio::{Registry, Token};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Message;
 
 use crate::auth::Gate;
 use crate::auth::Grants;
 use crate::clock::{ticks, Tick};
 use crate::config::Config;
-use crate::engine::wire::Wire;
+use crate::engine::wire::{Inbound, Transport, Wire};
+use crate::frame::SharedFrame;
 use crate::http::{HttpResponse, PlainRequest};
 use crate::metrics::Counters;
 
 mod frames;
 mod handshake;
+mod outbound;
 mod output;
 
 use handshake::Handshake;
+use outbound::{FrameIo, Outbound};
 pub(crate) use output::Delivery;
 
 /// Recv calls one readiness event may make before the connection yields to others.
@@ -48,8 +52,12 @@ const READ_BUDGET: usize = 16;
 
 /// The limits and deadlines every connection on a shard shares.
 pub(crate) struct Limits {
+    /// Tungstenite's read-side limits; its write side is not used (output goes through
+    /// the connection's own queue).
     pub websocket: WebSocketConfig,
     pub max_message_size: usize,
+    /// Bytes a connection may owe its peer before it is evicted as a slow consumer.
+    pub max_pending_bytes: usize,
     /// Largest body a plain HTTP request may carry.
     pub max_http_body: usize,
     pub handshake: Tick,
@@ -65,15 +73,15 @@ impl Limits {
         let websocket = WebSocketConfig::default()
             // Zero: reads come from the shard's inbound buffer, see `wire`.
             .read_buffer_size(0)
-            // Frames queued in one loop pass go out in one write at its end; past this
-            // much, tungstenite writes early rather than growing the buffer.
-            .write_buffer_size((64 * 1024).min(config.max_pending_bytes / 2))
-            .max_write_buffer_size(config.max_pending_bytes)
+            // Zero: tungstenite's own frames (pongs, close frames) go straight into the
+            // connection's queue, which the limit below does not apply to.
+            .write_buffer_size(0)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
         Limits {
             websocket,
             max_message_size: config.max_message_size,
+            max_pending_bytes: config.max_pending_bytes.min(u32::MAX as usize / 2),
             // A publish through the HTTP API carries one message's data plus its envelope.
             max_http_body: config.max_message_size + 1024,
             handshake: ticks(config.handshake_timeout),
@@ -106,15 +114,19 @@ pub(crate) struct Admission {
     pub expires_at: Option<u64>,
 }
 
-/// Everything `ready`, `flush` and `on_timer` need from the shard.
+/// Everything `ready`, `flush` and `on_timer` need from the shard: no socket, no clock.
 pub(crate) struct ConnEnv<'a> {
-    pub registry: &'a Registry,
-    pub token: Token,
+    /// The connection's slab key, for logs.
+    pub key: usize,
     pub limits: &'a Limits,
     pub now: Tick,
+    /// The wall-clock time of this loop pass, for credentials and tickets.
+    pub wall: Instant,
     pub incoming: &'a mut Vec<Incoming>,
     pub counters: &'a mut Counters,
     pub gate: &'a Gate,
+    /// The shard's read buffer; one connection at a time reads into it.
+    pub inbound: &'a mut Inbound,
 }
 
 /// Whether the shard keeps the connection after a call.
@@ -134,10 +146,13 @@ pub(crate) enum Phase {
     /// Reading the request, writing our answer. Boxed: its buffers must not weigh on
     /// every open connection's slab entry.
     Handshaking(Box<Handshake>),
-    /// Upgraded; messages flow both ways.
-    Open(WebSocket<Wire>),
-    /// A close frame was sent or received; waiting for the handshake to finish.
-    Closing(WebSocket<Wire>),
+    /// Upgraded; messages flow both ways. Tungstenite's protocol state exists only while
+    /// the connection reads: it is made for the first frame after a quiet spell and
+    /// dropped once the connection has been quiet for a tick with no message half-read,
+    /// so an idle connection owns no heap memory.
+    Open(Option<Box<WebSocketContext>>),
+    /// A close frame was sent or received; waiting for the close handshake to finish.
+    Closing(Box<WebSocketContext>),
     /// Only while a phase is being moved out; never seen between calls.
     Moving,
 }
@@ -147,29 +162,33 @@ pub(crate) enum Phase {
 const NEEDS_FLUSH: u16 = 1;
 /// Already in the shard's flush list this pass.
 const LISTED: u16 = 1 << 1;
-/// Registered for WRITABLE (the last write would have blocked).
+/// The last write would have blocked: the shard registers WRITABLE.
 const WANTS_WRITABLE: u16 = 1 << 2;
 /// Tungstenite holds fragments of an unfinished message.
 const MID_MESSAGE: u16 = 1 << 3;
-/// Tungstenite may hold buffers since the last recycle.
-const USED_BUFFERS: u16 = 1 << 4;
-/// Used its buffers since the shard's last recycling sweep (see `sweep_buffers`).
-const RECENT: u16 = 1 << 10;
-/// In the shard's list of connections that may hold buffers.
-const RECYCLE_LISTED: u16 = 1 << 9;
+/// Active since the shard's last sweep (see `sweep_buffers`).
+const RECENT: u16 = 1 << 4;
+/// In the shard's list of connections to sweep.
+const SWEEP_LISTED: u16 = 1 << 5;
 /// The peer broke the protocol: read bytes are dropped unparsed.
-const DISCARD_INPUT: u16 = 1 << 5;
+const DISCARD_INPUT: u16 = 1 << 6;
 /// We shut our write side after the final frame.
-const WRITE_SHUT: u16 = 1 << 6;
+const WRITE_SHUT: u16 = 1 << 7;
 /// What epoll holds: WRITABLE is registered (mirrors `WANTS_WRITABLE` after a sync).
-const REGISTERED_WRITABLE: u16 = 1 << 7;
+const REGISTERED_WRITABLE: u16 = 1 << 8;
 /// The phase changed since the shard last looked: the deadline needs a new timer entry.
-const RESCHEDULE: u16 = 1 << 8;
+const RESCHEDULE: u16 = 1 << 9;
 
-/// A connection's slab entry. Kept small: at 19,000 idle connections every byte here is
-/// 19 KB of resident memory.
-pub(crate) struct Connection {
+/// A connection's slab entry: its socket, its protocol phase, what it owes its peer and
+/// its deadlines. Kept small: at 19,000 idle connections every byte here is 19 KB of
+/// resident memory. Generic over the transport so the core runs in memory in tests.
+pub(crate) struct Connection<T = Wire> {
+    /// The socket (and TLS session); it lives exactly as long as the connection.
+    wire: T,
     pub phase: Phase,
+    /// Everything the connection still has to send, in order: shared frames, its own
+    /// replies, tungstenite's pongs and close frames, an HTTP answer before the upgrade.
+    out: Outbound,
     /// Bytes of a frame whose end has not arrived; `None` almost always. Boxed: 8 bytes
     /// in every slab entry instead of a `Vec`'s 24, for a block that rarely exists.
     #[allow(clippy::box_collection)]
@@ -189,27 +208,21 @@ pub(crate) struct Connection {
     flags: u16,
 }
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     /// A freshly accepted socket; its first timer entry is due at `handshake_deadline`.
-    /// With `tls` (a `wss://` server) it first goes through a TLS handshake.
-    pub fn accepted(
-        tcp: TcpStream,
-        generation: u32,
-        now: Tick,
-        handshake_deadline: Tick,
-        tls: Option<&Arc<ServerConfig>>,
-    ) -> Self {
-        let handshake = match tls.map(|config| ServerConnection::new(config.clone())).transpose() {
-            Ok(session) => Handshake::new(Wire::new(tcp, session.map(Box::new))),
-            Err(e) => {
-                // Not with a config `TlsSettings` accepted; but if it happens, the
-                // connection is dropped, never served in plaintext.
-                log::error!("cannot start a TLS session: {e}");
-                Handshake::refused(Wire::new(tcp, None))
-            }
+    /// `refused`: it cannot be served (a TLS session could not start): it is shut and
+    /// read until EOF, never served in plaintext.
+    pub fn accepted(mut wire: T, refused: bool, generation: u32, now: Tick, handshake_deadline: Tick) -> Self {
+        let handshake = if refused {
+            wire.shutdown_both();
+            Handshake::lingering()
+        } else {
+            Handshake::new()
         };
         Connection {
+            wire,
             phase: Phase::Handshaking(Box::new(handshake)),
+            out: Outbound::default(),
             stash: None,
             user: None,
             generation,
@@ -221,16 +234,8 @@ impl Connection {
         }
     }
 
-    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
-        self.wire().map(|wire| &mut wire.tcp)
-    }
-
-    fn wire(&mut self) -> Option<&mut Wire> {
-        match &mut self.phase {
-            Phase::Handshaking(handshake) => Some(&mut handshake.wire),
-            Phase::Open(ws) | Phase::Closing(ws) => Some(ws.get_mut()),
-            Phase::Moving => None,
-        }
+    pub fn wire_mut(&mut self) -> &mut T {
+        &mut self.wire
     }
 
     pub fn is_open(&self) -> bool {
@@ -267,16 +272,27 @@ impl Connection {
         })
     }
 
+    /// Whether WRITABLE should be registered, when that differs from what is; the shard
+    /// changes the registration and confirms with [`Connection::interest_synced`].
+    pub fn interest_change(&self) -> Option<bool> {
+        let wants = self.has(WANTS_WRITABLE);
+        (wants != self.has(REGISTERED_WRITABLE)).then_some(wants)
+    }
+
+    pub fn interest_synced(&mut self, writable: bool) {
+        self.set(REGISTERED_WRITABLE, writable);
+    }
+
     /// Handles a readiness event.
     pub fn ready(&mut self, readable: bool, writable: bool, cx: &mut ConnEnv<'_>) -> Outcome {
-        let outcome = self.ready_plain(readable, writable, cx);
+        let outcome = self.ready_inner(readable, writable, cx);
         if outcome != Outcome::Remove && self.tls_needs_flush() {
             self.set(NEEDS_FLUSH, true);
         }
         outcome
     }
 
-    fn ready_plain(&mut self, readable: bool, writable: bool, cx: &mut ConnEnv<'_>) -> Outcome {
+    fn ready_inner(&mut self, readable: bool, writable: bool, cx: &mut ConnEnv<'_>) -> Outcome {
         if let Phase::Handshaking(_) = self.phase {
             if writable && self.has(WANTS_WRITABLE) {
                 if let Outcome::Remove = self.handshake_write(cx) {
@@ -306,16 +322,18 @@ impl Connection {
     }
 
     /// Starts a close handshake with `code` (idle, shutdown, handler request, protocol
-    /// error). A connection still handshaking is simply dropped.
-    pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Tick) -> Outcome {
+    /// error), after what is already queued. A connection still handshaking is simply
+    /// dropped.
+    pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Tick, limits: &Limits) -> Outcome {
         match mem::replace(&mut self.phase, Phase::Moving) {
-            Phase::Open(mut ws) => {
+            Phase::Open(context) => {
+                let mut context = context.unwrap_or_else(|| new_context(limits));
                 let frame = CloseFrame { code, reason: reason.into() };
-                // Queues the frame; whether it went out now is the flush's business.
-                let _ = ws.close(Some(frame));
-                self.phase = Phase::Closing(ws);
+                // Queues the close frame: our queue takes every byte, so this cannot fail.
+                let _ = context.close(&mut FrameIo { window: None, out: &mut self.out }, Some(frame));
+                self.phase = Phase::Closing(context);
                 self.since = now;
-                self.flags |= NEEDS_FLUSH | RESCHEDULE;
+                self.flags |= NEEDS_FLUSH | RESCHEDULE | RECENT;
                 Outcome::Keep
             }
             closing @ Phase::Closing(_) => {
@@ -363,62 +381,59 @@ impl Connection {
     fn open_timer(&mut self, limits: &Limits, now: Tick) {
         let silent = now - self.last_heard;
         if silent >= limits.idle {
-            self.close(CloseCode::Away, "idle timeout", now);
+            self.close(CloseCode::Away, "idle timeout", now, limits);
             return;
         }
         let pinged_since_heard = self.last_ping > self.last_heard;
         let ping_due = if pinged_since_heard { now - self.last_ping >= limits.ping } else { silent >= limits.ping };
         if ping_due {
-            if let Phase::Open(ws) = &mut self.phase {
-                // A failed write shows up at the flush; WouldBlock means queued.
-                let _ = ws.write(Message::Ping(Default::default()));
-                self.last_ping = now;
-                self.flags |= NEEDS_FLUSH | USED_BUFFERS | RECENT;
-            }
+            self.queue(SharedFrame::ping());
+            self.last_ping = now;
         }
     }
 
-    /// True exactly once after the connection starts using buffers again: the caller
-    /// lists it for the recycling sweeps.
-    pub fn claim_recycle(&mut self) -> bool {
-        let claim = self.has(USED_BUFFERS) && !self.has(RECYCLE_LISTED);
+    /// True exactly once after the connection becomes active again: the caller lists it
+    /// for the sweeps.
+    pub fn claim_sweep(&mut self) -> bool {
+        let claim = self.has(RECENT) && !self.has(SWEEP_LISTED);
         if claim {
-            self.flags |= RECYCLE_LISTED;
+            self.flags |= SWEEP_LISTED;
         }
         claim
     }
 
-    /// One recycling sweep (the shard runs one per tick over its listed connections):
-    /// a connection quiet since the last sweep drops tungstenite's buffers, so an idle
-    /// connection owns no heap memory, while a busy one keeps them and a steady stream of
-    /// deliveries allocates nothing. Returns whether it stays listed.
-    pub fn sweep_buffers(&mut self, limits: &Limits) -> bool {
+    /// One sweep (the shard runs one per tick over its listed connections): a connection
+    /// quiet since the last sweep gives back its buffers (tungstenite's state, the queue's
+    /// overflow, what the TLS session can release), so an idle connection owns no heap
+    /// memory, while a busy one keeps them and a steady stream of deliveries allocates
+    /// nothing. Returns whether it stays listed.
+    pub fn sweep_buffers(&mut self) -> bool {
         if self.has(RECENT) {
             self.set(RECENT, false);
             return true;
         }
-        self.recycle(limits);
-        let listed = self.has(USED_BUFFERS) && self.was_opened();
-        self.set(RECYCLE_LISTED, listed);
+        let quiet = !self.has(MID_MESSAGE | NEEDS_FLUSH | WANTS_WRITABLE) && self.out.is_empty();
+        if quiet {
+            if let Phase::Open(context) = &mut self.phase {
+                *context = None;
+            }
+            self.out.release();
+            self.wire.release_idle();
+        }
+        // Still holding what only a later sweep can give back.
+        let listed = match &self.phase {
+            Phase::Open(context) => context.is_some() || self.out.holds_memory(),
+            Phase::Closing(_) => true,
+            Phase::Handshaking(_) | Phase::Moving => false,
+        };
+        self.set(SWEEP_LISTED, listed);
         listed
     }
+}
 
-    /// Rebuilds the `WebSocket` when nothing is in flight: the only way to make tungstenite
-    /// free its buffers.
-    fn recycle(&mut self, limits: &Limits) {
-        if !self.has(USED_BUFFERS) || self.has(MID_MESSAGE | NEEDS_FLUSH | WANTS_WRITABLE) {
-            return;
-        }
-        if let Phase::Open(ws) = &self.phase {
-            if !ws.can_write() {
-                return;
-            }
-            let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-            let wire = ws.into_inner();
-            self.phase = Phase::Open(WebSocket::from_raw_socket(wire, Role::Server, Some(limits.websocket)));
-            self.set(USED_BUFFERS, false);
-        }
-    }
+/// Tungstenite's state for a connection that starts (or resumes) reading frames.
+fn new_context(limits: &Limits) -> Box<WebSocketContext> {
+    Box::new(WebSocketContext::new(Role::Server, Some(limits.websocket)))
 }
 
 #[cfg(test)]
@@ -427,15 +442,13 @@ mod tests {
 
     #[test]
     fn an_idle_connection_fits_its_budget() {
-        // The slab entry is the whole per-connection cost while idle (no heap); the
-        // 512-byte target also has to cover the slab's slack and the timer entry.
-        let size = mem::size_of::<slab::Slab<Connection>>();
+        // The slab entry is the whole per-connection cost while idle (no heap).
         let entry = mem::size_of::<Connection>();
         eprintln!(
-            "Connection: {entry} bytes; WebSocket<Wire>: {}; boxed TLS session (wss only): {}",
-            mem::size_of::<WebSocket<Wire>>(),
-            mem::size_of::<ServerConnection>()
+            "Connection: {entry} bytes; tungstenite's state while reading (boxed): {}; Outbound: {}",
+            mem::size_of::<WebSocketContext>(),
+            mem::size_of::<Outbound>()
         );
-        assert!(entry <= 384, "Connection grew to {entry} bytes (slab header {size})");
+        assert!(entry <= 128, "Connection grew to {entry} bytes");
     }
 }

@@ -14,6 +14,7 @@ use super::{Shard, ACCEPT_BACKOFF};
 use crate::clock::{self, Tick};
 use crate::engine::conn::{Connection, Outcome};
 use crate::engine::timers::Entry;
+use crate::engine::wire::{TlsSession, Wire};
 use crate::http::HttpResponse;
 use crate::hub::handler::Handler;
 use crate::hub::ConnId;
@@ -68,7 +69,17 @@ impl<H: Handler> Shard<H> {
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
         self.routing.hub.shared(self.index).connections.fetch_add(1, Ordering::AcqRel);
         let at = now + self.io.limits.handshake;
-        let conn = entry.insert(Connection::accepted(tcp, generation, now, at, self.io.limits.tls.as_ref()));
+        let (tls, refused) = match self.io.limits.tls.as_ref().map(TlsSession::new).transpose() {
+            Ok(tls) => (tls, false),
+            Err(e) => {
+                // Not with a config `TlsSettings` accepted; but if it happens, the
+                // connection is dropped, never served in plaintext.
+                log::error!("cannot start a TLS session: {e}");
+                (None, true)
+            }
+        };
+        let wire = Wire::new(tcp, tls);
+        let conn = entry.insert(Connection::accepted(wire, refused, generation, now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
         // Counted per address only once admitted, so `remove` releases exactly what was taken.
         let ip_refused = match &self.shared.per_ip {

@@ -5,11 +5,10 @@
 
 use std::mem;
 
-use tungstenite::Message;
-
 use super::Shard;
 use crate::clock::Tick;
 use crate::engine::conn::Delivery;
+use crate::frame::SharedFrame;
 use crate::hub::batch::Hold;
 use crate::hub::handler::Handler;
 use crate::hub::{ConnId, Filter, Target};
@@ -17,11 +16,11 @@ use crate::sync::lock;
 
 impl<H: Handler> Shard<H> {
     /// Delivers `frame` to this shard's connections that `target` names.
-    pub(super) fn deliver_local(&mut self, target: &Target, frame: Message, now: Tick) {
+    pub(super) fn deliver_local(&mut self, target: &Target, frame: &SharedFrame, now: Tick) {
         match target {
             Target::Topic { topic, data } => match self.batcher.hold(topic, data, now) {
                 Hold::NotBatched => self.deliver_to_topic(topic, frame, now),
-                Hold::Full(batch) => self.deliver_to_topic(topic, batch, now),
+                Hold::Full(batch) => self.deliver_to_topic(topic, &batch, now),
                 Hold::Held => {}
             },
             Target::Everyone => self.broadcast_local(frame, now),
@@ -35,15 +34,14 @@ impl<H: Handler> Shard<H> {
     // Inlined into every fan-out loop by hand: the inliner stopped doing it once delivery
     // gained call sites, which cost ~30 instructions a delivery (callgrind, fanout bench).
     #[inline(always)]
-    pub(super) fn deliver(&mut self, key: usize, message: Message, now: Tick) {
+    pub(super) fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Tick) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let len = message.len() as u64;
-        let delivery = conn.send(message, now);
+        let delivery = conn.send(frame, now, &self.io.limits);
         if delivery == Delivery::Queued {
             self.io.counters.messages_out += 1;
-            self.io.counters.bytes_out += len;
+            self.io.counters.bytes_out += frame.payload_len() as u64;
         }
         if delivery == Delivery::Evicted {
             self.io.counters.evictions += 1;
@@ -57,28 +55,28 @@ impl<H: Handler> Shard<H> {
         self.settle(key);
     }
 
-    fn deliver_to_id(&mut self, id: ConnId, message: Message, now: Tick) {
+    fn deliver_to_id(&mut self, id: ConnId, frame: &SharedFrame, now: Tick) {
         let live = self.conns.get(id.slot()).is_some_and(|conn| conn.generation == id.generation());
         if live {
-            self.deliver(id.slot(), message, now);
+            self.deliver(id.slot(), frame, now);
         }
     }
 
-    fn deliver_to_user(&mut self, user: &str, message: Message, now: Tick) {
+    fn deliver_to_user(&mut self, user: &str, frame: &SharedFrame, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend(lock(&self.routing.hub.shared(self.index).users).keys(user).iter().map(|&key| key as usize));
         if keys.is_empty() {
             // In open mode a connection without a user goes by its connection id.
             keys.extend(self.anonymous_conn(user));
         }
-        self.deliver_to_all(&mut keys, message, now);
+        self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
     }
 
-    fn broadcast_local(&mut self, message: Message, now: Tick) {
+    fn broadcast_local(&mut self, frame: &SharedFrame, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend(self.conns.iter().filter(|(_, conn)| conn.is_open()).map(|(key, _)| key));
-        self.deliver_to_all(&mut keys, message, now);
+        self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
     }
 
@@ -89,7 +87,7 @@ impl<H: Handler> Shard<H> {
         (id.shard() == self.index && conn.generation == id.generation() && conn.user.is_none()).then_some(id.slot())
     }
 
-    fn deliver_to_topic(&mut self, topic: &str, frame: Message, now: Tick) {
+    fn deliver_to_topic(&mut self, topic: &str, frame: &SharedFrame, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         keys.extend(
             lock(&self.routing.hub.shared(self.index).topics).subscribers(topic).iter().map(|&key| key as usize),
@@ -103,11 +101,11 @@ impl<H: Handler> Shard<H> {
         let mut due = Vec::new();
         self.batcher.take_due(now, &mut due);
         for (topic, frame) in due {
-            self.deliver_to_topic(&topic, frame, now);
+            self.deliver_to_topic(&topic, &frame, now);
         }
     }
 
-    fn filtered_local(&mut self, filter: &Filter, message: Message, now: Tick) {
+    fn filtered_local(&mut self, filter: &Filter, frame: &SharedFrame, now: Tick) {
         let mut keys = mem::take(&mut self.targets);
         {
             let sessions = lock(&self.routing.hub.shared(self.index).sessions);
@@ -118,14 +116,14 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
-        self.deliver_to_all(&mut keys, message, now);
+        self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
     }
 
-    /// Delivers one shared payload to every key in `keys` (left empty afterwards).
-    fn deliver_to_all(&mut self, keys: &mut Vec<usize>, message: Message, now: Tick) {
+    /// Delivers one shared frame to every key in `keys` (left empty afterwards).
+    fn deliver_to_all(&mut self, keys: &mut Vec<usize>, frame: &SharedFrame, now: Tick) {
         for key in keys.drain(..) {
-            self.deliver(key, message.clone(), now);
+            self.deliver(key, frame, now);
         }
     }
 }

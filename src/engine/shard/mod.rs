@@ -13,7 +13,7 @@ use std::mem;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -27,6 +27,8 @@ use crate::config::Config;
 use crate::engine::conn::{ConnEnv, Connection, Incoming, Limits, Outcome};
 use crate::engine::limits::PerIp;
 use crate::engine::timers::{Entry, TimerWheel};
+use crate::engine::wire::Inbound;
+use crate::frame::SharedFrame;
 use crate::hub::batch::Batcher;
 use crate::hub::handler::{Context, Effect, Handler, ShardRouting};
 use crate::hub::{Command, ConnId, Hub, InboxReceiver, Origin};
@@ -67,19 +69,38 @@ struct ShardIo {
     /// This shard's running totals; published to `ShardShared` once per loop pass.
     counters: Counters,
     gate: Arc<Gate>,
+    /// The one read buffer every connection of this shard reads into, in turn.
+    inbound: Inbound,
+    /// The wall-clock time of this loop pass.
+    wall: Instant,
 }
 
 impl ShardIo {
     fn cx(&mut self, key: usize, now: Tick) -> ConnEnv<'_> {
         ConnEnv {
-            registry: self.poll.registry(),
-            token: Token(key),
+            key,
             limits: &self.limits,
             now,
+            wall: self.wall,
             incoming: &mut self.incoming,
             counters: &mut self.counters,
             gate: &self.gate,
+            inbound: &mut self.inbound,
         }
+    }
+
+    /// Registers WRITABLE exactly while the connection's last write would have blocked;
+    /// the syscall happens only on a change. `false`: the socket is gone.
+    fn sync_interest(&self, key: usize, conn: &mut Connection) -> bool {
+        let Some(writable) = conn.interest_change() else {
+            return true;
+        };
+        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if self.poll.registry().reregister(&mut conn.wire_mut().tcp, Token(key), interest).is_err() {
+            return false;
+        }
+        conn.interest_synced(writable);
+        true
     }
 }
 
@@ -108,8 +129,9 @@ pub(crate) struct Shard<H> {
     fired: Vec<usize>,
     /// Scratch for the receivers of one broadcast or user send (reused, never shrunk).
     targets: Vec<usize>,
-    /// Connections that may hold tungstenite buffers; swept once per tick.
-    recycle_list: Vec<usize>,
+    /// Connections that were active since they last gave their buffers back; swept once
+    /// per tick.
+    sweep_list: Vec<usize>,
     /// The tick of the last buffer sweep.
     swept_at: Tick,
     effects: Vec<Effect>,
@@ -153,6 +175,8 @@ impl<H: Handler> Shard<H> {
                 incoming: Vec::new(),
                 counters: Counters::default(),
                 gate: shared.gate.clone(),
+                inbound: Inbound::default(),
+                wall: Instant::now(),
             },
             listener: Some(listener),
             conns: Slab::new(),
@@ -168,7 +192,7 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             fired: Vec::new(),
             targets: Vec::new(),
-            recycle_list: Vec::new(),
+            sweep_list: Vec::new(),
             swept_at: 0,
             effects: Vec::new(),
             next_generation: 0,
@@ -192,6 +216,7 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             let now = self.clock.now();
+            self.io.wall = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.drain_inbox(now),
@@ -243,7 +268,10 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let mut cx = self.io.cx(key, now);
-        let outcome = conn.ready(readable, writable, &mut cx);
+        let mut outcome = conn.ready(readable, writable, &mut cx);
+        if !self.io.sync_interest(key, conn) {
+            outcome = Outcome::Remove;
+        }
         self.dispatch_incoming(key, now);
         match outcome {
             Outcome::Remove => self.remove(key, now),
@@ -267,8 +295,8 @@ impl<H: Handler> Shard<H> {
         if conn.claim_flush() {
             self.flush_list.push(key);
         }
-        if conn.claim_recycle() {
-            self.recycle_list.push(key);
+        if conn.claim_sweep() {
+            self.sweep_list.push(key);
         }
     }
 
@@ -278,8 +306,8 @@ impl<H: Handler> Shard<H> {
             return;
         }
         self.swept_at = now;
-        let Shard { conns, recycle_list, io, .. } = self;
-        recycle_list.retain(|&key| conns.get_mut(key).is_some_and(|conn| conn.sweep_buffers(&io.limits)));
+        let Shard { conns, sweep_list, .. } = self;
+        sweep_list.retain(|&key| conns.get_mut(key).is_some_and(|conn| conn.sweep_buffers()));
     }
 
     /// Runs the handler for what a connection produced, applying its effects after each call.
@@ -313,7 +341,7 @@ impl<H: Handler> Shard<H> {
                     self.handler.on_message(&mut cx, message);
                 }
                 Incoming::Failed(code, reason) => {
-                    if conn.close(code, reason, now) == Outcome::Remove {
+                    if conn.close(code, reason, now, &self.io.limits) == Outcome::Remove {
                         self.remove(key, now);
                     }
                 }
@@ -327,7 +355,8 @@ impl<H: Handler> Shard<H> {
                     )
                     .unwrap_or_else(|| self.handler.on_http(&request));
                     let mut cx = self.io.cx(key, now);
-                    if conn.respond(&response, &mut cx) == Outcome::Remove {
+                    let outcome = conn.respond(&response, &mut cx);
+                    if outcome == Outcome::Remove || !self.io.sync_interest(key, conn) {
                         self.remove(key, now);
                     }
                 }
@@ -340,17 +369,17 @@ impl<H: Handler> Shard<H> {
         let mut effects = mem::take(&mut self.effects);
         for effect in effects.drain(..) {
             match effect {
-                Effect::Reply(message) => self.deliver(key, message, now),
+                Effect::Reply(frame) => self.deliver(key, &frame, now),
                 Effect::Route(target, frame) => {
                     // A full inbox elsewhere is counted there; this shard's part goes on.
                     let _ = self.routing.hub.route_from(Origin::Shard(self.index), &target, &frame);
-                    self.deliver_local(&target, frame, now);
+                    self.deliver_local(&target, &frame, now);
                 }
                 Effect::Refreshed(Some(expires_at)) => self.expiries.set(key, expires_at, unix_now()),
                 Effect::Refreshed(None) => self.expiries.clear(key),
                 Effect::Close(code, reason) => {
                     if let Some(conn) = self.conns.get_mut(key) {
-                        if conn.close(code, reason, now) == Outcome::Remove {
+                        if conn.close(code, reason, now, &self.io.limits) == Outcome::Remove {
                             self.remove(key, now);
                         }
                         self.settle(key);
@@ -364,7 +393,7 @@ impl<H: Handler> Shard<H> {
     fn drain_inbox(&mut self, now: Tick) {
         self.inbox.woken();
         while let Some(Command { target, frame }) = self.inbox.next() {
-            self.deliver_local(&target, frame, now);
+            self.deliver_local(&target, &frame, now);
         }
         // After the drain, so what was sent before the shutdown goes out before the 1001.
         if self.inbox.shutdown_requested() {
@@ -411,7 +440,8 @@ impl<H: Handler> Shard<H> {
                 continue;
             };
             let mut cx = self.io.cx(key, now);
-            if conn.flush(&mut cx) == Outcome::Remove {
+            let outcome = conn.flush(&mut cx);
+            if outcome == Outcome::Remove || !self.io.sync_interest(key, conn) {
                 self.remove(key, now);
             } else if let Some(at) = conn.take_reschedule(&self.io.limits) {
                 self.timers.schedule(Entry { key: key as u32, generation: conn.generation, at });
@@ -439,14 +469,13 @@ impl<H: Handler> Shard<H> {
         for (key, event) in due {
             match event {
                 ExpiryEvent::Warn(expires_at) => {
-                    let frame = protocol::token_expiring(expires_at);
-                    self.deliver(key, tungstenite::Message::text(frame), now);
+                    let frame = SharedFrame::text(protocol::token_expiring(expires_at));
+                    self.deliver(key, &frame, now);
                 }
                 ExpiryEvent::Expired => {
                     let Some(conn) = self.conns.get_mut(key) else { continue };
-                    if conn.close(CloseCode::Library(protocol::TOKEN_EXPIRED), protocol::TOKEN_EXPIRED_REASON, now)
-                        == Outcome::Remove
-                    {
+                    let code = CloseCode::Library(protocol::TOKEN_EXPIRED);
+                    if conn.close(code, protocol::TOKEN_EXPIRED_REASON, now, &self.io.limits) == Outcome::Remove {
                         self.remove(key, now);
                     }
                     self.settle(key);
@@ -463,7 +492,7 @@ impl<H: Handler> Shard<H> {
         self.shutdown_deadline = Some(now + clock::ticks(self.shared.config.shutdown_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            if self.conns[key].close(CloseCode::Away, "server shutting down", now) == Outcome::Remove {
+            if self.conns[key].close(CloseCode::Away, "server shutting down", now, &self.io.limits) == Outcome::Remove {
                 self.remove(key, now);
             } else {
                 self.settle(key);
