@@ -42,6 +42,8 @@ mod frames;
 mod handshake;
 mod outbound;
 mod output;
+#[cfg(test)]
+mod pipe;
 
 use handshake::Handshake;
 use outbound::{FrameIo, Outbound};
