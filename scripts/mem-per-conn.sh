@@ -9,9 +9,10 @@
 # before and after. Every wait is bounded; the load and the server are stopped on any
 # exit. Exits 0 only if all N connections were established.
 #
-# --tls: serve wss:// with a fresh self-signed certificate (scripts/gencert.sh) and
-# hold the connections with scripts/wss-hold.py (python3, standard library) instead,
-# each past its TLS handshake, upgrade and welcome.
+# --tls: serve wss:// with a fresh self-signed certificate (scripts/gencert.sh); the same
+# `wshub-load hold` holds the connections over wss:// (trusting it with --ca), each past
+# its TLS handshake and upgrade. TLS handshakes cost the pinned server far more CPU than
+# plain upgrades, so the ramp is slower and the handshake timeout longer.
 #
 # MEM_URL_PATH sets the path and query the clients connect to (default `/`), e.g.
 # MEM_URL_PATH='/?token=t1' with `--auth token --auth-token t1=ann` to measure
@@ -20,7 +21,7 @@
 # --user gives each connection its own user (`?user=u0x<index>`, open mode); --topics K
 # subscribes each to K topics after the upgrade (hub protocol): `global`, shared by all,
 # and K-1 of its own (`room.0x<index>.<k>`), each acknowledged before READY. Together they
-# are the deployed profile: `--user --topics 3`. Not with --tls.
+# are the deployed profile: `--user --topics 3`.
 #
 # MEM_SERVER_BIN runs another wshub binary (e.g. one built from an earlier commit, to
 # compare before and after in one session); the default is the fresh release build.
@@ -39,10 +40,6 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-if ((TLS)) && ((${#USER_ARGS[@]} > 0)); then
-    echo "--user and --topics are for ws:// (wshub-load hold), not --tls" >&2
-    exit 2
-fi
 N=${1:-19000}
 [[ $# -gt 0 ]] && shift
 EXTRA_SERVER_ARGS=("$@")
@@ -53,7 +50,8 @@ fi
 
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-RATE=5000
+RATE=5000 HANDSHAKE_TIMEOUT=10
+if ((TLS)); then RATE=1000 HANDSHAKE_TIMEOUT=30; fi
 WORK=$(mktemp -d)
 at_exit 'rm -rf "$WORK"'
 pin_cpus
@@ -61,9 +59,11 @@ pin_cpus
 echo "building release binaries..." >&2
 timeout 1200 cargo build --release -p wshub -p wshub-load >&2
 
+SCHEME=ws TLS_ARGS=()
 if ((TLS)); then
     scripts/gencert.sh "$WORK/cert" 2>/dev/null
     EXTRA_SERVER_ARGS+=(--tls-cert "$WORK/cert/cert.pem" --tls-key "$WORK/cert/key.pem")
+    SCHEME=wss TLS_ARGS=(--ca "$WORK/cert/cert.pem")
 fi
 
 if [[ -n ${MEM_SERVER_BIN:-} ]]; then
@@ -76,19 +76,14 @@ fi
 RSS_BEFORE=$(proc_kib VmRSS "$SERVER_PID")
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 
-if ((TLS)); then
-    "${LOAD_PIN[@]}" python3 scripts/wss-hold.py 127.0.0.1 "$PORT" "$N" "$WORK/cert/cert.pem" \
-        --path "${MEM_URL_PATH:-/}" >"$WORK/load.out" 2>"$WORK/load.err" &
-else
-    "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT${MEM_URL_PATH:-/}" \
-        --connections "$N" --connect-rate "$RATE" --duration 20s "${USER_ARGS[@]}" \
-        >"$WORK/load.out" 2>"$WORK/load.err" &
-fi
+"${LOAD_PIN[@]}" target/release/wshub-load hold --url "$SCHEME://127.0.0.1:$PORT${MEM_URL_PATH:-/}" "${TLS_ARGS[@]}" \
+    --connections "$N" --connect-rate "$RATE" --handshake-timeout "${HANDSHAKE_TIMEOUT}s" --duration 20s \
+    "${USER_ARGS[@]}" >"$WORK/load.out" 2>"$WORK/load.err" &
 LOAD_PID=$!
 track_pid "$LOAD_PID"
 
-# The ramp takes N/RATE seconds plus at most a 10 s handshake timeout; allow slack.
-READY_TIMEOUT=$((N / RATE + 40))
+# The ramp takes N/RATE seconds plus at most a handshake timeout; allow slack.
+READY_TIMEOUT=$((N / RATE + HANDSHAKE_TIMEOUT + 30))
 ready() { READY=$(grep -m1 '^READY ' "$WORK/load.out"); }
 rc=0
 wait_until --while-alive "$LOAD_PID" "$READY_TIMEOUT" ready || rc=$?

@@ -5,6 +5,12 @@
 #   fanout   hub: 2000 subs x 2 pubs x 200     received == expected, lost == 0, duplicates == 0
 #   echo     hub: 200 connections for 3 s      errors == 0, round_trips > 0
 #   fanout   raw (wshub --relay): 200 x 1 x 200  received == expected, lost == 0, duplicates == 0
+# and over wss:// (wshub --tls-cert/--tls-key, a scripts/gencert.sh certificate, --ca):
+#   hold     1000 connections for 2 s          established == 1000, failed_total == 0
+#   fanout   hub: 1000 subs x 2 pubs x 100     received == expected, lost == 0, duplicates == 0
+#   echo     hub: 100 connections for 2 s      errors == 0, round_trips > 0
+#   hold     100, --tls-server-name wrong.example: established == 0, all 100 failed as tls
+#            (the certificate is verified, not just accepted)
 #
 # Prints one line per check and ends with "smoke-load: N passed, M failed"; exits 1 if
 # any check failed. Every run is bounded by `timeout`; servers are stopped on any exit
@@ -37,34 +43,50 @@ start_wshub "$WORK/hub.log" --shards 2
 HUB=ws://127.0.0.1:$PORT/
 start_wshub "$WORK/relay.log" --shards 2 --relay
 RELAY=ws://127.0.0.1:$PORT/
+scripts/gencert.sh "$WORK/cert" 2>"$WORK/gencert.err" || { cat "$WORK/gencert.err" >&2; exit 1; }
+CA=$WORK/cert/cert.pem
+start_wshub "$WORK/hub-tls.log" --shards 2 --tls-cert "$CA" --tls-key "$WORK/cert/key.pem"
+TLS_HUB=wss://127.0.0.1:$PORT/
 
 echo "== load runs"
 run hold hold --url "$HUB" --connections 2000 --duration 3s
 run fanout_hub fanout --url "$HUB" --connections 2000 --publishers 2 --messages 200 --size 64 --timeout 60s
 run echo_hub echo --url "$HUB" --connections 200 --duration 3s
 run fanout_raw fanout --url "$RELAY" --protocol raw --connections 200 --publishers 1 --messages 200 --timeout 60s
+run hold_wss hold --url "$TLS_HUB" --ca "$CA" --connections 1000 --duration 2s
+run fanout_wss fanout --url "$TLS_HUB" --ca "$CA" --connections 1000 --publishers 2 --messages 100 --timeout 60s
+run echo_wss echo --url "$TLS_HUB" --ca "$CA" --connections 100 --duration 2s
+run wss_wrong_name hold --url "$TLS_HUB" --ca "$CA" --tls-server-name wrong.example --connections 100 --duration 1s
 
 echo "== checks"
 python3 - "$WORK" <<'PY'
 import json, os, sys
 
 work = sys.argv[1]
+# (run, field, what it must be, the check)
 checks = [
-    ("hold", "established", lambda s: s["established"] == 2000),
-    ("hold", "failed_total", lambda s: s["failed_total"] == 0),
-    ("fanout_hub", "received", lambda s: s["received"] == s["expected"]),
-    ("fanout_hub", "lost", lambda s: s["lost"] == 0),
-    ("fanout_hub", "duplicates", lambda s: s["duplicates"] == 0),
-    ("echo_hub", "errors", lambda s: s["errors"] == 0),
-    ("echo_hub", "round_trips", lambda s: s["round_trips"] > 0),
-    ("fanout_raw", "received", lambda s: s["received"] == s["expected"]),
-    ("fanout_raw", "lost", lambda s: s["lost"] == 0),
-    ("fanout_raw", "duplicates", lambda s: s["duplicates"] == 0),
+    ("hold", "established", "== 2000", lambda s: s["established"] == 2000),
+    ("hold", "failed_total", "== 0", lambda s: s["failed_total"] == 0),
+    ("fanout_hub", "received", "== expected", lambda s: s["received"] == s["expected"]),
+    ("fanout_hub", "lost", "== 0", lambda s: s["lost"] == 0),
+    ("fanout_hub", "duplicates", "== 0", lambda s: s["duplicates"] == 0),
+    ("echo_hub", "errors", "== 0", lambda s: s["errors"] == 0),
+    ("echo_hub", "round_trips", "> 0", lambda s: s["round_trips"] > 0),
+    ("fanout_raw", "received", "== expected", lambda s: s["received"] == s["expected"]),
+    ("fanout_raw", "lost", "== 0", lambda s: s["lost"] == 0),
+    ("fanout_raw", "duplicates", "== 0", lambda s: s["duplicates"] == 0),
+    ("hold_wss", "established", "== 1000", lambda s: s["established"] == 1000),
+    ("hold_wss", "failed_total", "== 0", lambda s: s["failed_total"] == 0),
+    ("fanout_wss", "subscribed", "== 1000", lambda s: s["subscribed"] == 1000),
+    ("fanout_wss", "received", "== expected", lambda s: s["received"] == s["expected"] > 0),
+    ("fanout_wss", "lost", "== 0", lambda s: s["lost"] == 0),
+    ("fanout_wss", "duplicates", "== 0", lambda s: s["duplicates"] == 0),
+    ("echo_wss", "established", "== 100", lambda s: s["established"] == 100),
+    ("echo_wss", "errors", "== 0", lambda s: s["errors"] == 0),
+    ("echo_wss", "round_trips", "> 0", lambda s: s["round_trips"] > 0),
+    ("wss_wrong_name", "established", "== 0", lambda s: s["established"] == 0),
+    ("wss_wrong_name", "failed", "tls == 100", lambda s: s["failed"]["tls"] == 100),
 ]
-wanted = {
-    "established": "== 2000", "failed_total": "== 0", "received": "== expected", "lost": "== 0",
-    "duplicates": "== 0", "errors": "== 0", "round_trips": "> 0",
-}
 
 def load(run):
     try:
@@ -78,11 +100,11 @@ def load(run):
 
 summaries = {}
 passed = failed = 0
-for run, field, check in checks:
+for run, field, wanted, check in checks:
     if run not in summaries:
         summaries[run] = load(run)
     summary, problem = summaries[run]
-    label = "%s: %s %s" % (run, field, wanted[field])
+    label = "%s: %s %s" % (run, field, wanted)
     if summary is not None:
         try:
             ok = check(summary)

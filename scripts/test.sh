@@ -4,8 +4,9 @@
 #   2. RFC 6455 conformance with the Autobahn|Testsuite (installs itself on first use);
 #   3. the web demo in headless Chromium (installs Chromium and playwright-core on first use);
 #   4. smoke runs of every load-tool subcommand (hold, fanout, echo) against real servers,
-#      checking their JSON for zero loss and zero failures (not timings), and a small run
-#      of the memory script (checks the tooling works; its figure is not asserted).
+#      over ws:// and wss://, checking their JSON for zero loss and zero failures (not
+#      timings), and a small run of the memory script (checks the tooling works; its
+#      figure is not asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

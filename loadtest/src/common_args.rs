@@ -5,6 +5,8 @@
 use crate::failures::Failures;
 use crate::opts::{self, format_duration, parse_duration, parse_source_ips, parse_ws_url, SourceIps, WsUrl};
 use crate::plan::{self, Share};
+use crate::tls::TlsClient;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Connections one source address is given by default. An address has ~28k
@@ -16,9 +18,18 @@ pub const CONNECTIONS_PER_SOURCE_IP: u64 = 5_000;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Target as ws://IP:PORT/path (a literal IP; host names and wss:// are not supported)
+    /// Target as ws://IP:PORT/path or wss://IP:PORT/path (a literal IP; host names are
+    /// not supported)
     #[arg(long, value_parser = parse_ws_url)]
     pub url: WsUrl,
+    /// wss://: trust the certificates in this PEM file (e.g. scripts/gencert.sh's
+    /// cert.pem); required for wss://, as no system roots are used
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// wss://: the name the server's certificate must be valid for [default: the URL's
+    /// IP address]; e.g. `localhost` for a gencert.sh certificate on another 127.x address
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Connections to open, over all processes (fanout: the subscribers; its
     /// publishers come on top, in the parent process)
     #[arg(long, short = 'n')]
@@ -69,7 +80,23 @@ impl CommonArgs {
                 return Err("to reach a loopback target, --source-ips must be in 127.0.0.0/8".into());
             }
         }
+        match (self.url.tls, &self.ca) {
+            (true, None) => return Err("wss:// needs --ca FILE: the PEM certificate(s) to trust".into()),
+            (false, Some(_)) => return Err("--ca is for wss:// URLs".into()),
+            (false, None) if self.tls_server_name.is_some() => {
+                return Err("--tls-server-name is for wss:// URLs".into());
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// For wss://, the TLS client every connection of this process uses (its `--ca` read
+    /// now, so a bad file is an error before any connection or worker starts).
+    pub fn tls(&self) -> Result<Option<TlsClient>, String> {
+        let Some(ca) = self.ca.as_deref().filter(|_| self.url.tls) else { return Ok(None) };
+        let ip = self.url.addr.ip().to_string();
+        TlsClient::load(ca, self.tls_server_name.as_deref().unwrap_or(&ip)).map(Some)
     }
 
     /// How many processes to run: as asked, or as few as the fd limit allows. The parent
@@ -123,6 +150,13 @@ impl CommonArgs {
         if !share.source_ips.is_empty() {
             args.extend(["--source-ips".to_string(), SourceIps(share.source_ips.clone()).to_arg()]);
         }
+        // Workers inherit our working directory, so a relative path still names the file.
+        if let Some(ca) = &self.ca {
+            args.extend(["--ca".to_string(), ca.to_string_lossy().into_owned()]);
+        }
+        if let Some(name) = &self.tls_server_name {
+            args.extend(["--tls-server-name".to_string(), name.clone()]);
+        }
         args
     }
 
@@ -154,6 +188,28 @@ mod tests {
         assert_eq!(worker.worker_share(), share);
         assert_eq!((worker.worker, worker.connect_rate, worker.max_inflight), (Some(1), 50.0, 500));
         assert_eq!(worker.url.path, "/x");
+        assert_eq!((worker.ca, worker.tls_server_name), (None, None));
+
+        let wss = ["t", "--url", "wss://127.0.0.1:9/", "-n", "4", "--ca", "c.pem", "--tls-server-name", "localhost"];
+        let cli = Cli::parse_from(wss);
+        let worker = Cli::parse_from(std::iter::once("t".to_string()).chain(cli.common.worker_args(&share, 2, 0)));
+        assert!(worker.common.url.tls);
+        assert_eq!(worker.common.ca, Some(PathBuf::from("c.pem")));
+        assert_eq!(worker.common.tls_server_name.as_deref(), Some("localhost"));
+    }
+
+    #[test]
+    fn tls_flags_go_with_wss() {
+        let check = |args: &[&str]| {
+            let base = ["t", "-n", "1", "--url"];
+            Cli::parse_from(base.iter().chain(args)).common.validate()
+        };
+        assert!(check(&["wss://127.0.0.1:9/"]).unwrap_err().contains("--ca"));
+        assert!(check(&["ws://127.0.0.1:9/", "--ca", "c.pem"]).is_err());
+        assert!(check(&["ws://127.0.0.1:9/", "--tls-server-name", "localhost"]).is_err());
+        assert!(check(&["wss://127.0.0.1:9/", "--ca", "c.pem"]).is_ok());
+        let missing = Cli::parse_from(["t", "-n", "1", "--url", "wss://127.0.0.1:9/", "--ca", "/nonexistent.pem"]);
+        assert!(missing.common.tls().unwrap_err().contains("/nonexistent.pem"));
     }
 
     #[test]

@@ -4,15 +4,17 @@
 //! little state in a `Vec` indexed by its token, never a thread or a task.
 //! The mode's logic is an [`App`], called back with whole text messages and able to
 //! queue frames in reply; setup, write buffering, pings and failure accounting live here.
+//! A connection's bytes go through a [`Wire`]: the socket itself, or TLS over it (`wss://`).
 
 use crate::failures::{Cause, Failures};
 use crate::opts::WsUrl;
+use crate::tls::{TlsClient, Wire};
 use crate::ws::{self, Frame, MessageReader, Rng};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -67,7 +69,7 @@ enum State {
 }
 
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Wire>,
     state: State,
     started: Instant,
     /// The upgrade request, then the response head, while handshaking.
@@ -85,6 +87,8 @@ enum End {
 
 pub struct Net {
     url: WsUrl,
+    /// wss://: every connection's TLS client settings.
+    tls: Option<TlsClient>,
     handshake_timeout: Duration,
     poll: Poll,
     events: Events,
@@ -103,9 +107,10 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(url: &WsUrl, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
+    pub fn new(url: &WsUrl, tls: Option<&TlsClient>, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
         Ok(Net {
             url: url.clone(),
+            tls: tls.cloned(),
             handshake_timeout,
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -165,9 +170,10 @@ impl Net {
             let path = format!("{}{sep}user={user}", self.url.path);
             conn.handshake = ws::upgrade_request_to(&self.url, &path, &mut self.rng);
         }
-        let opened = open_socket(self.url.addr, src).and_then(|mut stream| {
-            self.poll.registry().register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)?;
-            Ok(stream)
+        let opened = open_socket(self.url.addr, src).and_then(|stream| {
+            let mut wire = Wire::new(stream, self.tls.as_ref())?;
+            self.poll.registry().register(wire.tcp_mut(), Token(idx), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(wire)
         });
         match opened {
             Ok(stream) => {
@@ -252,7 +258,7 @@ impl Net {
         let conn = &mut self.conns[idx];
         if let (State::Open, Some(stream)) = (conn.state, conn.stream.as_mut()) {
             // Best effort: a normal closure rather than a reset in the server's log.
-            let _ = stream.write(&ws::close_frame(self.rng.mask()));
+            stream.goodbye(&ws::close_frame(self.rng.mask()));
         }
         conn.stream = None;
         conn.state = State::Closed;
@@ -306,10 +312,10 @@ fn drive(
         let Some(stream) = conn.stream.as_mut() else { return (established, None) };
         let end = match conn.state {
             State::Connecting => {
-                if let Some(e) = stream.take_error().unwrap_or_else(Some) {
+                if let Some(e) = stream.tcp().take_error().unwrap_or_else(Some) {
                     return (false, failed(Cause::of(&e), format!("connect: {e}")));
                 }
-                match stream.peer_addr() {
+                match stream.tcp().peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return (false, None),
                     Err(e) => return (false, failed(Cause::of(&e), format!("connect: {e}"))),
@@ -421,7 +427,7 @@ fn describe_close(payload: &[u8]) -> String {
 }
 
 /// Writes queued bytes until done or the socket is full.
-fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
+fn write_out(stream: &mut Wire, out: &mut Vec<u8>, sent: &mut usize) -> io::Result<()> {
     while *sent < out.len() {
         match stream.write(&out[*sent..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -167,7 +167,8 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     }
     let share = common.shares(1)?.remove(0);
 
-    let mut net = Net::new(&common.url, common.handshake_timeout, 0).map_err(|e| e.to_string())?;
+    let tls = common.tls()?;
+    let mut net = Net::new(&common.url, tls.as_ref(), common.handshake_timeout, 0).map_err(|e| e.to_string())?;
     let mut echo = Echo {
         protocol: args.protocol,
         size: args.size,

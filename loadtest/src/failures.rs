@@ -13,10 +13,14 @@ pub enum Cause {
     BadHandshake,
     FdLimit,
     Other,
+    /// wss://: the TLS handshake failed (an untrusted certificate, one not valid for the
+    /// server name, an alert from the server).
+    Tls,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 5] = [Cause::Refused, Cause::Timeout, Cause::BadHandshake, Cause::FdLimit, Cause::Other];
+    pub const ALL: [Cause; 6] =
+        [Cause::Refused, Cause::Timeout, Cause::BadHandshake, Cause::FdLimit, Cause::Other, Cause::Tls];
 
     /// The key in JSON summaries and the word in text ones.
     pub fn name(self) -> &'static str {
@@ -26,10 +30,14 @@ impl Cause {
             Cause::BadHandshake => "bad_handshake",
             Cause::FdLimit => "fd_limit",
             Cause::Other => "other",
+            Cause::Tls => "tls",
         }
     }
 
     pub fn of(err: &io::Error) -> Cause {
+        if crate::tls::is_tls_error(err) {
+            return Cause::Tls;
+        }
         match err.raw_os_error() {
             Some(libc::ECONNREFUSED) => Cause::Refused,
             Some(libc::ETIMEDOUT) => Cause::Timeout,
@@ -44,8 +52,8 @@ impl Cause {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failures {
     /// Indexed like [`Cause::ALL`].
-    pub counts: [u64; 5],
-    pub first: [Option<String>; 5],
+    pub counts: [u64; 6],
+    pub first: [Option<String>; 6],
 }
 
 impl Failures {
@@ -144,7 +152,7 @@ mod tests {
         b.fail(Cause::Timeout, || "later".into());
         b.fail(Cause::Other, || "odd".into());
         a.merge(b);
-        assert_eq!(a.counts, [0, 2, 0, 0, 1]);
+        assert_eq!(a.counts, [0, 2, 0, 0, 1, 0]);
         assert_eq!(a.first[1].as_deref(), Some("slow"));
         let back: Failures = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(back, a);

@@ -11,6 +11,7 @@ use crate::fanout_report::FanoutReport;
 use crate::latency::mono_ns;
 use crate::opts::{self, Protocol, WsUrl};
 use crate::ramp::{Ramp, RampStep};
+use crate::tls::TlsClient;
 use crate::track::{self, Publisher, Sample, Seen, SeqTrack};
 use std::collections::VecDeque;
 use std::io;
@@ -29,6 +30,8 @@ const MAX_UNSENT: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
     pub url: WsUrl,
+    /// wss://: the TLS client settings.
+    pub tls: Option<TlsClient>,
     pub protocol: Protocol,
     pub topic: String,
     /// Subscriber connections in this process.
@@ -113,7 +116,7 @@ struct Fanout<'a> {
 }
 
 pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> {
-    let mut net = Net::new(&cfg.url, cfg.handshake_timeout, cfg.seed)?;
+    let mut net = Net::new(&cfg.url, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
     let subscribe = format!(r#"{{"type":"subscribe","topic":{},"id":1}}"#, serde_json::to_string(&cfg.topic)?);
     let mut fan = Fanout {
         cfg,

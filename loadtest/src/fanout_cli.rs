@@ -13,6 +13,7 @@ use crate::fanout_report::{FanoutReport, Plan};
 use crate::opts::{self, format_duration, parse_duration, Progress, Protocol};
 use crate::plan::Share;
 use crate::procs;
+use crate::tls::TlsClient;
 use crate::workers::{WorkerMessage, WorkerReport, Workers};
 use clap::Args;
 use std::process::ExitCode;
@@ -65,22 +66,24 @@ pub struct FanoutArgs {
 pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
     let common = &args.common;
     validate(args)?;
+    // Read the CA file before anything starts: a bad one is an error, not N failures.
+    let tls = common.tls()?;
     let deadline = Instant::now() + args.timeout;
     if let Some(index) = common.worker {
-        return worker_main(args, index, deadline);
+        return worker_main(args, tls, index, deadline);
     }
     let (n, p) = (common.connections, args.publishers);
     let processes = common.processes(p)?;
     let shares = common.shares(processes)?;
 
     let report = if processes == 1 {
-        let cfg = config(args, &shares[0], p, deadline, 0, Arc::new(AtomicBool::new(false)));
+        let cfg = config(args, tls, &shares[0], p, deadline, 0, Arc::new(AtomicBool::new(false)));
         let mut side = Solo { progress: Progress::new(), expected: n * p * args.messages };
         let report = fanout::run(&cfg, &mut side).map_err(|e| e.to_string())?;
         side.progress.clear();
         report
     } else {
-        parent_run(args, shares, deadline)?
+        parent_run(args, tls, shares, deadline)?
     };
 
     let plan = Plan {
@@ -131,6 +134,7 @@ fn validate(args: &FanoutArgs) -> Result<(), String> {
 
 fn config(
     args: &FanoutArgs,
+    tls: Option<TlsClient>,
     share: &Share,
     publishers: u64,
     deadline: Instant,
@@ -141,6 +145,7 @@ fn config(
     let common = &args.common;
     FanoutConfig {
         url: common.url.clone(),
+        tls,
         protocol: args.protocol,
         topic: args.topic.clone(),
         subscribers: share.connections,
@@ -190,9 +195,9 @@ fn show(progress: &mut Progress, subscribing: bool, subs: u64, of: u64, sent: u6
     });
 }
 
-fn worker_main(args: &FanoutArgs, index: u64, deadline: Instant) -> Result<ExitCode, String> {
+fn worker_main(args: &FanoutArgs, tls: Option<TlsClient>, index: u64, deadline: Instant) -> Result<ExitCode, String> {
     let share = args.common.worker_share();
-    let cfg = config(args, &share, 0, deadline, index + 1, procs::stop_flag_from_stdin());
+    let cfg = config(args, tls, &share, 0, deadline, index + 1, procs::stop_flag_from_stdin());
     let mut side = Worker { last: Instant::now() };
     let report = fanout::run(&cfg, &mut side).map_err(|e| format!("worker {index}: {e}"))?;
     WorkerMessage::Report(report).send();
@@ -259,7 +264,12 @@ impl Side for Parent {
     }
 }
 
-fn parent_run(args: &FanoutArgs, shares: Vec<Share>, deadline: Instant) -> Result<FanoutReport, String> {
+fn parent_run(
+    args: &FanoutArgs,
+    tls: Option<TlsClient>,
+    shares: Vec<Share>,
+    deadline: Instant,
+) -> Result<FanoutReport, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     let extra = [
         ("--publishers", args.publishers.to_string()),
@@ -280,7 +290,7 @@ fn parent_run(args: &FanoutArgs, shares: Vec<Share>, deadline: Instant) -> Resul
         deadline,
     };
     let no_subscribers = Share { connections: 0, source_ips: Vec::new() };
-    let cfg = config(args, &no_subscribers, args.publishers, deadline, 0, Arc::new(AtomicBool::new(false)));
+    let cfg = config(args, tls, &no_subscribers, args.publishers, deadline, 0, Arc::new(AtomicBool::new(false)));
     let mut total = fanout::run(&cfg, &mut side).map_err(|e| e.to_string())?;
     side.display.clear();
 

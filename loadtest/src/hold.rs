@@ -11,6 +11,7 @@ use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, WsUrl};
 use crate::procs;
 use crate::ramp::{Ramp, RampStep};
+use crate::tls::TlsClient;
 use crate::workers::WorkerMessage;
 use std::io;
 use std::net::Ipv4Addr;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
     pub url: WsUrl,
+    /// wss://: the TLS client settings.
+    pub tls: Option<TlsClient>,
     pub connections: u64,
     /// New connections per second (this process's share).
     pub connect_rate: f64,
@@ -101,7 +104,7 @@ impl App for Idle {
 
 /// Runs the whole hold in this process: ramp, `READY`, hold, close.
 pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
-    let mut net = Net::new(&cfg.url, cfg.handshake_timeout, cfg.seed)?;
+    let mut net = Net::new(&cfg.url, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
     if cfg.user {
         net.set_user_prefix(format!("u{}x", cfg.seed));
     }

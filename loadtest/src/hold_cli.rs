@@ -10,6 +10,7 @@ use crate::hold::{self, HoldConfig};
 use crate::hold_report::{ready_line, HoldReport};
 use crate::opts::{self, format_duration, parse_duration};
 use crate::plan::Share;
+use crate::tls::TlsClient;
 use crate::workers::{WorkerMessage, Workers};
 use clap::Args;
 use std::process::ExitCode;
@@ -35,13 +36,15 @@ pub struct HoldArgs {
 pub fn main(args: &HoldArgs) -> Result<ExitCode, String> {
     let common = &args.common;
     common.validate()?;
+    // Read the CA file before anything starts: a bad one is an error, not N failures.
+    let tls = common.tls()?;
     if let Some(index) = common.worker {
-        return worker_main(args, index);
+        return worker_main(args, tls, index);
     }
     let processes = common.processes(0)?;
     let shares = common.shares(processes)?;
     let report = if processes == 1 {
-        hold::run(&config(args, &shares[0], None)).map_err(|e| e.to_string())?
+        hold::run(&config(args, tls, &shares[0], None)).map_err(|e| e.to_string())?
     } else {
         parent_run(args, shares)?
     };
@@ -60,18 +63,19 @@ pub fn main(args: &HoldArgs) -> Result<ExitCode, String> {
 
 /// A worker sends its `ready` and then its full report (every latency) to the parent;
 /// nothing else goes to its stdout.
-fn worker_main(args: &HoldArgs, index: u64) -> Result<ExitCode, String> {
+fn worker_main(args: &HoldArgs, tls: Option<TlsClient>, index: u64) -> Result<ExitCode, String> {
     let share = args.common.worker_share();
-    let report = hold::run(&config(args, &share, Some(index))).map_err(|e| format!("worker {index}: {e}"))?;
+    let report = hold::run(&config(args, tls, &share, Some(index))).map_err(|e| format!("worker {index}: {e}"))?;
     let failed = report.established == 0;
     WorkerMessage::Report(report).send();
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn config(args: &HoldArgs, share: &Share, worker: Option<u64>) -> HoldConfig {
+fn config(args: &HoldArgs, tls: Option<TlsClient>, share: &Share, worker: Option<u64>) -> HoldConfig {
     let common = &args.common;
     HoldConfig {
         url: common.url.clone(),
+        tls,
         connections: share.connections,
         connect_rate: common.connect_rate,
         duration: args.duration,

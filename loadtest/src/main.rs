@@ -6,9 +6,9 @@
 //! - `echo` measures round trips (`echo`).
 //!
 //! Every subcommand takes the same connection options (`common_args`) and runs its
-//! connections on `conn` (client connections on one mio loop). Subcommands share one
-//! binary so a run can re-execute itself as worker processes (`workers`, `procs`), each
-//! with its own fd limit.
+//! connections on `conn` (client connections on one mio loop; `wss://` through `tls`).
+//! Subcommands share one binary so a run can re-execute itself as worker processes
+//! (`workers`, `procs`), each with its own fd limit.
 
 mod common_args;
 mod conn;
@@ -25,6 +25,7 @@ mod opts;
 mod plan;
 mod procs;
 mod ramp;
+mod tls;
 mod track;
 mod workers;
 mod ws;

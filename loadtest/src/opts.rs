@@ -7,13 +7,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A `ws://` URL reduced to what the tool needs. Only literal IP hosts are accepted:
-/// resolving names would add a blocking DNS step and a way to aim load somewhere
-/// unintended, and every target we run against is on loopback anyway.
+/// A `ws://` or `wss://` URL reduced to what the tool needs. Only literal IP hosts are
+/// accepted: resolving names would add a blocking DNS step and a way to aim load
+/// somewhere unintended, and every target we run against is on loopback anyway.
 #[derive(Debug, Clone)]
 pub struct WsUrl {
     /// The text as given, so it can be passed unchanged to worker processes.
     pub original: String,
+    /// `wss://`: TLS (see `tls.rs`; trusted through `--ca`).
+    pub tls: bool,
     pub addr: SocketAddr,
     /// Value of the `Host:` header (`ip:port`, IPv6 in brackets).
     pub host_header: String,
@@ -27,11 +29,15 @@ impl fmt::Display for WsUrl {
     }
 }
 
-const URL_HELP: &str = "only ws://IP:PORT/path URLs with a literal IP host are supported \
-     (e.g. ws://127.0.0.1:8080/); wss:// and host names are not";
+const URL_HELP: &str = "only ws:// and wss:// URLs with a literal IP host are supported \
+     (e.g. ws://127.0.0.1:8080/ or wss://127.0.0.1:8443/); host names are not";
 
 pub fn parse_ws_url(text: &str) -> Result<WsUrl, String> {
-    let rest = text.strip_prefix("ws://").ok_or_else(|| format!("{text:?} does not start with ws://; {URL_HELP}"))?;
+    let (tls, rest) = match (text.strip_prefix("ws://"), text.strip_prefix("wss://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => return Err(format!("{text:?} does not start with ws:// or wss://; {URL_HELP}")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -44,7 +50,7 @@ pub fn parse_ws_url(text: &str) -> Result<WsUrl, String> {
     if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
         return Err(format!("path {path:?} contains whitespace or control characters"));
     }
-    Ok(WsUrl { original: text.to_string(), addr, host_header: authority.to_string(), path: path.to_string() })
+    Ok(WsUrl { original: text.to_string(), tls, addr, host_header: authority.to_string(), path: path.to_string() })
 }
 
 /// Accepts "30s", "500ms", "2m", "1h", "1.5s" or a bare number of seconds.
@@ -240,8 +246,11 @@ mod tests {
         assert_eq!(u.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(u.path, "/chat?x=1");
         assert_eq!(u.host_header, "127.0.0.1:8080");
+        assert!(!u.tls);
         assert_eq!(parse_ws_url("ws://[::1]:9000").unwrap().path, "/");
-        assert!(parse_ws_url("wss://127.0.0.1:8080/").is_err());
+        let s = parse_ws_url("wss://127.0.0.1:8443/x").unwrap();
+        assert_eq!((s.tls, s.addr.port(), s.path.as_str()), (true, 8443, "/x"));
+        assert!(parse_ws_url("wss://localhost:8443/").is_err());
         assert!(parse_ws_url("ws://localhost:8080/").is_err());
         assert!(parse_ws_url("ws://127.0.0.1/").is_err());
         assert!(parse_ws_url("http://127.0.0.1:80/").is_err());
