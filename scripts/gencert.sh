@@ -12,7 +12,14 @@ if [[ $# -ne 1 || $1 == -h || $1 == --help ]]; then
     echo "usage: $0 DIR" >&2
     exit 2
 fi
-command -v openssl >/dev/null || { echo "$0: openssl is needed" >&2; exit 1; }
+if ! command -v openssl >/dev/null; then
+    # A fresh machine may lack it (the test suite calls this script): Debian's package.
+    echo "$0: installing openssl (Debian package)" >&2
+    if [[ $(id -u) -eq 0 ]]; then as_root=(); else as_root=(sudo); fi
+    "${as_root[@]}" apt-get update -qq >&2 &&
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >&2 ||
+        { echo "$0: openssl is needed and could not be installed" >&2; exit 1; }
+fi
 
 DIR=$1
 mkdir -p "$DIR"
