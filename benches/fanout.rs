@@ -8,8 +8,9 @@
 //!
 //! It also counts heap allocations made on the shard threads while the broadcasts are
 //! delivered (a counting global allocator, per thread), to check the claim that a
-//! delivery allocates nothing: what remains is per broadcast (one `Message` crossing the
-//! inbox) and per connection waking up from idle (its write buffer), not per delivery.
+//! delivery allocates nothing: every receiver's queue takes a reference to the one frame.
+//! What remains is per connection, per burst: a receiver with several frames waiting
+//! grows its queue's overflow (a few doublings, kept while it is busy), not per delivery.
 //!
 //! `cargo bench --bench fanout` runs the full sizes; under `cargo test` it is a smoke run.
 

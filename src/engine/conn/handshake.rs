@@ -4,8 +4,6 @@
 
 use std::io;
 
-use tungstenite::Bytes;
-
 use super::output::Drained;
 use super::{Admission, ConnEnv, Connection, Incoming, Outcome, Phase, RESCHEDULE};
 use crate::auth::Admitted;
@@ -128,7 +126,7 @@ impl<T: Transport> Connection<T> {
             Verdict::BodyPending { expect_continue } => {
                 if expect_continue && !handshake.continued {
                     handshake.continued = true;
-                    self.queue(SharedFrame::raw(Bytes::from_static(CONTINUE)));
+                    self.queue(SharedFrame::raw(CONTINUE.to_vec()));
                     if self.write_out() == Drained::Broken {
                         return Some(Outcome::Remove);
                     }
@@ -143,7 +141,7 @@ impl<T: Transport> Connection<T> {
                     handshake.stage = HandshakeStage::ReplyingThenUpgrade;
                     self.user = admitted.user.as_deref().map(Into::into);
                     handshake.admitted = Some(admitted);
-                    self.queue(SharedFrame::raw(upgrade.response().into()));
+                    self.queue(SharedFrame::raw(upgrade.response()));
                     Some(self.handshake_write(cx))
                 }
                 Err(refusal) => {
@@ -183,7 +181,7 @@ impl<T: Transport> Connection<T> {
         handshake.request = Vec::new();
         handshake.keep_alive = false;
         handshake.stage = HandshakeStage::ReplyingThenClose;
-        self.queue(SharedFrame::raw(response.to_bytes(false, false).into()));
+        self.queue(SharedFrame::raw(response.to_bytes(false, false)));
         self.handshake_write(cx)
     }
 
@@ -195,7 +193,7 @@ impl<T: Transport> Connection<T> {
         let reply = response.to_bytes(handshake.keep_alive, handshake.head_only);
         handshake.stage =
             if handshake.keep_alive { HandshakeStage::ReplyingThenNext } else { HandshakeStage::ReplyingThenClose };
-        self.queue(SharedFrame::raw(reply.into()));
+        self.queue(SharedFrame::raw(reply));
         self.handshake_write(cx)
     }
 

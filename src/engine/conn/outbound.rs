@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 
-use tungstenite::Bytes;
+use crate::frame::SharedFrame;
 
 /// Most frames handed to one vectored write (the kernel takes up to `IOV_MAX`, 1024).
 pub(crate) const WRITE_BATCH: usize = 64;
@@ -19,11 +19,11 @@ pub(crate) const WRITE_BATCH: usize = 64;
 #[derive(Default)]
 pub(crate) struct Outbound {
     /// The oldest frame not fully written; its first `offset` bytes are out.
-    head: Option<Bytes>,
+    head: Option<SharedFrame>,
     /// Frames queued behind `head`. Boxed: one pointer in every connection for a block
     /// that exists only while more than one frame waits.
     #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<Bytes>>>,
+    rest: Option<Box<VecDeque<SharedFrame>>>,
     offset: u32,
     /// Bytes still owed: every queued frame, less what of the head is written.
     owed: u32,
@@ -40,7 +40,7 @@ impl Outbound {
     }
 
     /// Appends a frame; no copy, and no allocation while at most one frame waits.
-    pub fn push(&mut self, frame: Bytes) {
+    pub fn push(&mut self, frame: SharedFrame) {
         if frame.is_empty() {
             return;
         }
@@ -55,11 +55,11 @@ impl Outbound {
     /// Fills `slices` with the unwritten bytes, oldest first; returns how many it filled.
     pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; WRITE_BATCH]) -> usize {
         let Some(head) = &self.head else { return 0 };
-        slices[0] = IoSlice::new(&head[self.offset as usize..]);
+        slices[0] = IoSlice::new(&head.as_bytes()[self.offset as usize..]);
         let mut filled = 1;
         if let Some(rest) = &self.rest {
             for (slot, frame) in slices[1..].iter_mut().zip(rest.iter()) {
-                *slot = IoSlice::new(frame);
+                *slot = IoSlice::new(frame.as_bytes());
                 filled += 1;
             }
         }
@@ -132,7 +132,7 @@ impl Read for FrameIo<'_> {
 impl Write for FrameIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Control frames only (pongs, close frames): small, and per connection anyway.
-        self.out.push(Bytes::copy_from_slice(buf));
+        self.out.push(SharedFrame::raw(buf.to_vec()));
         Ok(buf.len())
     }
 
@@ -148,7 +148,7 @@ mod tests {
     fn queue(frames: &[&'static [u8]]) -> Outbound {
         let mut out = Outbound::default();
         for frame in frames {
-            out.push(Bytes::from_static(frame));
+            out.push(SharedFrame::raw(frame.to_vec()));
         }
         out
     }
@@ -190,7 +190,7 @@ mod tests {
     fn one_frame_needs_no_allocation_and_overflow_is_released() {
         let mut out = queue(&[b"one"]);
         assert!(!out.holds_memory());
-        out.push(Bytes::from_static(b"two"));
+        out.push(SharedFrame::raw(b"two".to_vec()));
         assert!(out.holds_memory());
         drain(&mut out, 100);
         out.release();

@@ -75,7 +75,7 @@ impl<T: Transport> Connection<T> {
 
     /// Appends to the queue, whatever the phase; the flush writes it.
     pub(super) fn queue(&mut self, frame: SharedFrame) {
-        self.out.push(frame.into_bytes());
+        self.out.push(frame);
         self.flags |= NEEDS_FLUSH | RECENT;
     }
 
