@@ -197,6 +197,33 @@ fn large_messages_echo_through_tls_both_ways() {
 }
 
 #[test]
+fn shared_frames_reach_every_tls_receiver_in_order() {
+    // Each frame is encoded once and encrypted per receiver; receivers that do not read
+    // while the burst is sent (720 KB each, typically more than the socket takes at once)
+    // still get every message, in order, once they do, each at its own pace.
+    let cert = TestCert::new();
+    let server = start(cert.config(2), |_| wshub::Relay);
+    let addr = server.local_addr();
+    let mut receivers: Vec<WssClient> = (0..4).map(|_| cert.connect(addr, "/")).collect();
+    let mut publisher = cert.connect(addr, "/");
+    // A client that has read its 101 is open on its shard: the server upgrades as soon as
+    // the 101 is written.
+    let messages: Vec<String> = (0..24).map(|i| format!("{i:04}:{}", "x".repeat(30_000))).collect();
+    for message in &messages {
+        publisher.send(Message::text(message.as_str())).unwrap();
+    }
+    for client in receivers.iter_mut().chain([&mut publisher]) {
+        for message in &messages {
+            match client.read().expect("a relayed message") {
+                Message::Text(text) => assert_eq!(text.as_str(), message.as_str()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    stop(server);
+}
+
+#[test]
 fn plain_http_endpoints_answer_over_tls() {
     let cert = TestCert::new();
     let server = App::new().start(cert.config(1)).expect("hub starts");
