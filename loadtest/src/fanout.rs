@@ -11,6 +11,7 @@ use crate::fanout_report::FanoutReport;
 use crate::latency::mono_ns;
 use crate::opts::{self, Protocol, WsUrl};
 use crate::ramp::{Ramp, RampStep};
+use crate::server_probe::ServerProbe;
 use crate::track::{self, Publisher, Sample, Seen, SeqTrack};
 use std::collections::VecDeque;
 use std::io;
@@ -53,6 +54,9 @@ pub struct FanoutConfig {
     pub seed: u64,
     /// Set when a parent tells this worker to stop.
     pub stop: Arc<AtomicBool>,
+    /// The server's process, whose memory and CPU are read over publishing (the parent
+    /// or only process; workers get None).
+    pub server_pid: Option<u32>,
 }
 
 /// What lies outside this process's loop: nothing (one process), the parent (in a
@@ -172,6 +176,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
     } else {
         let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight);
         let mut settle_from = None;
+        let probe = cfg.server_pid.map(ServerProbe::start);
         let publish_start = Instant::now();
         loop {
             let now = Instant::now();
@@ -195,6 +200,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
             }
             net.poll(&mut fan, Duration::from_millis(if publishing_done { 10 } else { 1 }))?;
         }
+        fan.report.server = probe.map(ServerProbe::finish);
     }
     if ended_early {
         side.stop_others();

@@ -60,6 +60,10 @@ pub struct FanoutArgs {
     /// that delivers everything ends sooner
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
+    /// The server's process id, if it runs on this machine: the report then gives its
+    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
@@ -157,6 +161,7 @@ fn config(
         deadline,
         seed,
         stop,
+        server_pid: if common.worker.is_some() { None } else { args.server_pid },
     }
 }
 

@@ -25,6 +25,7 @@ mod opts;
 mod plan;
 mod procs;
 mod ramp;
+mod server_probe;
 mod track;
 mod workers;
 mod ws;
