@@ -2,7 +2,7 @@
 # Fan-out benchmark: one publisher, N subscribers, M messages of S bytes sent in a burst;
 # delivered messages per second and delivery latency, per server and case.
 #
-# Usage: scripts/bench-fanout.sh [--server NAME:PROTOCOL:COMMAND]... [--case "SUBS SIZE MESSAGES [RATE]"]...
+# Usage: scripts/bench-fanout.sh [--server NAME:PROTOCOL:COMMAND]... [--case "SUBS SIZE MESSAGES [RATE [WINDOW]]"]...
 #                                [--rounds R] [--out DIR]
 #   COMMAND has {port} where the port goes: it gets 0, and the server must print
 #   "listening on [ws://]127.0.0.1:PORT" (wshub at --log-level info, loadtest/peers' tokio-peer
@@ -14,7 +14,8 @@
 # to 1,000 subscribers, 50 to 19,000) is small enough that no server here has to evict
 # or drop a receiver, so delivered/s measures how fast each drains the same work and loss
 # must be zero. --case replaces them: SUBS subscribers, MESSAGES of SIZE bytes, sent at
-# RATE messages/s (default 1000000: a burst; e.g. 2 for a paced broadcast).
+# RATE messages/s (default 1000000: a burst; e.g. 2 for a paced broadcast), at most WINDOW
+# in flight (wshub-load --window; default: hub 64, raw none; `-` keeps the default).
 #
 # wshub-load gets the server's pid (--server-pid), so each result also has the server's
 # peak RSS while publishing (VmHWM, reset at the first publish) and its user-space CPU
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
         --case) CASES+=("$2"); shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        *) echo "usage: $0 [--server NAME:PROTOCOL:COMMAND]... [--case \"SUBS SIZE MESSAGES [RATE]\"]... [--rounds R] [--out DIR]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--server NAME:PROTOCOL:COMMAND]... [--case \"SUBS SIZE MESSAGES [RATE [WINDOW]]\"]... [--rounds R] [--out DIR]" >&2; exit 2 ;;
     esac
 done
 [ ${#SERVERS[@]} -gt 0 ] || SERVERS=("wshub:hub:target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info")
@@ -49,23 +50,25 @@ cargo build --release --quiet -p wshub -p wshub-load
 
 pin_cpus
 
-run_case() { # name protocol command subscribers size messages rate round
-    local name=$1 protocol=$2 command=$3 subscribers=$4 size=$5 messages=$6 rate=$7 round=$8
+run_case() { # name protocol command subscribers size messages rate window round
+    local name=$1 protocol=$2 command=$3 subscribers=$4 size=$5 messages=$6 rate=$7 window=$8 round=$9
+    local window_arg=()
+    [[ $window == - ]] || window_arg=(--window "$window")
     # shellcheck disable=SC2086 # the command is meant to be split into words
     start_server "$OUT/$name.log" "${SERVER_PIN[@]}" ${command//\{port\}/0}
     local line
     line=$("${LOAD_PIN[@]}" timeout 300 target/release/wshub-load fanout --url "ws://127.0.0.1:$PORT/" \
         --connections "$subscribers" --publishers 1 --messages "$messages" --size "$size" \
-        --protocol "$protocol" --rate "$rate" --timeout 120s --server-pid "$SERVER_PID" --json 2>>"$OUT/load.log" | tail -n 1) || true
+        --protocol "$protocol" --rate "$rate" "${window_arg[@]}" --timeout 120s --server-pid "$SERVER_PID" --json 2>>"$OUT/load.log" | tail -n 1) || true
     stop_pid "$SERVER_PID" 5
-    python3 - "$name" "$round" "$rate" "$line" >>"$RESULTS" <<'PY'
+    python3 - "$name" "$round" "$rate" "$window" "$line" >>"$RESULTS" <<'PY'
 import json, sys
-name, rnd, rate, line = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+name, rnd, rate, window, line = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 try:
     result = json.loads(line)
 except ValueError:
     result = {"error": "no JSON from wshub-load: " + line[:200]}
-result.update(server=name, round=rnd, rate=rate)
+result.update(server=name, round=rnd, rate=rate, window=None if window == "-" else int(window))
 print(json.dumps(result))
 PY
     tail -n 1 "$RESULTS" | python3 -c '
@@ -80,11 +83,11 @@ print("  %-16s %6d subs %3d x %5d B at %7g/s: %10.0f delivered/s  p50 %7d us  p9
 
 for round in $(seq "$ROUNDS"); do
     for case in "${CASES[@]}"; do
-        read -r subscribers size messages rate <<<"$case"
+        read -r subscribers size messages rate window <<<"$case"
         for spec in "${SERVERS[@]}"; do
             name=${spec%%:*} rest=${spec#*:}
             protocol=${rest%%:*} command=${rest#*:}
-            run_case "$name" "$protocol" "$command" "$subscribers" "$size" "$messages" "${rate:-1000000}" "$round"
+            run_case "$name" "$protocol" "$command" "$subscribers" "$size" "$messages" "${rate:-1000000}" "${window:--}" "$round"
         done
     done
 done
@@ -97,14 +100,14 @@ groups = {}
 for r in rows:
     if "error" in r:
         continue
-    groups.setdefault((r["server"], r["subscribers"], r["size"], r["messages"], r["rate"]), []).append(r)
+    groups.setdefault((r["server"], r["subscribers"], r["size"], r["messages"], r["rate"], r.get("window")), []).append(r)
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 summary = []
-for (server, subs, size, messages, rate), rs in sorted(groups.items(), key=lambda kv: (kv[0][1:], kv[0][0])):
+for (server, subs, size, messages, rate, window), rs in sorted(groups.items(), key=lambda kv: (str(kv[0][1:]), kv[0][0])):
     med = lambda f: median(f(r) for r in rs)
-    summary.append({"server": server, "subscribers": subs, "size": size, "messages": messages, "rate": rate,
+    summary.append({"server": server, "subscribers": subs, "size": size, "messages": messages, "rate": rate, "window": window,
                     "rounds": len(rs),
                     "delivered_per_sec": med(lambda r: r["delivered_per_sec"]),
                     "p50_us": med(lambda r: r["latency_us"]["p50"]), "p99_us": med(lambda r: r["latency_us"]["p99"]),

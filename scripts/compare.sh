@@ -10,15 +10,17 @@
 #   tokio-default  the same with tungstenite's default buffers (COMPARE_TOKIO_DEFAULT=0 skips it).
 #   wshub          `wshub --shards 1` (memory) and `wshub --relay --shards 1` (fan-out: every
 #                  message to every connection, the same work as the peers).
-#   wshub-hub      with COMPARE_HUB=1: wshub's hub protocol too (subscribe, publish).
+#   wshub-hub      fan-out in wshub's hub protocol (subscribe, publish; COMPARE_HUB=0 skips it).
 #
 # Usage: scripts/compare.sh [ROUNDS=3] [CONNECTIONS=19000]     (results in target/compare/)
 #
 # Loads, at CONNECTIONS receivers:
 #   memory     idle connections held by `wshub-load hold`: user-space bytes per connection
 #              (scripts/bench-memory.sh);
-#   burst      50 x 1 KiB, and 200 x 64 B, sent at once: delivered/s, p99 latency, and the
-#              server's peak RSS while publishing (scripts/bench-fanout.sh);
+#   burst      50 x 1 KiB, and 200 x 64 B, sent as fast as a window of 64 messages in flight
+#              allows (hub: publishes not yet acknowledged; raw: messages whose copy has not
+#              come back to the publisher): delivered/s, p99 latency, and the server's peak
+#              RSS while publishing (scripts/bench-fanout.sh);
 #   paced      COMPARE_PACED_MESSAGES (default 60) x 64 B at 2/s: the server's user-space CPU
 #              time per delivery. /proc/PID/stat counts CPU in 10 ms ticks, so the paced run
 #              is long enough for about a million deliveries.
@@ -47,7 +49,7 @@ if [[ ${COMPARE_TOKIO_DEFAULT:-1} != 0 ]]; then
     MEMORY+=("tokio-default=$TOKIO --read-buffer default")
     FANOUT+=("tokio-default:raw:$TOKIO --read-buffer default")
 fi
-if [[ ${COMPARE_HUB:-0} != 0 ]]; then FANOUT+=("wshub-hub:hub:$WSHUB"); fi
+if [[ ${COMPARE_HUB:-1} != 0 ]]; then FANOUT+=("wshub-hub:hub:$WSHUB"); fi
 
 status=0
 server_args=()
@@ -58,13 +60,13 @@ scripts/bench-memory.sh --out "$OUT/memory" --rounds "$ROUNDS" --steps "$N" "${s
 server_args=()
 for s in "${FANOUT[@]}"; do server_args+=(--server "$s"); done
 scripts/bench-fanout.sh --out "$OUT/fanout" --rounds "$ROUNDS" "${server_args[@]}" \
-    --case "$N 1024 50" --case "$N 64 200" --case "$N 64 $PACED 2" ||
+    --case "$N 1024 50 1000000 64" --case "$N 64 200 1000000 64" --case "$N 64 $PACED 2" ||
     { status=1; echo "compare: some fan-out run lost messages or failed (see above)"; }
 
 python3 - "$OUT/memory/memory.csv" "$OUT/fanout/fanout-summary.json" "$OUT/summary.md" "$N" "$ROUNDS" <<'PY'
 import csv, json, sys
 memory_csv, fanout_json, out, n, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-order = ["wshub", "floor", "tokio-4k", "tokio-default", "wshub-hub"]
+order = ["wshub", "wshub-hub", "floor", "tokio-4k", "tokio-default"]
 memory = {r["server"]: float(r["user_bytes_per_conn"]) for r in csv.DictReader(open(memory_csv))}
 fanout = json.load(open(fanout_json))
 def case(size, messages, rate):
@@ -78,7 +80,7 @@ mb = lambda kib: None if kib is None else kib * 1024 / 1e6
 ms = lambda us: None if us is None else us / 1000
 get = lambda table, key, f=lambda v: v: {s: f(table[s][key]) if s in table and table[s][key] is not None else None for s in servers}
 rows = [
-    ("idle memory per connection (user space, B)", {s: memory.get(s) for s in servers}, "B"),
+    ("idle memory per connection (user space, B)", {s: memory.get(s) for s in servers}, "B"),  # wshub-hub: n/a
     ("burst 50 x 1 KiB: server peak RSS (MB)", get(burst_1k, "peak_rss_kib", mb), "MB"),
     ("burst 50 x 1 KiB: deliveries/s", get(burst_1k, "delivered_per_sec"), ""),
     ("burst 200 x 64 B: deliveries/s", get(burst_64, "delivered_per_sec"), ""),
@@ -91,20 +93,21 @@ lines = []
 say = lambda text="": (print(text), lines.append(text))
 say("## wshub, floor and tokio-tungstenite side by side: %s receivers, median of %d round(s)" % (format(n, ","), rounds))
 say()
-ratio_cols = [s for s in ("floor", "tokio-4k") if s in servers]
-say("| case | " + " | ".join(servers) + " | " + " | ".join("wshub ÷ " + s for s in ratio_cols) + " |")
+ratio_cols = [(a, b) for a, b in (("wshub", "floor"), ("wshub", "tokio-4k"), ("wshub-hub", "floor")) if a in servers and b in servers]
+say("| case | " + " | ".join(servers) + " | " + " | ".join("%s ÷ %s" % c for c in ratio_cols) + " |")
 say("| --- |" + " ---: |" * (len(servers) + len(ratio_cols)))
 for label, values, unit in rows:
     fmt = (lambda v: "n/a" if v is None else "%.1f" % v) if unit in ("MB", "ms") else num
     ratios = []
-    for s in ratio_cols:
-        a, b = values.get("wshub"), values.get(s)
+    for x, y in ratio_cols:
+        a, b = values.get(x), values.get(y)
         ratios.append("%.2fx" % (a / b) if a and b else "n/a")
     say("| %s | %s | %s |" % (label, " | ".join(fmt(values.get(s)) for s in servers), " | ".join(ratios)))
 lost = sum(r["lost"] for r in fanout)
 say()
 say("Deliveries lost over all fan-out runs: %d. Peak RSS is VmHWM, reset when publishing starts (the" % lost)
-say("connections are already held). CPU per delivery is the server's utime over the run ÷ deliveries.")
+say("connections are already held). CPU per delivery is the server's utime over the run ÷ deliveries")
+say("(/proc/PID/stat, 10 ms ticks). wshub relays (`--relay`, the peers' work); wshub-hub is the hub protocol.")
 open(out, "w").write("\n".join(lines) + "\n")
 print("\nwritten: " + out)
 PY
