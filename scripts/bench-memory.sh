@@ -52,6 +52,7 @@ measure() { # name command connections round
     local rss0 pages0 slab0
     rss0=$(proc_kib VmRSS "$SERVER_PID") pages0=$(tcp_mem_pages) slab0=$(slab_bytes)
     local fifo=$OUT/hold.out
+    : >"$fifo" # now, not in the child: the wait below must not find the previous step's READY
     "${LOAD_PIN[@]}" target/release/wshub-load hold --url "ws://127.0.0.1:$PORT/" --connections "$connections" \
         --duration 120s >"$fifo" 2>>"$OUT/load.log" &
     local load=$!

@@ -1,72 +1,114 @@
 #!/usr/bin/env bash
-# wshub against the peer a Rust user would otherwise write (tokio + tokio-tungstenite, one
-# reader and one writer task per connection, a broadcast channel; loadtest/peers/), with
-# library-default buffers and tuned to 4 KiB. The same memory and fan-out loads run against
-# each on this machine, interleaved over rounds, and the ratios are printed.
+# wshub side by side with a floor and with the peer a Rust user would otherwise write, on the
+# same loads, interleaved in one run, with the ratios:
 #
-# Usage: scripts/compare.sh [ROUNDS=3]      (results in target/compare/)
+#   floor          loadtest/peers' floor-peer: one mio thread, raw sockets, the upgrade answered
+#                  by hand, each message framed once and the same bytes written to every socket.
+#                  What is left when the server's own work is taken away.
+#   tokio-4k       loadtest/peers' tokio-peer: tokio + tokio-tungstenite the idiomatic way (a
+#                  reader and a writer task per connection, a broadcast channel), 4 KiB buffers.
+#   tokio-default  the same with tungstenite's default buffers (COMPARE_TOKIO_DEFAULT=0 skips it).
+#   wshub          `wshub --shards 1` (memory) and `wshub --relay --shards 1` (fan-out: every
+#                  message to every connection, the same work as the peers).
+#   wshub-hub      fan-out in wshub's hub protocol (subscribe, publish; COMPARE_HUB=0 skips it).
 #
-# Fan-out is compared in relay mode (`wshub --relay` against the peers, the same work:
-# every message to every connection) and also shown for wshub's hub protocol.
+# Usage: scripts/compare.sh [ROUNDS=3] [CONNECTIONS=19000]     (results in target/compare/)
+#
+# Loads, at CONNECTIONS receivers:
+#   memory     idle connections held by `wshub-load hold`: user-space bytes per connection
+#              (scripts/bench-memory.sh);
+#   burst      50 x 1 KiB, and 200 x 64 B, sent as fast as a window of 64 messages in flight
+#              allows (hub: publishes not yet acknowledged; raw: messages whose copy has not
+#              come back to the publisher): delivered/s, p99 latency, and the server's peak
+#              RSS while publishing (scripts/bench-fanout.sh);
+#   paced      COMPARE_PACED_MESSAGES (default 60) x 64 B at 2/s: the server's user-space CPU
+#              time per delivery. /proc/PID/stat counts CPU in 10 ms ticks, so the paced run
+#              is long enough for about a million deliveries.
+# Each server is started fresh for every measurement, pinned to CPU 0 (the load to CPU 1);
+# with ROUNDS > 1 the servers alternate within each round and the median is kept. The server's
+# peak RSS and CPU come from /proc/PID, read by wshub-load (`fanout --server-pid`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
+N=${2:-19000}
+PACED=${COMPARE_PACED_MESSAGES:-60}
 OUT=target/compare
+rm -rf "$OUT"
 mkdir -p "$OUT"
 
 cargo build --release --quiet -p wshub -p wshub-load
 cargo build --release --quiet --manifest-path loadtest/peers/Cargo.toml
-PEER=loadtest/peers/target/release/tokio-peer
+PEERS=loadtest/peers/target/release
 WSHUB="target/release/wshub --listen 127.0.0.1:{port} --shards 1 --log-level info"
+TOKIO="$PEERS/tokio-peer --listen 127.0.0.1:{port}"
+FLOOR="$PEERS/floor-peer --listen 127.0.0.1:{port}"
 
-scripts/bench-memory.sh --out "$OUT/memory" --rounds "$ROUNDS" \
-    --server "wshub=$WSHUB" \
-    --server "tokio-default=$PEER --listen 127.0.0.1:{port} --read-buffer default" \
-    --server "tokio-4k=$PEER --listen 127.0.0.1:{port} --read-buffer 4k"
+MEMORY=("wshub=$WSHUB" "floor=$FLOOR" "tokio-4k=$TOKIO --read-buffer 4k")
+FANOUT=("wshub:raw:$WSHUB --relay" "floor:raw:$FLOOR" "tokio-4k:raw:$TOKIO --read-buffer 4k")
+if [[ ${COMPARE_TOKIO_DEFAULT:-1} != 0 ]]; then
+    MEMORY+=("tokio-default=$TOKIO --read-buffer default")
+    FANOUT+=("tokio-default:raw:$TOKIO --read-buffer default")
+fi
+if [[ ${COMPARE_HUB:-1} != 0 ]]; then FANOUT+=("wshub-hub:hub:$WSHUB"); fi
 
-scripts/bench-fanout.sh --out "$OUT/fanout" --rounds "$ROUNDS" \
-    --server "wshub-relay:raw:$WSHUB --relay" \
-    --server "tokio-default:raw:$PEER --listen 127.0.0.1:{port} --read-buffer default" \
-    --server "tokio-4k:raw:$PEER --listen 127.0.0.1:{port} --read-buffer 4k" \
-    --server "wshub-hub:hub:$WSHUB" || echo "compare: some fan-out run lost messages or failed (see above)"
+status=0
+server_args=()
+for s in "${MEMORY[@]}"; do server_args+=(--server "$s"); done
+scripts/bench-memory.sh --out "$OUT/memory" --rounds "$ROUNDS" --steps "$N" "${server_args[@]}" ||
+    { status=1; echo "compare: some memory step did not open all its connections (see above)"; }
 
-python3 - "$OUT/memory/memory.csv" "$OUT/fanout/fanout-summary.json" "$OUT/summary.md" <<'PY'
-import csv, json, statistics, sys
-memory_csv, fanout_json, out = sys.argv[1:]
+server_args=()
+for s in "${FANOUT[@]}"; do server_args+=(--server "$s"); done
+scripts/bench-fanout.sh --out "$OUT/fanout" --rounds "$ROUNDS" "${server_args[@]}" \
+    --case "$N 1024 50 1000000 64" --case "$N 64 200 1000000 64" --case "$N 64 $PACED 2" ||
+    { status=1; echo "compare: some fan-out run lost messages or failed (see above)"; }
+
+python3 - "$OUT/memory/memory.csv" "$OUT/fanout/fanout-summary.json" "$OUT/summary.md" "$N" "$ROUNDS" <<'PY'
+import csv, json, sys
+memory_csv, fanout_json, out, n, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+order = ["wshub", "wshub-hub", "floor", "tokio-4k", "tokio-default"]
+memory = {r["server"]: float(r["user_bytes_per_conn"]) for r in csv.DictReader(open(memory_csv))}
+fanout = json.load(open(fanout_json))
+def case(size, messages, rate):
+    return {r["server"]: r for r in fanout if (r["size"], r["messages"], r["rate"]) == (size, messages, rate)}
+burst_1k, burst_64, paced = case(1024, 50, 1000000), case(64, 200, 1000000), [r for r in fanout if r["rate"] == 2]
+paced = {r["server"]: r for r in paced}
+servers = [s for s in order if s in memory or any(s in c for c in (burst_1k, burst_64, paced))]
+
+num = lambda v, unit="": "n/a" if v is None else ("{:,.0f}".format(v) + unit)
+mb = lambda kib: None if kib is None else kib * 1024 / 1e6
+ms = lambda us: None if us is None else us / 1000
+get = lambda table, key, f=lambda v: v: {s: f(table[s][key]) if s in table and table[s][key] is not None else None for s in servers}
+rows = [
+    ("idle memory per connection (user space, B)", {s: memory.get(s) for s in servers}, "B"),  # wshub-hub: n/a
+    ("burst 50 x 1 KiB: server peak RSS (MB)", get(burst_1k, "peak_rss_kib", mb), "MB"),
+    ("burst 50 x 1 KiB: deliveries/s", get(burst_1k, "delivered_per_sec"), ""),
+    ("burst 200 x 64 B: deliveries/s", get(burst_64, "delivered_per_sec"), ""),
+    ("burst 200 x 64 B: p99 latency (ms)", get(burst_64, "p99_us", ms), "ms"),
+    ("paced 2/s x 64 B: user-space CPU per delivery (ns)", get(paced, "user_ns_per_delivery"), "ns"),
+    ("paced 2/s x 64 B: server peak RSS (MB)", get(paced, "peak_rss_kib", mb), "MB"),
+    ("paced 2/s x 64 B: p99 latency (ms)", get(paced, "p99_us", ms), "ms"),
+]
 lines = []
 say = lambda text="": (print(text), lines.append(text))
-
-rows = list(csv.DictReader(open(memory_csv)))
-top = max(int(r["connections"]) for r in rows)
-per_conn = {}
-for r in rows:
-    if int(r["connections"]) == top:
-        per_conn.setdefault(r["server"], []).append(float(r["user_bytes_per_conn"]))
-per_conn = {k: statistics.median(v) for k, v in per_conn.items()}
-say("## Memory per idle connection at %d connections (user space, median over rounds)" % top)
+say("## wshub, floor and tokio-tungstenite side by side: %s receivers, median of %d round(s)" % (format(n, ","), rounds))
 say()
-say("| server | bytes/connection | vs wshub |")
-say("| --- | ---: | ---: |")
-for server, value in sorted(per_conn.items(), key=lambda kv: kv[1]):
-    say("| %s | %.0f | %.1fx |" % (server, value, value / per_conn["wshub"]))
-
-fanout = json.load(open(fanout_json))
+ratio_cols = [(a, b) for a, b in (("wshub", "floor"), ("wshub", "tokio-4k"), ("wshub-hub", "floor")) if a in servers and b in servers]
+say("| case | " + " | ".join(servers) + " | " + " | ".join("%s ÷ %s" % c for c in ratio_cols) + " |")
+say("| --- |" + " ---: |" * (len(servers) + len(ratio_cols)))
+for label, values, unit in rows:
+    fmt = (lambda v: "n/a" if v is None else "%.1f" % v) if unit in ("MB", "ms") else num
+    ratios = []
+    for x, y in ratio_cols:
+        a, b = values.get(x), values.get(y)
+        ratios.append("%.2fx" % (a / b) if a and b else "n/a")
+    say("| %s | %s | %s |" % (label, " | ".join(fmt(values.get(s)) for s in servers), " | ".join(ratios)))
+lost = sum(r["lost"] for r in fanout)
 say()
-say("## Fan-out: one publisher, messages in a burst (median over rounds)")
-say()
-say("| subscribers | size | server | delivered/s | p50 µs | p99 µs | lost | wshub-relay ÷ this (msgs/s) | this ÷ wshub-relay (p99) |")
-say("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-by_case = {}
-for r in fanout:
-    by_case.setdefault((r["subscribers"], r["size"]), {})[r["server"]] = r
-for (subs, size), servers in sorted(by_case.items()):
-    ref = servers.get("wshub-relay")
-    for name, r in sorted(servers.items()):
-        ratio = lambda a, b: ("%.2fx" % (a / b)) if a and b else "n/a"
-        say("| %d | %d | %s | %.0f | %.0f | %.0f | %d | %s | %s |" % (
-            subs, size, name, r["delivered_per_sec"], r["p50_us"], r["p99_us"], r["lost"],
-            ratio(ref["delivered_per_sec"], r["delivered_per_sec"]) if ref else "n/a",
-            ratio(r["p99_us"], ref["p99_us"]) if ref else "n/a"))
+say("Deliveries lost over all fan-out runs: %d. Peak RSS is VmHWM, reset when publishing starts (the" % lost)
+say("connections are already held). CPU per delivery is the server's utime over the run ÷ deliveries")
+say("(/proc/PID/stat, 10 ms ticks). wshub relays (`--relay`, the peers' work); wshub-hub is the hub protocol.")
 open(out, "w").write("\n".join(lines) + "\n")
 print("\nwritten: " + out)
 PY
+exit $status

@@ -82,6 +82,9 @@ _listening_port() {
 start_server() {
     local log=$1 rc=0
     shift
+    # Emptied here, not only by the redirect below: that happens in the child, after the
+    # fork, and until then the wait below could read a previous run's port from LOG.
+    : >"$log"
     "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     track_pid "$SERVER_PID"

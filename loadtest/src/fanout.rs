@@ -12,6 +12,7 @@ use crate::latency::mono_ns;
 use crate::opts::{self, Protocol, WsUrl};
 use crate::ramp::{Ramp, RampStep};
 use crate::tls::TlsClient;
+use crate::server_probe::ServerProbe;
 use crate::track::{self, Publisher, Sample, Seen, SeqTrack};
 use std::collections::VecDeque;
 use std::io;
@@ -44,8 +45,9 @@ pub struct FanoutConfig {
     pub size: usize,
     /// Messages per second over this process's publishers; None: as fast as the window allows.
     pub rate: Option<f64>,
-    /// Hub protocol: publishes per publisher sent but not yet acknowledged.
-    pub window: u64,
+    /// Messages per publisher in flight: hub, not yet acknowledged; raw, not yet back on
+    /// the publisher's own connection. None: no window (raw by default).
+    pub window: Option<u64>,
     pub connect_rate: f64,
     pub max_inflight: usize,
     pub handshake_timeout: Duration,
@@ -56,6 +58,9 @@ pub struct FanoutConfig {
     pub seed: u64,
     /// Set when a parent tells this worker to stop.
     pub stop: Arc<AtomicBool>,
+    /// The server's process, whose memory and CPU are read over publishing (the parent
+    /// or only process; workers get None).
+    pub server_pid: Option<u32>,
 }
 
 /// What lies outside this process's loop: nothing (one process), the parent (in a
@@ -91,7 +96,8 @@ struct Pub {
     open: bool,
     gone: bool,
     sent: u64,
-    /// Publishes answered by an ack or an error (hub protocol).
+    /// Publishes answered by an ack or an error (hub protocol), or its own messages
+    /// relayed back to it (raw protocol).
     answered: u64,
 }
 
@@ -175,6 +181,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
     } else {
         let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight);
         let mut settle_from = None;
+        let probe = cfg.server_pid.map(ServerProbe::start);
         let publish_start = Instant::now();
         loop {
             let now = Instant::now();
@@ -198,6 +205,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
             }
             net.poll(&mut fan, Duration::from_millis(if publishing_done { 10 } else { 1 }))?;
         }
+        fan.report.server = probe.map(ServerProbe::finish);
     }
     if ended_early {
         side.stop_others();
@@ -237,7 +245,7 @@ impl Fanout<'_> {
         })
     }
 
-    /// Sends what each publisher may send now: bounded by the rate, the hub window and
+    /// Sends what each publisher may send now: bounded by the rate, the window and
     /// the socket's backlog.
     fn pump(&mut self, net: &mut Net, start: Instant) {
         let cfg = self.cfg;
@@ -248,7 +256,7 @@ impl Fanout<'_> {
             let mut queued = false;
             loop {
                 let p = &self.pubs[i];
-                let windowed = cfg.protocol == Protocol::Hub && p.sent - p.answered >= cfg.window;
+                let windowed = cfg.window.is_some_and(|w| p.sent - p.answered >= w);
                 if !p.open || p.gone || p.sent >= cfg.messages.min(allowed) || windowed || net.unsent(idx) > MAX_UNSENT
                 {
                     break;
@@ -363,7 +371,12 @@ impl Fanout<'_> {
 
     fn on_publisher_message(&mut self, i: usize, text: &[u8]) {
         if self.cfg.protocol == Protocol::Raw {
-            return; // the relay sends publishers everything too; nothing to count
+            // The relay sends publishers everything too; its own messages coming back
+            // are what a raw window waits for.
+            if track::raw_sample(text).is_some_and(|s| s.p == i as u64) {
+                self.pubs[i].answered += 1;
+            }
+            return;
         }
         match track::hub_type(text) {
             Some(b"ack") => self.pubs[i].answered += 1,

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// that a healthy server keeps up with on a small machine.
 const RAW_DEFAULT_RATE: f64 = 20_000.0;
 
+/// Publishes in flight per publisher in the hub protocol, unless --window says otherwise.
+const HUB_DEFAULT_WINDOW: u64 = 64;
+
 /// How long after the run's deadline the parent still waits for worker reports.
 const REPORT_GRACE: Duration = Duration::from_secs(15);
 
@@ -54,13 +57,19 @@ pub struct FanoutArgs {
     /// allows; raw: 20000]
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Hub protocol: publishes a publisher may have unacknowledged
-    #[arg(long, default_value_t = 64)]
-    pub window: u64,
+    /// Messages a publisher may have in flight [default: hub: 64; raw: no window]. Hub:
+    /// publishes not yet acknowledged. Raw: messages whose own copy has not come back
+    /// yet (a relay sends the sender its message too, as wshub --relay and the peers do)
+    #[arg(long)]
+    pub window: Option<u64>,
     /// Give up on the whole run (connect, subscribe, deliver) after this long; a run
     /// that delivers everything ends sooner
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
+    /// The server's process id, if it runs on this machine: the report then gives its
+    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
@@ -123,7 +132,7 @@ fn validate(args: &FanoutArgs) -> Result<(), String> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number of messages per second".into());
     }
-    if args.window == 0 {
+    if args.window == Some(0) {
         return Err("--window must be at least 1".into());
     }
     if args.timeout.is_zero() {
@@ -154,7 +163,7 @@ fn config(
         messages: args.messages,
         size: args.size,
         rate: args.rate.or(default_rate),
-        window: args.window,
+        window: args.window.or((args.protocol == Protocol::Hub).then_some(HUB_DEFAULT_WINDOW)),
         connect_rate: common.connect_rate,
         max_inflight: common.max_inflight,
         handshake_timeout: common.handshake_timeout,
@@ -162,6 +171,7 @@ fn config(
         deadline,
         seed,
         stop,
+        server_pid: if common.worker.is_some() { None } else { args.server_pid },
     }
 }
 

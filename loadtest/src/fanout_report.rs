@@ -4,6 +4,7 @@
 
 use crate::failures::{Cause, ConnectFailed, Failures};
 use crate::latency::{Latency, Percentiles};
+use crate::server_probe::ServerStats;
 use crate::workers::WorkerReport;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,9 @@ pub struct FanoutReport {
     pub processes: u64,
     pub timed_out: bool,
     pub interrupted: bool,
+    /// The server's memory and CPU while publishing (`--server-pid`; the parent's only).
+    #[serde(default)]
+    pub server: Option<ServerStats>,
 }
 
 /// Folds a time into a running minimum where 0 means "none yet".
@@ -77,6 +81,7 @@ impl WorkerReport for FanoutReport {
         self.latency.merge(&o.latency);
         self.timed_out |= o.timed_out;
         self.interrupted |= o.interrupted;
+        self.server = self.server.take().or(o.server);
     }
 }
 
@@ -132,6 +137,12 @@ pub struct FanoutSummary<'a> {
     processes: u64,
     timed_out: bool,
     interrupted: bool,
+    /// With `--server-pid`: the server's peak RSS and CPU while publishing. Not called
+    /// `server`, which scripts use for the server's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_proc: Option<&'a ServerStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_user_ns_per_delivery: Option<f64>,
 }
 
 /// The run as asked for: what the totals are measured against.
@@ -188,6 +199,8 @@ impl FanoutReport {
             processes: self.processes,
             timed_out: self.timed_out,
             interrupted: self.interrupted,
+            server_proc: self.server.as_ref(),
+            server_user_ns_per_delivery: self.server.as_ref().and_then(|s| s.user_ns_per_delivery(self.received)),
         }
     }
 
@@ -228,6 +241,9 @@ impl FanoutReport {
             self.elapsed_s()
         );
         out += &format!("  latency:        {}\n", self.latency.percentiles().to_text());
+        if let Some(server) = &self.server {
+            out += &format!("  server:         {}\n", server.to_text(self.received));
+        }
         out
     }
 }
@@ -279,6 +295,23 @@ mod tests {
         assert_eq!(s["connect_failed"]["refused"], 1);
         assert_eq!(s["latency_us"]["max"], 300);
         assert!(total.summary_text(&plan).contains("lost 21"));
+        assert!(s.get("server_proc").is_none(), "no --server-pid, no server figures");
+
+        // The parent's server figures survive a merge with reports that have none.
+        let mut parent = FanoutReport {
+            server: Some(ServerStats {
+                pid: 7,
+                user_cpu_ms: Some(5.9),
+                peak_rss_kib: Some(2048),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        parent.merge(total);
+        let s = serde_json::to_value(parent.summary(&plan)).unwrap();
+        assert_eq!(s["server_proc"]["peak_rss_kib"], 2048);
+        assert_eq!(s["server_user_ns_per_delivery"], 100_000.0, "5.9 ms over 59 deliveries");
+        assert!(parent.summary_text(&plan).contains("peak RSS 2.0 MiB"));
     }
 
     #[test]

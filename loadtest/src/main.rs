@@ -26,6 +26,7 @@ mod plan;
 mod procs;
 mod ramp;
 mod tls;
+mod server_probe;
 mod track;
 mod workers;
 mod ws;
