@@ -11,13 +11,16 @@
 #   wshub          `wshub --shards 1` (memory) and `wshub --relay --shards 1` (fan-out: every
 #                  message to every connection, the same work as the peers).
 #   wshub-hub      fan-out in wshub's hub protocol (subscribe, publish; COMPARE_HUB=0 skips it).
+#   wshub-before   COMPARE_BASELINE=PATH: another wshub binary (an earlier build) on the same
+#                  loads, relay mode, for before/after figures measured in the same run.
 #
 # Usage: scripts/compare.sh [ROUNDS=3] [CONNECTIONS=19000]     (results in target/compare/)
 #
 # Loads, at CONNECTIONS receivers:
 #   memory     idle connections held by `wshub-load hold`: user-space bytes per connection
 #              (scripts/bench-memory.sh);
-#   burst      50 x 1 KiB, and 200 x 64 B, sent as fast as a window of 64 messages in flight
+#   burst      50 x 1 KiB, and 200 x 64 B, sent as fast as a window of COMPARE_WINDOW (default
+#              8) messages in flight
 #              allows (hub: publishes not yet acknowledged; raw: messages whose copy has not
 #              come back to the publisher): delivered/s, p99 latency, and the server's peak
 #              RSS while publishing (scripts/bench-fanout.sh);
@@ -32,6 +35,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 N=${2:-19000}
 PACED=${COMPARE_PACED_MESSAGES:-60}
+WINDOW=${COMPARE_WINDOW:-8}
 OUT=target/compare
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -50,6 +54,11 @@ if [[ ${COMPARE_TOKIO_DEFAULT:-1} != 0 ]]; then
     FANOUT+=("tokio-default:raw:$TOKIO --read-buffer default")
 fi
 if [[ ${COMPARE_HUB:-1} != 0 ]]; then FANOUT+=("wshub-hub:hub:$WSHUB"); fi
+if [[ -n ${COMPARE_BASELINE:-} ]]; then
+    BEFORE="$COMPARE_BASELINE --listen 127.0.0.1:{port} --shards 1 --log-level info"
+    MEMORY+=("wshub-before=$BEFORE")
+    FANOUT+=("wshub-before:raw:$BEFORE --relay")
+fi
 
 status=0
 server_args=()
@@ -60,13 +69,13 @@ scripts/bench-memory.sh --out "$OUT/memory" --rounds "$ROUNDS" --steps "$N" "${s
 server_args=()
 for s in "${FANOUT[@]}"; do server_args+=(--server "$s"); done
 scripts/bench-fanout.sh --out "$OUT/fanout" --rounds "$ROUNDS" "${server_args[@]}" \
-    --case "$N 1024 50 1000000 64" --case "$N 64 200 1000000 64" --case "$N 64 $PACED 2" ||
+    --case "$N 1024 50 1000000 $WINDOW" --case "$N 64 200 1000000 $WINDOW" --case "$N 64 $PACED 2" ||
     { status=1; echo "compare: some fan-out run lost messages or failed (see above)"; }
 
 python3 - "$OUT/memory/memory.csv" "$OUT/fanout/fanout-summary.json" "$OUT/summary.md" "$N" "$ROUNDS" <<'PY'
 import csv, json, sys
 memory_csv, fanout_json, out, n, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-order = ["wshub", "wshub-hub", "floor", "tokio-4k", "tokio-default"]
+order = ["wshub", "wshub-hub", "wshub-before", "floor", "tokio-4k", "tokio-default"]
 memory = {r["server"]: float(r["user_bytes_per_conn"]) for r in csv.DictReader(open(memory_csv))}
 fanout = json.load(open(fanout_json))
 def case(size, messages, rate):
@@ -93,7 +102,8 @@ lines = []
 say = lambda text="": (print(text), lines.append(text))
 say("## wshub, floor and tokio-tungstenite side by side: %s receivers, median of %d round(s)" % (format(n, ","), rounds))
 say()
-ratio_cols = [(a, b) for a, b in (("wshub", "floor"), ("wshub", "tokio-4k"), ("wshub-hub", "floor")) if a in servers and b in servers]
+pairs = (("wshub", "floor"), ("wshub", "tokio-4k"), ("wshub-hub", "floor"), ("wshub", "wshub-before"))
+ratio_cols = [(a, b) for a, b in pairs if a in servers and b in servers]
 say("| case | " + " | ".join(servers) + " | " + " | ".join("%s ÷ %s" % c for c in ratio_cols) + " |")
 say("| --- |" + " ---: |" * (len(servers) + len(ratio_cols)))
 for label, values, unit in rows:
