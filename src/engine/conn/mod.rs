@@ -394,10 +394,15 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// True exactly once after the connection becomes active again: the caller lists it
-    /// for the sweeps.
+    /// True exactly once after the connection becomes active again holding something a
+    /// sweep can give back: the caller lists it for the sweeps. A paced delivery to a plain
+    /// connection leaves nothing behind (the frame sat in the inline slot), so it is never
+    /// listed, and the sweeps do not touch it.
     pub fn claim_sweep(&mut self) -> bool {
-        let claim = self.has(RECENT) && !self.has(SWEEP_LISTED);
+        let holds = matches!(self.phase, Phase::Open(Some(_)) | Phase::Closing(_))
+            || self.out.holds_memory()
+            || self.wire.is_tls();
+        let claim = holds && self.has(RECENT) && !self.has(SWEEP_LISTED);
         if claim {
             self.flags |= SWEEP_LISTED;
         }

@@ -13,8 +13,10 @@ use std::io::{self, IoSlice, Read, Write};
 
 use crate::frame::SharedFrame;
 
-/// Most frames handed to one vectored write (the kernel takes up to `IOV_MAX`, 1024).
-pub(crate) const WRITE_BATCH: usize = 64;
+/// Most frames handed to one vectored write (the kernel takes up to `IOV_MAX`, 1024). The
+/// slice array lives on the stack and is cleared for every write of several frames, so it
+/// is kept small; a lone frame skips it.
+pub(crate) const WRITE_BATCH: usize = 32;
 
 #[derive(Default)]
 pub(crate) struct Outbound {
@@ -97,10 +99,16 @@ impl Outbound {
 
     /// Writes as much as `send` takes; `Ok(true)` once the queue is empty.
     pub fn write_to(&mut self, mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>) -> io::Result<bool> {
-        while !self.is_empty() {
-            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-            let filled = self.slices(&mut slices);
-            match send(&slices[..filled]) {
+        while let Some(head) = &self.head {
+            let written = if self.rest.as_ref().is_none_or(|rest| rest.is_empty()) {
+                // One frame between two flushes (a paced broadcast): the common case.
+                send(&[IoSlice::new(&head.as_bytes()[self.offset as usize..])])
+            } else {
+                let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+                let filled = self.slices(&mut slices);
+                send(&slices[..filled])
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

@@ -113,6 +113,8 @@ impl<T: Transport> Connection<T> {
     pub(super) fn write_out(&mut self) -> Drained {
         let Connection { out, wire, .. } = self;
         let drained = match out.write_to(|slices| wire.send(slices)) {
+            // A plain socket holds nothing back: written is sent.
+            Ok(true) if !wire.is_tls() => Drained::Done,
             Ok(true) => match wire.flush() {
                 Ok(()) if wire.handshaking() => Drained::AwaitingTls,
                 Ok(()) => Drained::Done,

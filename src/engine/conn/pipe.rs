@@ -372,3 +372,16 @@ fn a_protocol_error_closes_after_earlier_replies_and_shuts_the_write_side() {
     conn.wire.peer_closed = true;
     assert_eq!(conn.ready(true, false, &mut shard.cx(1)), Outcome::Remove);
 }
+
+#[test]
+fn a_paced_delivery_leaves_nothing_to_sweep() {
+    let mut shard = Shard::new(1 << 20);
+    let mut conn = shard.open();
+    conn.wire.window = usize::MAX;
+    for frame in &frames(3) {
+        conn.send(frame, 1, &shard.limits);
+        shard.flush(&mut conn, 1);
+        assert!(!conn.claim_sweep(), "one frame a pass waits in the inline slot: nothing to give back");
+    }
+    assert_eq!(conn.wire.to_peer.len(), frames(3).iter().map(SharedFrame::len).sum::<usize>());
+}

@@ -91,6 +91,7 @@ impl ShardIo {
 
     /// Registers WRITABLE exactly while the connection's last write would have blocked;
     /// the syscall happens only on a change. `false`: the socket is gone.
+    #[inline]
     fn sync_interest(&self, key: usize, conn: &mut Connection) -> bool {
         let Some(writable) = conn.interest_change() else {
             return true;
