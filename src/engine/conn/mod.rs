@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::{Registry, Token};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
@@ -32,7 +32,7 @@ use crate::auth::Gate;
 use crate::auth::Grants;
 use crate::clock::{ticks, Tick};
 use crate::config::Config;
-use crate::engine::wire::Wire;
+use crate::engine::wire::{TlsSession, Wire};
 use crate::http::{HttpResponse, PlainRequest};
 use crate::metrics::Counters;
 
@@ -199,8 +199,8 @@ impl Connection {
         handshake_deadline: Tick,
         tls: Option<&Arc<ServerConfig>>,
     ) -> Self {
-        let handshake = match tls.map(|config| ServerConnection::new(config.clone())).transpose() {
-            Ok(session) => Handshake::new(Wire::new(tcp, session.map(Box::new))),
+        let handshake = match tls.map(TlsSession::new).transpose() {
+            Ok(session) => Handshake::new(Wire::new(tcp, session)),
             Err(e) => {
                 // Not with a config `TlsSettings` accepted; but if it happens, the
                 // connection is dropped, never served in plaintext.
@@ -414,7 +414,8 @@ impl Connection {
                 return;
             }
             let Phase::Open(ws) = mem::replace(&mut self.phase, Phase::Moving) else { unreachable!() };
-            let wire = ws.into_inner();
+            let mut wire = ws.into_inner();
+            wire.release_idle();
             self.phase = Phase::Open(WebSocket::from_raw_socket(wire, Role::Server, Some(limits.websocket)));
             self.set(USED_BUFFERS, false);
         }
@@ -434,7 +435,7 @@ mod tests {
         eprintln!(
             "Connection: {entry} bytes; WebSocket<Wire>: {}; boxed TLS session (wss only): {}",
             mem::size_of::<WebSocket<Wire>>(),
-            mem::size_of::<ServerConnection>()
+            mem::size_of::<TlsSession>()
         );
         assert!(entry <= 384, "Connection grew to {entry} bytes (slab header {size})");
     }

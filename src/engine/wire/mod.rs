@@ -16,51 +16,45 @@
 //!   what has arrived, never to what the header claims.
 //!
 //! # TLS
-//! On a `wss://` server the wire also carries the connection's rustls `ServerConnection`
-//! (boxed, so a plain connection's slab entry grows by one pointer only). Everything above
-//! the wire sees plaintext: [`Wire::recv`] (the handshake's reads and [`inbound::recv`])
-//! returns decrypted bytes, writes are encrypted on their way out. The handshake needs no
-//! phase of its own; it is driven by the same readiness events:
-//! - a read first hands out plaintext rustls already holds, then pulls records from the
-//!   socket (`read_tls`), processes them (`process_new_packets`) and sends whatever the
-//!   handshake answers. It reports `WouldBlock` only when rustls holds no plaintext *and*
-//!   the socket is drained, so the edge-triggered contract of a plain socket still holds:
-//!   read until `WouldBlock`, or come back (`ReadAgain`).
-//! - a write hands plaintext to rustls, then writes TLS records until the socket would
-//!   block. Records still queued in rustls make [`Wire::flush`] report `WouldBlock`, and
-//!   [`Wire::output_pending`] lets the connection ask for a flush (and WRITABLE) after a
-//!   read produced output (handshake flights, session tickets, alerts).
-//! - rustls keeps its own per-connection buffers: a read buffer (4 KiB while idle, kept)
-//!   and output queues that are freed chunk by chunk once written. So an idle TLS
-//!   connection does own heap memory, unlike a plain one; `scripts/mem-per-conn.sh
-//!   --tls` measures it.
+//! On a `wss://` server the wire also carries the connection's [`TlsSession`] (boxed, so a
+//! plain connection's slab entry grows by one pointer only). Everything above the wire
+//! sees plaintext: [`Wire::recv`] (the handshake's reads and [`inbound::recv`]) returns
+//! decrypted bytes, writes are encrypted on their way out; see the `tls` module.
 
 use std::cell::RefCell;
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor, IoSlice, Read, Write};
 
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
-use rustls::ServerConnection;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+mod tls;
+
+pub use tls::TlsSession;
+
 /// The stream inside every `WebSocket`: writes go to the socket (through TLS when on),
 /// reads come from the current shard's [`inbound`] window (see the module docs).
-#[derive(Debug)]
 pub struct Wire {
     /// The accepted socket; it lives exactly as long as the connection.
     pub tcp: TcpStream,
-    /// The TLS session on a `wss://` server; boxed (it is over a kilobyte) so plain
-    /// connections pay one pointer for it.
-    tls: Option<Box<ServerConnection>>,
+    /// The TLS session on a `wss://` server; boxed so plain connections pay one pointer
+    /// for it.
+    tls: Option<Box<TlsSession>>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire").field("tcp", &self.tcp).field("tls", &self.tls.is_some()).finish()
+    }
 }
 
 impl Wire {
     /// A connection's wire; with a TLS session, one that starts with the TLS handshake
     /// (the peer speaks first).
-    pub fn new(tcp: TcpStream, tls: Option<Box<ServerConnection>>) -> Self {
-        Wire { tcp, tls }
+    pub fn new(tcp: TcpStream, tls: Option<TlsSession>) -> Self {
+        Wire { tcp, tls: tls.map(Box::new) }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -68,70 +62,38 @@ impl Wire {
     }
 
     /// Reads what the peer sent, decrypted on a TLS wire; `Ok(0)` is end of stream.
-    /// `WouldBlock` means nothing is left: not in the socket, not in rustls.
+    /// `WouldBlock` means nothing is left: not in the socket, not in the TLS session.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(tls) = &mut self.tls else {
-            return self.tcp.read(buf);
-        };
-        loop {
-            // Plaintext rustls already holds comes first: no readiness edge announces it.
-            match tls.reader().read(buf) {
-                // Ok(0): the peer's close_notify, a clean end of stream.
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // UnexpectedEof: the socket ended without close_notify.
-                Err(e) => return Err(e),
-            }
-            match tls.read_tls(&mut self.tcp) {
-                Ok(0) => return Ok(0),
-                Ok(_) => {
-                    let processed = tls.process_new_packets();
-                    // The handshake's answer, or the alert for a bad record; what the
-                    // socket does not take now is found by `output_pending`.
-                    let sent = push_tls(tls, &mut self.tcp);
-                    if let Err(e) = processed {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                    }
-                    sent?;
-                }
-                Err(e) => return Err(e),
-            }
+        match &mut self.tls {
+            Some(tls) => tls.recv(&mut self.tcp, buf),
+            None => self.tcp.read(buf),
         }
     }
 
-    /// TLS records wait in rustls for the socket (never on a plain wire).
+    /// TLS records wait for the socket (never on a plain wire).
     pub fn output_pending(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+        self.tls.as_ref().is_some_and(|tls| tls.output_pending())
     }
 
-    /// The TLS handshake is not complete: written plaintext waits in rustls until it is.
+    /// The TLS handshake is not complete: written plaintext waits until it is.
     pub fn handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+        self.tls.as_ref().is_some_and(|tls| tls.handshaking())
     }
 
     /// Ends our sending side: TLS close_notify (best effort), then FIN.
     pub fn shutdown_write(&mut self) {
         if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            let _ = push_tls(tls, &mut self.tcp);
+            tls.close(&mut self.tcp);
         }
         let _ = self.tcp.shutdown(Shutdown::Write);
     }
-}
 
-/// Writes queued TLS records until rustls has none or the socket would block;
-/// `Ok(false)`: some are still queued.
-fn push_tls(tls: &mut ServerConnection, tcp: &mut TcpStream) -> io::Result<bool> {
-    while tls.wants_write() {
-        match tls.write_tls(tcp) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// The connection is idle with nothing to write: a chance to give memory back.
+    pub fn release_idle(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.release_idle();
         }
     }
-    Ok(true)
 }
 
 impl Drop for Wire {
@@ -139,8 +101,7 @@ impl Drop for Wire {
         // The connection is going: tell a TLS peer it was not cut off (best effort; the
         // socket is non-blocking and about to close).
         if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            let _ = push_tls(tls, &mut self.tcp);
+            tls.close(&mut self.tcp);
         }
     }
 }
@@ -153,28 +114,17 @@ impl Read for Wire {
 
 impl Write for Wire {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(tls) = &mut self.tls else {
-            return (&self.tcp).write(buf);
-        };
-        // Make room in rustls's queue first, then queue, then send what we can.
-        push_tls(tls, &mut self.tcp)?;
-        let n = tls.writer().write(buf)?;
-        push_tls(tls, &mut self.tcp)?;
-        if n == 0 && !buf.is_empty() {
-            // rustls's queue is full and the socket takes nothing: wait for WRITABLE.
-            return Err(io::ErrorKind::WouldBlock.into());
+        match &mut self.tls {
+            Some(tls) => tls.send(&mut self.tcp, &[IoSlice::new(buf)]),
+            None => (&self.tcp).write(buf),
         }
-        Ok(n)
     }
 
-    /// On a TLS wire, `WouldBlock` while records are still queued in rustls: bytes
-    /// tungstenite considers written have not all reached the socket.
+    /// On a TLS wire, `WouldBlock` while records are still queued: bytes tungstenite
+    /// considers written have not all reached the socket.
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.tls {
-            Some(tls) => match push_tls(tls, &mut self.tcp)? {
-                true => Ok(()),
-                false => Err(io::ErrorKind::WouldBlock.into()),
-            },
+            Some(tls) => tls.flush(&mut self.tcp),
             None => Ok(()),
         }
     }
