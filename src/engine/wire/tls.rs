@@ -42,7 +42,7 @@ use rustls::ServerConfig;
 
 mod buffers;
 
-use buffers::{encode, encrypt, gather, queue_close_notify, with_scratch, OutBuf, Queues};
+use buffers::{encode, encrypt_slices, gather, queue_close_notify, with_scratch, App, OutBuf, Queues};
 
 /// The largest record on the wire: 16 KiB of payload plus header and the expansion TLS 1.2
 /// allows.
@@ -123,7 +123,7 @@ impl TlsSession {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let (got, _) = self.drive(socket, input, filled, buf, out, None)?;
+            let (got, _) = self.drive(socket, input, filled, buf, out, App::Nothing)?;
             if got > 0 || self.q.read_closed {
                 // Ok(0) after close_notify: a clean end of stream.
                 return Ok(got);
@@ -154,17 +154,9 @@ impl TlsSession {
             return Ok(n);
         }
         with_scratch(|scratch| {
-            let n = room.min(total).min(SEND_CHUNK);
-            let data = match bufs.iter().find(|buf| !buf.is_empty()) {
-                // One slice (the usual write): encrypted straight from it.
-                Some(first) if first.len() >= n => &first[..n],
-                _ => {
-                    scratch.gather.clear();
-                    gather(bufs, n, &mut scratch.gather);
-                    &scratch.gather[..]
-                }
-            };
-            let taken = self.run(socket, &mut scratch.out, Some(data))?;
+            let limit = room.min(total).min(SEND_CHUNK);
+            let app = App::Data { bufs, limit, gather: &mut scratch.gather };
+            let taken = self.run(socket, &mut scratch.out, app)?;
             match taken {
                 0 => Err(io::ErrorKind::WouldBlock.into()),
                 n => Ok(n),
@@ -176,7 +168,7 @@ impl TlsSession {
     /// all reached the socket.
     pub fn flush<S: Read + Write>(&mut self, socket: &mut S) -> io::Result<()> {
         if self.q.plain_out_len() > 0 && !self.conn.is_handshaking() {
-            with_scratch(|scratch| self.run(socket, &mut scratch.out, None))?;
+            with_scratch(|scratch| self.run(socket, &mut scratch.out, App::Nothing))?;
         }
         match self.q.push(socket)? {
             true => Ok(()),
@@ -199,7 +191,7 @@ impl TlsSession {
         if self.q.write_closed || self.conn.is_handshaking() {
             return;
         }
-        let _ = with_scratch(|scratch| self.run(socket, &mut scratch.out, Some(&[])));
+        let _ = with_scratch(|scratch| self.run(socket, &mut scratch.out, App::CloseNotify));
         self.q.write_closed = true;
     }
 
@@ -219,9 +211,9 @@ impl TlsSession {
     }
 
     /// Drives the session over the bytes it keeps, outside a read: encrypts the early
-    /// reply and `app` once the handshake allows (an empty `app` queues close_notify).
-    /// Returns how many bytes of `app` were encrypted.
-    fn run<S: Write>(&mut self, socket: &mut S, out: &mut OutBuf, app: Option<&[u8]>) -> io::Result<usize> {
+    /// reply and `app` once the handshake allows. Returns how many bytes of `app` were
+    /// encrypted.
+    fn run<S: Write>(&mut self, socket: &mut S, out: &mut OutBuf, app: App<'_, '_>) -> io::Result<usize> {
         // `recv` leaves only incomplete bytes here, so this finds no new record; it is
         // passed because rustls's handshake deframer may point into it.
         let mut input = self.q.held.as_mut().map(|held| mem::take(&mut held.input)).unwrap_or_default();
@@ -246,7 +238,7 @@ impl TlsSession {
         filled: &mut usize,
         buf: &mut [u8],
         out: &mut OutBuf,
-        app: Option<&[u8]>,
+        app: App<'_, '_>,
     ) -> io::Result<(usize, usize)> {
         // Consumed bytes are skipped, and the rest moved to the front once at the end:
         // moving it after every record would copy a 64 KiB read over and over.
@@ -269,7 +261,7 @@ impl TlsSession {
         start: &mut usize,
         buf: &mut [u8],
         out: &mut OutBuf,
-        mut app: Option<&[u8]>,
+        mut app: App<'_, '_>,
     ) -> io::Result<(usize, usize)> {
         let (mut got, mut taken) = (0, 0);
         loop {
@@ -307,13 +299,12 @@ impl TlsSession {
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
                     self.q.encrypt_early(&mut traffic, out)?;
-                    match app.take() {
-                        Some([]) => queue_close_notify(&mut traffic, out)?,
-                        Some(data) => {
-                            encrypt(&mut traffic, data, out)?;
-                            taken = data.len();
+                    match mem::replace(&mut app, App::Nothing) {
+                        App::CloseNotify => queue_close_notify(&mut traffic, out)?,
+                        App::Data { bufs, limit, gather } => {
+                            taken = encrypt_slices(&mut traffic, bufs, limit, gather, out)?
                         }
-                        None => {}
+                        App::Nothing => {}
                     }
                     self.q.emit(socket, out)?;
                     true

@@ -89,12 +89,13 @@ impl Peers {
         self.pipe.to_server.extend(records);
         let ours = mem::take(&mut self.pipe.to_client);
         let mut rest = &ours[..];
+        let mut plain = Vec::new();
         while !rest.is_empty() {
             self.client.read_tls(&mut rest).unwrap();
             self.client.process_new_packets().unwrap();
+            // Drained as it comes: the client holds at most 64 KiB of plaintext.
+            let _ = self.client.reader().read_to_end(&mut plain);
         }
-        let mut plain = Vec::new();
-        let _ = self.client.reader().read_to_end(&mut plain);
         plain
     }
 
@@ -265,5 +266,39 @@ fn bytes_trickling_in_one_at_a_time_are_kept_between_reads() {
         }
         assert!(data_sent && !peers.server.handshaking());
         assert_eq!(got, sent);
+    });
+}
+
+#[test]
+fn mixed_slices_keep_their_order() {
+    both_versions(|mut peers| {
+        peers.handshake();
+        peers.pipe.capacity = usize::MAX;
+        // Large slices are sealed in place, runs of small ones together, a lone small one
+        // on its own; 90,000 bytes is more than one send takes (64 KiB).
+        let slices: Vec<Vec<u8>> = [100, 5000, 50, 60, 20_000, 10, 4096, 3, 60_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| pattern(len + i))
+            .collect();
+        let expected = slices.concat();
+        let mut offset = 0;
+        while offset < expected.len() {
+            // The caller's slices from where the last send stopped.
+            let mut skip = offset;
+            let mut rest = Vec::new();
+            for slice in &slices {
+                if skip >= slice.len() {
+                    skip -= slice.len();
+                    continue;
+                }
+                rest.push(IoSlice::new(&slice[skip..]));
+                skip = 0;
+            }
+            let n = peers.server.send(&mut peers.pipe, &rest).unwrap();
+            assert!(n > 0 && n <= SEND_CHUNK);
+            offset += n;
+        }
+        assert_eq!(peers.client_turn(), expected);
     });
 }
