@@ -1,9 +1,8 @@
 //! TLS settings (`--tls-cert`, `--tls-key`): the certificate chain and private key,
 //! loaded once at startup into a rustls [`ServerConfig`] that every connection shares.
 //!
-//! The per-connection side lives in `wire`: each accepted socket of a TLS server gets a
-//! boxed `rustls::ServerConnection` next to it, driven by the shard's readiness events
-//! (see the `wire` module docs).
+//! The per-connection side lives in `engine::wire::tls`: each accepted socket of a TLS
+//! server gets a boxed `TlsSession` next to it, driven by the shard's readiness events.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
