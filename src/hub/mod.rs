@@ -246,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_the_tables_report_what_local_connections_want_counted_across_shards() {
+        let wanted = Arc::new(Wanted::default());
+        let shards: Vec<ShardShared> = (0..2).map(|_| ShardShared::new(Some(wanted.clone()))).collect();
+        let (room, ann) = (Want::Topic("room".into()), Want::User("ann".into()));
+        lock(&shards[0].topics).subscribe(1, || "ann".into(), "room", 8).unwrap();
+        lock(&shards[0].topics).subscribe(2, || "bob".into(), "room", 8).unwrap();
+        lock(&shards[1].topics).subscribe(1, || "cy".into(), "room", 8).unwrap();
+        lock(&shards[1].users).add(&"ann".into(), 1);
+        let mut subscribed = std::collections::HashSet::new();
+        let mut gained = wanted.changes(&subscribed).gained;
+        gained.sort();
+        assert_eq!(gained, [room.clone(), ann.clone()]);
+        subscribed.extend(gained);
+        lock(&shards[0].topics).remove_conn(1);
+        lock(&shards[0].topics).unsubscribe(2, "room");
+        assert!(wanted.changes(&subscribed).lost.is_empty(), "shard 1 still has a subscriber");
+        lock(&shards[1].topics).remove_conn(1);
+        lock(&shards[1].users).remove("ann", 1);
+        let mut lost = wanted.changes(&subscribed).lost;
+        lost.sort();
+        assert_eq!(lost, [room, ann]);
+    }
+
+    #[test]
     fn a_full_shard_refuses_while_the_others_still_receive() {
         let (hub, _receivers) = Hub::undrained(3, 64);
         lock(&hub.shared(1).users).add(&"bob".into(), 0);
