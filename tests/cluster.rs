@@ -196,6 +196,37 @@ fn a_redis_outage_keeps_local_delivery_and_the_cluster_recovers_without_a_restar
     stop(b);
 }
 
+/// A topic batched by `--batch` on the receiving instance: the payload crosses inside the
+/// frame (not twice) and is batched there like a local publication.
+#[test]
+fn a_batched_topic_is_batched_on_the_receiving_instance_too() {
+    let Some(redis) = RedisServer::start() else { return };
+    let batched = |shards| {
+        let mut config = member_config(&redis.url(), shards);
+        config.batch = vec!["tick.*=100ms".parse().unwrap()];
+        let server = App::new().start(config).expect("instance starts");
+        await_health(&server, "ok");
+        server
+    };
+    let (a, b) = (batched(1), batched(1));
+    let mut subscriber = JsonClient::connect(b.local_addr(), "/");
+    subscribe(&mut subscriber, "tick.btc");
+    redis.await_subscribers("wshub:t:tick.btc", 1);
+    let mut publisher = JsonClient::connect(a.local_addr(), "/");
+    for n in 0..20 {
+        publisher.send(json!({"type": "publish", "topic": "tick.btc", "data": {"n": n}}));
+    }
+    let mut items = Vec::new();
+    while items.len() < 20 {
+        let frame = subscriber.next();
+        assert_eq!((frame["type"].as_str(), frame["topic"].as_str()), (Some("batch"), Some("tick.btc")), "{frame}");
+        items.extend(frame["d"].as_array().unwrap().iter().map(|item| item["n"].as_u64().unwrap()));
+    }
+    assert_eq!(items, (0..20).collect::<Vec<_>>(), "every item once, in order");
+    stop(a);
+    stop(b);
+}
+
 /// Needs no Redis: an instance whose Redis is not there starts, serves its own
 /// connections, and says it is degraded.
 #[test]
