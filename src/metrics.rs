@@ -45,6 +45,11 @@ pub struct Stats {
 pub struct ClusterStats {
     /// Both Redis connections (publishing and subscribed) are up.
     pub redis_up: bool,
+    /// Live instances in the cluster, this one included, as of the last heartbeat (an
+    /// instance that stops renewing its entry drops out within 3 s).
+    pub instances: usize,
+    /// Connections held by all of them, as of the last heartbeat.
+    pub connections: usize,
     /// Why it is not, while it is not: the last connection error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<String>,
@@ -161,6 +166,13 @@ pub fn prometheus(stats: &Stats) -> String {
         out.counter("wshub_redis_dropped_total", dropped, cluster.dropped);
         out.single("wshub_redis_queue_depth", "Publications waiting to be sent to Redis.", cluster.queue_depth as u64);
         out.single("wshub_redis_channels", "Redis channels subscribed.", cluster.channels as u64);
+        out.single(
+            "wshub_cluster_instances",
+            "Live instances in the cluster, this one included.",
+            cluster.instances as u64,
+        );
+        let connections = "Connections held by all instances of the cluster.";
+        out.single("wshub_cluster_connections", connections, cluster.connections as u64);
     }
     out.0
 }

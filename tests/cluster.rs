@@ -227,6 +227,43 @@ fn a_batched_topic_is_batched_on_the_receiving_instance_too() {
     stop(b);
 }
 
+/// Every instance renews its entry among the members each second, with a 3 s TTL:
+/// `/stats` counts the live instances and their connections; one that stops cleanly
+/// leaves at once, and one that stops renewing (a crash, played here by an entry written
+/// by hand and never renewed) drops out when its entry expires.
+#[test]
+fn stats_count_the_live_instances_and_a_silent_one_drops_out_within_the_ttl() {
+    let Some(redis) = RedisServer::start() else { return };
+    let (a, b, c) = (member(&redis, 2), member(&redis, 1), member(&redis, 1));
+    let _clients = [JsonClient::connect(a.local_addr(), "/"), JsonClient::connect(b.local_addr(), "/")];
+    let cluster = |server: &Server| http_once(server.local_addr(), "GET", "/stats", None, "").json()["cluster"].clone();
+    // Each /stats request is a connection of its own while it is answered, so a
+    // heartbeat may count it: wait for the quiet figure.
+    eventually("3 instances holding the 2 clients", || {
+        let stats = cluster(&a);
+        stats["instances"] == 3 && stats["connections"] == 2
+    });
+    redis.run(
+        ::redis::cmd("SET")
+            .arg("wshub:node:42")
+            .arg(r#"{"connections":5,"messages_in":0,"messages_out":0}"#)
+            .arg("PX")
+            .arg(5000),
+    );
+    redis.run(::redis::cmd("SADD").arg("wshub:nodes").arg("42"));
+    eventually("a 4th instance with 5 connections", || {
+        let stats = cluster(&b);
+        stats["instances"] == 4 && stats["connections"] == 7
+    });
+    eventually("the silent one gone after its TTL", || cluster(&b)["instances"] == 3);
+    stop(c);
+    eventually("the stopped one gone", || cluster(&a)["instances"] == 2);
+    let metrics = http_once(a.local_addr(), "GET", "/metrics", None, "").body;
+    assert!(metrics.contains("\nwshub_cluster_instances 2\n"), "{metrics}");
+    stop(a);
+    stop(b);
+}
+
 /// Needs no Redis: an instance whose Redis is not there starts, serves its own
 /// connections, and says it is degraded.
 #[test]

@@ -14,8 +14,10 @@ use redis::{Client, Connection, PubSub, RedisResult};
 
 use super::envelope;
 use super::health::Link;
+use super::members::{self, HEARTBEAT};
 use super::{Cluster, Outbound};
 use crate::hub::{Hub, Origin, Want};
+use crate::sync::lock;
 
 /// Publications sent in one pipelined round trip at most.
 const MAX_BATCH: usize = 256;
@@ -70,7 +72,8 @@ fn connect(client: &Client) -> RedisResult<Connection> {
 /// found dead before a batch went out is replaced and the batch sent on the new one;
 /// a batch whose send failed, and what is queued when no connection can be made, are
 /// dropped and counted.
-pub(super) fn publish(cluster: Arc<Cluster>, client: Client, queue: Receiver<Outbound>, stop: Receiver<()>) {
+/// Between batches it also renews this instance's entry among the cluster's members.
+pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Receiver<Outbound>, stop: Receiver<()>) {
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -90,14 +93,15 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, queue: Receiver<Out
         cluster.health.up(Link::Publish);
         backoff.reset();
         let mut heard = Instant::now();
+        let mut beat: Option<Instant> = None;
         loop {
             if batch.is_empty() {
                 select! {
                     recv(queue) -> item => match item {
                         Ok(item) => batch.push(item),
-                        Err(_) => return,
+                        Err(_) => return members::leave(&mut connection, &cluster.prefix, cluster.node),
                     },
-                    recv(stop) -> _ => return,
+                    recv(stop) -> _ => return members::leave(&mut connection, &cluster.prefix, cluster.node),
                     default(TICK) => {}
                 }
                 batch.extend(queue.try_iter().take(MAX_BATCH - batch.len()));
@@ -109,6 +113,23 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, queue: Receiver<Out
                     cluster.health.down(Link::Publish, &e.to_string());
                     break;
                 }
+                heard = Instant::now();
+            }
+            if beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                let (connections, counters) = hub.totals();
+                let own = members::Summary {
+                    connections,
+                    messages_in: counters.messages_in,
+                    messages_out: counters.messages_out,
+                };
+                match members::beat(&mut connection, &cluster.prefix, cluster.node, &own) {
+                    Ok(roster) => *lock(&cluster.roster) = roster,
+                    Err(e) => {
+                        cluster.health.down(Link::Publish, &e.to_string());
+                        break;
+                    }
+                }
+                beat = Some(Instant::now());
                 heard = Instant::now();
             }
             if batch.is_empty() {

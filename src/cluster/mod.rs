@@ -17,12 +17,16 @@
 //! - A publication crosses as its already-encoded frame behind a 17-byte envelope, and is
 //!   handed to the local shards as one shared frame.
 //!
+//! - The members ([`members`]): each instance renews a summary of itself in Redis every
+//!   second with a TTL, so `/stats` counts the live instances and their connections.
+//!
 //! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code.
+//! within its instance, and a filter is code. So do presence and one-time tickets.
 
 mod bus;
 mod envelope;
 mod health;
+mod members;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -49,12 +53,16 @@ struct Outbound {
 pub(crate) struct Cluster {
     /// Tells this instance's publications from the others' (random per start).
     node: u64,
+    /// `--cluster-prefix`.
+    prefix: String,
     channels: Channels,
     queue: Sender<Outbound>,
     wanted: Arc<Wanted>,
     health: Health,
     /// Dropped on shutdown: both threads see it disconnect and stop.
     stop: Mutex<Option<Sender<()>>>,
+    /// The cluster's members as of the last heartbeat.
+    roster: Mutex<members::Roster>,
 }
 
 /// What [`Cluster::new`] leaves for [`Cluster::spawn`]: the threads' ends.
@@ -75,11 +83,13 @@ impl Cluster {
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
+            prefix: settings.prefix.clone(),
             channels: Channels::new(&settings.prefix),
             queue,
             wanted: Arc::default(),
             health: Health::default(),
             stop: Mutex::new(Some(stop)),
+            roster: Mutex::default(),
         };
         Ok((Arc::new(cluster), Parts { client, queue: outbound, stop: stopped }))
     }
@@ -88,9 +98,10 @@ impl Cluster {
     pub fn spawn(self: &Arc<Self>, parts: Parts, hub: Hub) -> Result<Vec<JoinHandle<()>>, Error> {
         let Parts { client, queue, stop } = parts;
         let (cluster, publisher_client, publisher_stop) = (self.clone(), client.clone(), stop.clone());
+        let publisher_hub = hub.clone();
         let publisher = thread::Builder::new()
             .name("wshub-redis-pub".into())
-            .spawn(move || bus::publish(cluster, publisher_client, queue, publisher_stop))
+            .spawn(move || bus::publish(cluster, publisher_client, publisher_hub, queue, publisher_stop))
             .map_err(Error::Startup)?;
         let cluster = self.clone();
         let subscriber = thread::Builder::new()
@@ -125,7 +136,10 @@ impl Remote for Cluster {
 
     fn stats(&self) -> ClusterStats {
         let health = &self.health;
+        let roster = *lock(&self.roster);
         ClusterStats {
+            instances: roster.instances,
+            connections: roster.totals.connections,
             redis_up: health.all_up(),
             down_reason: health.reason(),
             reconnects: health.reconnects.load(Ordering::Relaxed),

@@ -81,6 +81,11 @@ impl RedisServer {
         eventually(&format!("{count} instances subscribed to {channel}"), || self.subscribers(channel) == count);
     }
 
+    /// Runs one command (for a test that plays a part Redis's clients would).
+    pub fn run(&self, cmd: &mut ::redis::Cmd) {
+        self.query::<::redis::Value>(cmd).expect("the command runs");
+    }
+
     fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> ::redis::RedisResult<T> {
         let client = ::redis::Client::open(self.url())?;
         let mut connection = client.get_connection_with_timeout(PATIENCE)?;
