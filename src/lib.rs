@@ -22,7 +22,8 @@
 //!   broadcasts, sends to a user); two bus threads, each with one Redis connection,
 //!   publish those (already-encoded frame plus a small envelope) and subscribe the
 //!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes. Shards never wait on Redis.
+//!   inboxes. Shards never wait on Redis. Each instance also renews an entry among the
+//!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
