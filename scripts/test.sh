@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. unit and integration tests of every workspace crate (real sockets on 127.0.0.1);
+#   1. unit and integration tests of every workspace crate (real sockets on 127.0.0.1;
+#      tests/cluster.rs starts private redis-servers: Debian's redis-server, installed
+#      here when missing, since under CI=true those tests fail without it);
 #   2. RFC 6455 conformance with the Autobahn|Testsuite (installs itself on first use);
 #   3. the web demo in headless Chromium (installs Chromium and playwright-core on first use);
 #   4. smoke runs of every load-tool subcommand (hold, fanout, echo) against real servers,
@@ -9,6 +11,18 @@
 #      figure is not asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v redis-server >/dev/null; then
+  echo "== installing redis-server (Debian package) for the cluster tests"
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+fi
+# The package's own service is not needed (the tests start private servers on free
+# ports); it is left as the package set it up.
 
 echo "== cargo test"
 cargo test --workspace --all-targets

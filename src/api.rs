@@ -38,7 +38,7 @@ pub(crate) fn serve(
     let response = match path {
         "/" | "/index.html" if config.serve_demo => get(request, || asset("text/html; charset=utf-8", INDEX_HTML)),
         "/app.js" if config.serve_demo => get(request, || asset("text/javascript; charset=utf-8", APP_JS)),
-        "/health" => get(request, || HttpResponse::json(200, r#"{"ok":true}"#)),
+        "/health" => get(request, || health(hub)),
         "/stats" => get(request, || {
             let stats = serde_json::to_string(&hub.stats()).expect("stats serialize");
             HttpResponse::json(200, stats).with_header("Cache-Control", "no-store")
@@ -71,6 +71,19 @@ pub(crate) fn serve(
         _ => return None,
     };
     Some(response)
+}
+
+/// Alive: 200 `{"ok":true}`. In a cluster it adds `"status"`: `"ok"`, or `"degraded"`
+/// with a `"reason"` while Redis is unreachable, still 200: the instance serves its own
+/// connections, and taking every instance out of a load balancer over a Redis outage
+/// would stop the service that local delivery keeps going.
+fn health(hub: &Hub) -> HttpResponse {
+    let body = match hub.cluster_stats().map(|cluster| cluster.down_reason) {
+        None => r#"{"ok":true}"#.to_string(),
+        Some(None) => r#"{"ok":true,"status":"ok"}"#.to_string(),
+        Some(Some(reason)) => serde_json::json!({ "ok": true, "status": "degraded", "reason": reason }).to_string(),
+    };
+    HttpResponse::json(200, body).with_header("Cache-Control", "no-store")
 }
 
 /// Serves `make()` to GET and HEAD (the response drops the body for HEAD).

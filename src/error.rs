@@ -18,6 +18,8 @@ pub enum Error {
     Startup(io::Error),
     /// A shard thread panicked: a bug in wshub or in a handler; report it with the log.
     ShardPanicked(usize),
+    /// A cluster bus thread (`--redis`) panicked: a bug in wshub; report it with the log.
+    BusPanicked,
 }
 
 impl fmt::Display for Error {
@@ -27,6 +29,7 @@ impl fmt::Display for Error {
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Startup(source) => write!(f, "cannot start: {source}"),
             Error::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
+            Error::BusPanicked => f.write_str("a cluster bus thread panicked"),
         }
     }
 }

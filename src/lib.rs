@@ -17,6 +17,13 @@
 //!   a user, a connection, a filter) to the shards that hold receivers, through each
 //!   shard's inbox; a shard's topic tables and batches; the [`Handler`] hook and the
 //!   [`Context`] it acts through.
+//! - `cluster`: several instances acting as one over Redis (`--redis`). The hub's routing
+//!   seam hands it what other instances may hold receivers of (topic publications,
+//!   broadcasts, sends to a user); two bus threads, each with one Redis connection,
+//!   publish those (already-encoded frame plus a small envelope) and subscribe the
+//!   channels that local connections want, handing what arrives to the local shards'
+//!   inboxes. Shards never wait on Redis. Each instance also renews an entry among the
+//!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
@@ -30,11 +37,14 @@
 //! A message from a client thus flows: engine (bytes → frame) → hub handler (app's hub
 //! protocol) → hub routing, where it is framed once → the shards' inboxes → each
 //! receiver's outbound queue (a reference) → one vectored write per connection per pass.
+//! In a cluster, hub routing also queues it for the bus → Redis → each other instance's
+//! bus → its shards' inboxes.
 
 mod api;
 mod app;
 mod auth;
 mod clock;
+mod cluster;
 mod config;
 mod engine;
 mod error;
@@ -50,7 +60,7 @@ pub use auth::{
     sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, Grants, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
     TopicDenied, TopicRule,
 };
-pub use config::{BatchRule, Cli, Config, Mode, TlsSettings};
+pub use config::{BatchRule, Cli, ClusterSettings, Config, Mode, RedisUrl, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
@@ -59,6 +69,6 @@ pub use http::{HttpResponse, PlainRequest};
 pub use hub::bench::Tables as BenchTables;
 pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
 pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
-pub use metrics::{Counters, Stats};
+pub use metrics::{ClusterStats, Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -35,6 +35,42 @@ pub struct Stats {
     /// Each shard's counters, for `/metrics`.
     #[serde(skip)]
     pub per_shard: Vec<Counters>,
+    /// The cluster bus, when the server runs with `--redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// The cluster bus's state and counts since the start.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Both Redis connections (publishing and subscribed) are up.
+    pub redis_up: bool,
+    /// Live instances in the cluster, this one included, as of the last heartbeat (an
+    /// instance that stops renewing its entry drops out within 3 s).
+    pub instances: usize,
+    /// Connections held by all of them, as of the last heartbeat.
+    pub connections: usize,
+    /// Why it is not, while it is not: the last connection error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down_reason: Option<String>,
+    /// Connections to Redis made again after one was lost.
+    pub reconnects: u64,
+    /// Publications sent to Redis.
+    pub published: u64,
+    /// Publications from other instances handed to the local shards.
+    pub received: u64,
+    /// Publications the other instances missed and whose sender was told (the queue
+    /// toward Redis was full, or Redis was down): counted as they are refused.
+    pub refused: u64,
+    /// Publications the other instances missed after they were accepted (lost with a
+    /// Redis connection): their sender was not told.
+    pub dropped: u64,
+    /// Publications waiting to be sent to Redis.
+    pub queue_depth: usize,
+    /// Topics and users some local connection wants from the cluster.
+    pub wanted: usize,
+    /// Redis channels subscribed (the broadcast channel included).
+    pub channels: usize,
 }
 
 /// Running totals of one shard (or, summed, of the server) since it started.
@@ -119,6 +155,25 @@ pub fn prometheus(stats: &Stats) -> String {
     for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
         out.per_shard(name, "counter", help, named.iter().map(|counters| counters[i].2));
     }
+    if let Some(cluster) = &stats.cluster {
+        out.single("wshub_redis_up", "1 while both Redis connections are up.", cluster.redis_up as u64);
+        out.counter("wshub_redis_reconnects_total", "Redis connections made again after a loss.", cluster.reconnects);
+        out.counter("wshub_redis_published_total", "Publications sent to Redis.", cluster.published);
+        out.counter("wshub_redis_received_total", "Publications received from other instances.", cluster.received);
+        let refused = "Publications refused toward Redis (queue full or Redis down); the sender was told.";
+        out.counter("wshub_redis_refused_total", refused, cluster.refused);
+        let dropped = "Publications accepted, then lost with a Redis connection.";
+        out.counter("wshub_redis_dropped_total", dropped, cluster.dropped);
+        out.single("wshub_redis_queue_depth", "Publications waiting to be sent to Redis.", cluster.queue_depth as u64);
+        out.single("wshub_redis_channels", "Redis channels subscribed.", cluster.channels as u64);
+        out.single(
+            "wshub_cluster_instances",
+            "Live instances in the cluster, this one included.",
+            cluster.instances as u64,
+        );
+        let connections = "Connections held by all instances of the cluster.";
+        out.single("wshub_cluster_connections", connections, cluster.connections as u64);
+    }
     out.0
 }
 
@@ -133,6 +188,12 @@ impl Exposition {
     /// A gauge without labels.
     fn single(&mut self, name: &str, help: &str, value: u64) {
         self.header(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    /// A counter without labels.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, "counter", help);
         let _ = writeln!(self.0, "{name} {value}");
     }
 
@@ -173,6 +234,7 @@ mod tests {
                 Counters { messages_in: 2, ..Counters::default() },
                 Counters { messages_in: 3, ..Counters::default() },
             ],
+            cluster: None,
         };
         let text = prometheus(&stats);
         assert!(text.contains(
@@ -184,6 +246,11 @@ mod tests {
         assert!(text.contains("wshub_messages_received_total{shard=\"1\"} 3\n"));
         assert!(text.contains("wshub_topics 4\n"));
         assert!(text.contains("wshub_expiry_entries 2\n"));
+        assert!(!text.contains("wshub_redis"), "no cluster, no Redis metrics");
+        let cluster = ClusterStats { redis_up: true, dropped: 4, ..ClusterStats::default() };
+        let text = prometheus(&Stats { cluster: Some(cluster), ..stats });
+        assert!(text.contains("# TYPE wshub_redis_up gauge\nwshub_redis_up 1\n"));
+        assert!(text.contains("# TYPE wshub_redis_dropped_total counter\nwshub_redis_dropped_total 4\n"));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -10,7 +10,7 @@ use clap::Parser;
 use crate::auth::JwtVerifier;
 use crate::auth::{ApiKey, AuthSettings, Secret, StaticToken};
 use crate::auth::{Policy, TopicRule};
-use crate::config::{defaults, parse_duration, parse_size, BatchRule, Config};
+use crate::config::{defaults, parse_duration, parse_size, BatchRule, ClusterSettings, Config, RedisUrl};
 
 /// A WebSocket hub that holds very many connections on a few threads.
 #[derive(Debug, Parser)]
@@ -70,6 +70,13 @@ pub struct Cli {
     /// Connections one source address may hold at once (0: no limit); more get 429.
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    /// Join a cluster: `redis://[user:password@]host:port[/db]`. Publications, broadcasts
+    /// and sends to users then reach the connections of every instance on that Redis.
+    #[arg(long, env = "WSHUB_REDIS", hide_env_values = true)]
+    pub redis: Option<RedisUrl>,
+    /// Starts every Redis channel of this cluster, so several clusters can share one Redis.
+    #[arg(long, env = "WSHUB_CLUSTER_PREFIX", default_value = defaults::CLUSTER_PREFIX)]
+    pub cluster_prefix: String,
     /// Deliver topics matching PATTERN in batches every INTERVAL, e.g. 'ticker.*=100ms'
     /// (repeatable; comma-separated in the environment variable).
     #[arg(long, env = "WSHUB_BATCH", value_delimiter = ',')]
@@ -203,6 +210,7 @@ impl Cli {
                 (None, None) => None,
                 _ => return Err("--tls-cert and --tls-key go together: give both, or neither".into()),
             },
+            cluster: self.redis.clone().map(|redis| ClusterSettings { redis, prefix: self.cluster_prefix.clone() }),
         })
     }
 
@@ -309,5 +317,17 @@ mod tests {
         let policy = cli.config().unwrap().auth.policy;
         assert_eq!((policy.rules[0].users.len(), policy.broadcasters.map(|b| b.len())), (2, Some(2)));
         assert!(Cli::try_parse_from(["wshub", "--topic-rule", "publish:news"]).is_err());
+    }
+
+    #[test]
+    fn redis_joins_a_cluster_and_nothing_else_does() {
+        assert_eq!(Cli::try_parse_from(["wshub"]).unwrap().config().unwrap().cluster, None);
+        let cli =
+            Cli::try_parse_from(["wshub", "--redis", "redis://10.0.0.5:6380/1", "--cluster-prefix", "eu"]).unwrap();
+        let cluster = cli.config().unwrap().cluster.unwrap();
+        assert_eq!((cluster.redis.to_string().as_str(), cluster.prefix.as_str()), ("redis://10.0.0.5:6380/1", "eu"));
+        let cli = Cli::try_parse_from(["wshub", "--redis", "redis://h:1"]).unwrap();
+        assert_eq!(cli.config().unwrap().cluster.unwrap().prefix, "wshub");
+        assert!(Cli::try_parse_from(["wshub", "--redis", "http://h:1"]).is_err());
     }
 }

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub(crate) mod cli;
+mod cluster;
 mod tls;
 mod units;
 
 pub use cli::{Cli, Mode};
+pub use cluster::{ClusterSettings, RedisUrl};
 pub use tls::TlsSettings;
 pub(crate) use units::{parse_duration, parse_size};
 
@@ -65,6 +67,9 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Serve `wss://` (and `https://`) with this certificate and key; `None`: plain.
     pub tls: Option<TlsSettings>,
+    /// Join a cluster over Redis (`--redis`); `None`: a single instance, nothing
+    /// Redis-related runs.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// `PATTERN=INTERVAL`: topics matching the glob are delivered in batches.
@@ -104,6 +109,7 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT: &str = "5s";
     pub const MAX_SUBSCRIPTIONS: usize = 100;
     pub const INBOX_CAPACITY: usize = 65_536;
+    pub const CLUSTER_PREFIX: &str = "wshub";
 }
 
 impl Default for Config {
@@ -130,6 +136,7 @@ impl Default for Config {
             serve_demo: true,
             auth: AuthSettings::default(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -176,6 +183,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         Ok(())
     }

@@ -15,12 +15,13 @@ use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Gate;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::limits::PerIp;
 use crate::engine::shard::{Shard, Shared, WAKER};
 use crate::error::Error;
 use crate::hub::handler::Handler;
-use crate::hub::{inbox, Hub};
+use crate::hub::{inbox, Hub, Remote};
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -32,6 +33,8 @@ pub struct Server {
     shared: Arc<Shared>,
     /// One per shard; each ends after shutdown.
     threads: Vec<JoinHandle<()>>,
+    /// The cluster bus's threads (none without `--redis`); they end after shutdown.
+    bus: Vec<JoinHandle<()>>,
 }
 
 /// Starts a server in the background: binds, spawns the shards and returns at once.
@@ -67,7 +70,11 @@ where
         inboxes.push(sender);
         receivers.push(receiver);
     }
-    let hub = Hub::new(inboxes);
+    let cluster = match &config.cluster {
+        Some(settings) => Some(Cluster::new(settings, config.inbox_capacity)?),
+        None => None,
+    };
+    let hub = Hub::new(inboxes, cluster.as_ref().map(|(cluster, _)| cluster.clone() as Arc<dyn Remote>));
     let gate = Arc::new(Gate::new(&config.auth));
     let per_ip = (config.max_connections_per_ip > 0).then(|| PerIp::new(config.max_connections_per_ip));
     let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate, per_ip });
@@ -83,7 +90,11 @@ where
             .map_err(Error::Startup)?;
         threads.push(thread);
     }
-    Ok(Server { local_addr, hub, shared, threads })
+    let bus = match cluster {
+        Some((cluster, parts)) => cluster.spawn(parts, hub.clone())?,
+        None => Vec::new(),
+    };
+    Ok(Server { local_addr, hub, shared, threads, bus })
 }
 
 /// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully: stop accepting,
@@ -141,6 +152,12 @@ impl Server {
         for (index, thread) in self.threads.into_iter().enumerate() {
             if thread.join().is_err() {
                 result = Err(Error::ShardPanicked(index));
+            }
+        }
+        // The shards' shutdown stopped the bus too.
+        for thread in self.bus {
+            if thread.join().is_err() {
+                result = Err(Error::BusPanicked);
             }
         }
         result

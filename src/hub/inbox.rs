@@ -30,13 +30,16 @@ pub(crate) struct Command {
     pub frame: SharedFrame,
 }
 
-/// A shard's inbox was full: the delivery did not reach that shard's receivers.
+/// A delivery did not reach all its receivers: a shard's inbox was full (that shard's
+/// receivers missed it), or, in a cluster, the queue toward Redis was full or Redis is
+/// down (the other instances' receivers missed it). The others got it. Tell the sender
+/// (503, an error frame) rather than retry blindly: a retry reaches the others twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxFull;
 
 impl std::fmt::Display for InboxFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a shard's inbox is full; the server is overloaded")
+        f.write_str("the server is overloaded or its cluster unreachable; some receivers missed the message")
     }
 }
 

@@ -14,16 +14,20 @@ pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
 mod keys;
+mod remote;
 pub(crate) mod topics;
 pub(crate) mod users;
+mod wanted;
 
 mod shared;
 
 pub use id::ConnId;
 pub use inbox::InboxFull;
 pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+pub(crate) use remote::Remote;
 pub use shared::Presence;
 pub(crate) use shared::ShardShared;
+pub(crate) use wanted::{Want, Wanted};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +71,9 @@ pub(crate) enum Origin {
     Shard(usize),
     /// Any other thread: the worker pool, the HTTP API, an embedding application.
     Outside,
+    /// Another instance of the cluster, through the bus: it has delivered its own part,
+    /// and a delivery from there is never handed back to the cluster.
+    Cluster,
 }
 
 /// Reaches every shard: what handlers and embedding applications use to send.
@@ -76,12 +83,15 @@ pub struct Hub {
     shared: Arc<[ShardShared]>,
     /// When the server started, for uptime.
     started: Instant,
+    /// The other instances, when the server is part of a cluster.
+    remote: Option<Arc<dyn Remote>>,
 }
 
 impl Hub {
-    pub(crate) fn new(shards: Vec<ShardInbox>) -> Self {
-        let shared = (0..shards.len()).map(|_| ShardShared::default()).collect();
-        Hub { shards: shards.into(), shared, started: Instant::now() }
+    pub(crate) fn new(shards: Vec<ShardInbox>, remote: Option<Arc<dyn Remote>>) -> Self {
+        let wanted = remote.as_ref().map(|remote| remote.wanted().clone());
+        let shared = (0..shards.len()).map(|_| ShardShared::new(wanted.clone())).collect();
+        Hub { shards: shards.into(), shared, started: Instant::now(), remote }
     }
 
     /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
@@ -97,7 +107,7 @@ impl Hub {
         // One poll per waker (mio allows a single waker per poll); a waker outlives its poll.
         let waker = || mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
         let (inboxes, receivers) = (0..shards).map(|_| inbox(waker(), capacity)).unzip();
-        (Hub::new(inboxes), receivers)
+        (Hub::new(inboxes, None), receivers)
     }
 
     pub(crate) fn shared(&self, index: usize) -> &ShardShared {
@@ -116,7 +126,8 @@ impl Hub {
         self.route_from(Origin::Outside, &target, &SharedFrame::encode(frame))
     }
 
-    /// The one seam every delivery passes: decides which shards a delivery crosses to.
+    /// The one seam every delivery passes: decides which shards a delivery crosses to,
+    /// and (in a cluster) hands it to the other instances unless it came from them.
     pub(crate) fn route_from(&self, origin: Origin, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull> {
         let mut result = Ok(());
         for (index, inbox) in self.shards.iter().enumerate() {
@@ -128,7 +139,15 @@ impl Hub {
                 result = Err(full);
             }
         }
-        result
+        match &self.remote {
+            Some(remote) if origin != Origin::Cluster => result.and(remote.publish(target, frame)),
+            _ => result,
+        }
+    }
+
+    /// The cluster bus's state, when the server is part of a cluster.
+    pub(crate) fn cluster_stats(&self) -> Option<crate::metrics::ClusterStats> {
+        self.remote.as_ref().map(|remote| remote.stats())
     }
 
     /// Whether shard `index` may hold a connection `target` names (checked here, so a
@@ -185,6 +204,9 @@ impl Hub {
         for inbox in self.shards.iter() {
             inbox.shutdown();
         }
+        if let Some(remote) = &self.remote {
+            remote.shutdown();
+        }
     }
 }
 
@@ -221,6 +243,30 @@ mod tests {
         assert_eq!(hub.inbox_depths(), [1, 3, 3], "the origin shard delivers its own part");
         hub.route_from(Origin::Shard(2), &topic, &SharedFrame::text("t")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 3, 3]);
+    }
+
+    #[test]
+    fn in_a_cluster_the_tables_report_what_local_connections_want_counted_across_shards() {
+        let wanted = Arc::new(Wanted::default());
+        let shards: Vec<ShardShared> = (0..2).map(|_| ShardShared::new(Some(wanted.clone()))).collect();
+        let (room, ann) = (Want::Topic("room".into()), Want::User("ann".into()));
+        lock(&shards[0].topics).subscribe(1, || "ann".into(), "room", 8).unwrap();
+        lock(&shards[0].topics).subscribe(2, || "bob".into(), "room", 8).unwrap();
+        lock(&shards[1].topics).subscribe(1, || "cy".into(), "room", 8).unwrap();
+        lock(&shards[1].users).add(&"ann".into(), 1);
+        let mut subscribed = std::collections::HashSet::new();
+        let mut gained = wanted.changes(&subscribed).gained;
+        gained.sort();
+        assert_eq!(gained, [room.clone(), ann.clone()]);
+        subscribed.extend(gained);
+        lock(&shards[0].topics).remove_conn(1);
+        lock(&shards[0].topics).unsubscribe(2, "room");
+        assert!(wanted.changes(&subscribed).lost.is_empty(), "shard 1 still has a subscriber");
+        lock(&shards[1].topics).remove_conn(1);
+        lock(&shards[1].users).remove("ann", 1);
+        let mut lost = wanted.changes(&subscribed).lost;
+        lost.sort();
+        assert_eq!(lost, [room, ann]);
     }
 
     #[test]

@@ -4,19 +4,19 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use super::topics::TopicTable;
 use super::users::UserTable;
+use super::wanted::Wanted;
 use super::{ConnId, Hub, Session};
 use crate::metrics::{Counters, Stats};
 use crate::sync::lock;
 
 /// What other threads may read or change of a shard: its topic and user tables, its
 /// connections' session data, its connection count.
-#[derive(Default)]
 pub(crate) struct ShardShared {
     /// The shard's subscriptions. The shard reads them to deliver (its own thread, so the
     /// lock is uncontended then); others read them for presence and to skip this shard.
@@ -31,6 +31,20 @@ pub(crate) struct ShardShared {
     /// Credential warnings and closes the shard has scheduled, live or stale, as of its
     /// last loop pass.
     pub expiry_entries: AtomicUsize,
+}
+
+impl ShardShared {
+    /// In a cluster, the tables tell `wanted` what this shard's connections want.
+    pub fn new(wanted: Option<Arc<Wanted>>) -> Self {
+        ShardShared {
+            topics: Mutex::new(TopicTable::watched(wanted.clone())),
+            users: Mutex::new(UserTable::watched(wanted)),
+            sessions: Mutex::default(),
+            connections: AtomicUsize::new(0),
+            counters: Mutex::default(),
+            expiry_entries: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// Who is subscribed to a topic, across all shards.
@@ -61,6 +75,16 @@ impl Hub {
         Presence { count, truncated: users.len() < count, users }
     }
 
+    /// This instance's connections and summed counters, without walking any table:
+    /// what it tells the rest of its cluster every heartbeat.
+    pub(crate) fn totals(&self) -> (usize, Counters) {
+        let mut totals = Counters::default();
+        for shared in self.shared.iter() {
+            totals.add(&lock(&shared.counters));
+        }
+        (self.shared.iter().map(|s| s.connections.load(Ordering::Acquire)).sum(), totals)
+    }
+
     pub fn stats(&self) -> Stats {
         let mut topics = BTreeSet::new();
         let mut users = HashSet::new();
@@ -89,6 +113,7 @@ impl Hub {
             uptime_seconds: self.started.elapsed().as_secs(),
             totals,
             per_shard,
+            cluster: self.cluster_stats(),
         }
     }
 

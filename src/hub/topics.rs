@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::keys::{KeyLists, Keys};
+use super::wanted::{Want, Wanted};
 
 /// Topics a member entry holds inline; more go to a side table. Four cost no more than
 /// three: the entry is padded to 8 bytes either way.
@@ -61,9 +62,17 @@ pub(crate) struct TopicTable {
     /// Times the ids were renumbered, for tests to know that they were.
     #[cfg(test)]
     renumbered: usize,
+    /// In a cluster: told of each topic's first and last subscriber here.
+    wanted: Option<Arc<Wanted>>,
 }
 
 impl TopicTable {
+    /// A table that tells `wanted` when a topic gains its first or loses its last
+    /// subscriber here.
+    pub fn watched(wanted: Option<Arc<Wanted>>) -> Self {
+        TopicTable { wanted, ..TopicTable::default() }
+    }
+
     /// Subscribes connection `key` (whose identity `identity` makes, if it is new here) to
     /// `topic`. `Ok(true)` if it was new, `Ok(false)` if it already was (idempotent).
     pub fn subscribe(
@@ -181,6 +190,9 @@ impl TopicTable {
                 (self.topics.len() - 1) as u32
             }
         };
+        if let Some(wanted) = &self.wanted {
+            wanted.gain(Want::Topic(name.clone()));
+        }
         self.ids.insert(name, id);
         id
     }
@@ -192,6 +204,9 @@ impl TopicTable {
         }
         let name = topic.name.take().expect("a live topic has its name");
         self.ids.remove(&name);
+        if let Some(wanted) = &self.wanted {
+            wanted.lose(Want::Topic(name));
+        }
         shrink(&mut self.ids);
         self.free.push(id);
     }

@@ -7,21 +7,33 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::keys::{KeyLists, Keys};
+use super::wanted::{Want, Wanted};
 
 #[derive(Default)]
 pub(crate) struct UserTable {
     users: HashMap<Arc<str>, Keys>,
     /// Connection lists of users with more than one here.
     lists: KeyLists,
+    /// In a cluster: told of each user's first and last connection here.
+    wanted: Option<Arc<Wanted>>,
 }
 
 impl UserTable {
+    /// A table that tells `wanted` when a user gains its first or loses its last
+    /// connection here.
+    pub fn watched(wanted: Option<Arc<Wanted>>) -> Self {
+        UserTable { wanted, ..UserTable::default() }
+    }
+
     /// Connection `key` of `user` completed its upgrade.
     pub fn add(&mut self, user: &Arc<str>, key: u32) {
         match self.users.get_mut(user) {
             Some(keys) => keys.push(key, &mut self.lists),
             None => {
                 self.users.insert(user.clone(), Keys::One(key));
+                if let Some(wanted) = &self.wanted {
+                    wanted.gain(Want::User(user.clone()));
+                }
             }
         }
     }
@@ -29,7 +41,9 @@ impl UserTable {
     /// Connection `key` of `user` is gone.
     pub fn remove(&mut self, user: &str, key: u32) {
         if self.users.get_mut(user).is_some_and(|keys| keys.remove(key, &mut self.lists)) {
-            self.users.remove(user);
+            if let (Some((name, _)), Some(wanted)) = (self.users.remove_entry(user), &self.wanted) {
+                wanted.lose(Want::User(name));
+            }
             // A burst of users that left gives its memory back (amortized O(1)).
             if self.users.capacity() > 64 && self.users.len() * 4 < self.users.capacity() {
                 self.users.shrink_to(self.users.len() * 2);

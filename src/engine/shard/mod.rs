@@ -372,8 +372,12 @@ impl<H: Handler> Shard<H> {
             match effect {
                 Effect::Reply(frame) => self.deliver(key, &frame, now),
                 Effect::Route(target, frame) => {
-                    // A full inbox elsewhere is counted there; this shard's part goes on.
-                    let _ = self.routing.hub.route_from(Origin::Shard(self.index), &target, &frame);
+                    // A refusal elsewhere (a full inbox, the cluster queue) is counted
+                    // there; this shard's part goes on, and the sender is told.
+                    if let Err(refused) = self.routing.hub.route_from(Origin::Shard(self.index), &target, &frame) {
+                        let code = protocol::ErrorCode::Overloaded.as_str();
+                        self.deliver(key, &SharedFrame::text(protocol::error(code, &refused.to_string(), None)), now);
+                    }
                     self.deliver_local(&target, &frame, now);
                 }
                 Effect::Refreshed(Some(expires_at)) => self.expiries.set(key, expires_at, unix_now()),

@@ -1,0 +1,275 @@
+//! The bus's two threads, each owning one Redis connection: the publisher sends what the
+//! shards queued (PUBLISH, pipelined), the subscriber holds the channels local
+//! connections want and hands what arrives to the local shards through their inboxes.
+//! Neither is ever waited on by a shard. Each reconnects on its own with exponential
+//! back-off and jitter; the subscriber resubscribes everything still wanted.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, TryRecvError};
+use redis::{Client, Connection, PubSub, RedisResult};
+
+use super::envelope;
+use super::health::Link;
+use super::members::{self, HEARTBEAT};
+use super::{Cluster, Outbound};
+use crate::hub::{Hub, Origin, Want};
+use crate::sync::lock;
+
+/// Publications sent in one pipelined round trip at most.
+const MAX_BATCH: usize = 256;
+/// How long connecting, and any one command's answer, may take before the connection
+/// counts as lost.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the subscriber looks for subscription changes while nothing arrives: the
+/// longest a new local subscriber waits for its topic's channel (plus a round trip).
+const POLL: Duration = Duration::from_millis(20);
+/// A quiet connection is pinged this often, so a silently dead one is noticed.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How often an idle publisher looks at whether its connection is suspect.
+const TICK: Duration = Duration::from_millis(250);
+/// Channels named in one SUBSCRIBE or UNSUBSCRIBE at most.
+const CHANNELS_PER_COMMAND: usize = 1000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// Exponential back-off with jitter: each wait is drawn from the upper half of a window
+/// that doubles per failure, so instances that lost Redis together do not retry together.
+struct Backoff {
+    window: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { window: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.window = BACKOFF_MIN;
+    }
+
+    /// Waits for the next try; `false` when the bus was stopped meanwhile.
+    fn wait(&mut self, stop: &Receiver<()>) -> bool {
+        let half = self.window / 2;
+        let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
+        self.window = (self.window * 2).min(BACKOFF_MAX);
+        !matches!(stop.recv_timeout(half + Duration::from_millis(jitter)), Err(RecvTimeoutError::Disconnected))
+    }
+}
+
+fn connect(client: &Client) -> RedisResult<Connection> {
+    let connection = client.get_connection_with_timeout(COMMAND_TIMEOUT)?;
+    connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(connection)
+}
+
+/// The publisher thread: until stopped, sends what is queued. While Redis is down the
+/// shards' publications are refused at the queue (`Cluster::publish`). A connection
+/// found dead before a batch went out is replaced and the batch sent on the new one;
+/// a batch whose send failed, and what is queued when no connection can be made, are
+/// dropped and counted.
+/// Between batches it also renews this instance's entry among the cluster's members.
+pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Receiver<Outbound>, stop: Receiver<()>) {
+    let mut backoff = Backoff::new();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let mut connection = match connect(&client) {
+            Ok(connection) => connection,
+            Err(e) => {
+                cluster.health.down(Link::Publish, &e.to_string());
+                let stale = (batch.len() + queue.try_iter().count()) as u64;
+                batch.clear();
+                cluster.health.dropped.fetch_add(stale, Ordering::Relaxed);
+                if !backoff.wait(&stop) {
+                    return;
+                }
+                continue;
+            }
+        };
+        cluster.health.up(Link::Publish);
+        backoff.reset();
+        let mut heard = Instant::now();
+        let mut beat: Option<Instant> = None;
+        loop {
+            if batch.is_empty() {
+                select! {
+                    recv(queue) -> item => match item {
+                        Ok(item) => batch.push(item),
+                        Err(_) => return members::leave(&mut connection, &cluster.prefix, cluster.node),
+                    },
+                    recv(stop) -> _ => return members::leave(&mut connection, &cluster.prefix, cluster.node),
+                    default(TICK) => {}
+                }
+                batch.extend(queue.try_iter().take(MAX_BATCH - batch.len()));
+            }
+            // The subscribed connection saw Redis go, or this one has been quiet: check
+            // this one before trusting it with a batch.
+            if cluster.health.suspect.swap(false, Ordering::AcqRel) || heard.elapsed() >= PING_EVERY {
+                if let Err(e) = redis::cmd("PING").exec(&mut connection) {
+                    cluster.health.down(Link::Publish, &e.to_string());
+                    break;
+                }
+                heard = Instant::now();
+            }
+            if beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                let (connections, counters) = hub.totals();
+                let own = members::Summary {
+                    connections,
+                    messages_in: counters.messages_in,
+                    messages_out: counters.messages_out,
+                };
+                match members::beat(&mut connection, &cluster.prefix, cluster.node, &own) {
+                    Ok(roster) => *lock(&cluster.roster) = roster,
+                    Err(e) => {
+                        cluster.health.down(Link::Publish, &e.to_string());
+                        break;
+                    }
+                }
+                beat = Some(Instant::now());
+                heard = Instant::now();
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for Outbound { target, frame } in batch.iter() {
+                if let Some(channel) = cluster.channels.of(target) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(envelope::encode(cluster.node, target, frame)).ignore();
+                }
+            }
+            let sent = batch.len() as u64;
+            batch.clear();
+            if let Err(e) = pipe.exec(&mut connection) {
+                // Whether Redis took any of them is unknown: the batch counts as dropped
+                // rather than risk sending some twice.
+                cluster.health.dropped.fetch_add(sent, Ordering::Relaxed);
+                cluster.health.down(Link::Publish, &e.to_string());
+                break;
+            }
+            heard = Instant::now();
+            cluster.health.published.fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The subscriber thread: until stopped, holds the wanted channels and delivers.
+pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: Receiver<()>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let lost = match connect(&client) {
+            Ok(mut connection) => {
+                let mut listener = Listener { cluster: &cluster, hub: &hub, subscribed: HashSet::new() };
+                match listener.serve(&mut connection, &stop, &mut backoff) {
+                    Ok(()) => return,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        cluster.health.down(Link::Subscribe, &lost.to_string());
+        if !backoff.wait(&stop) {
+            return;
+        }
+    }
+}
+
+struct Listener<'a> {
+    cluster: &'a Cluster,
+    hub: &'a Hub,
+    subscribed: HashSet<Want>,
+}
+
+impl Listener<'_> {
+    /// Subscribes what is wanted and delivers until stopped (`Ok`) or the connection is
+    /// lost (`Err`).
+    fn serve(&mut self, connection: &mut Connection, stop: &Receiver<()>, backoff: &mut Backoff) -> RedisResult<()> {
+        let mut pubsub = connection.as_pubsub();
+        let everything = self.cluster.wanted.all();
+        let mut channels = vec![self.cluster.channels.everyone()];
+        channels.extend(everything.iter().map(|want| self.cluster.channels.of_want(want)));
+        command(&mut pubsub, Command::Subscribe, &channels)?;
+        self.subscribed.extend(everything);
+        self.cluster.health.channels.store(self.subscribed.len() + 1, Ordering::Relaxed);
+        self.cluster.health.up(Link::Subscribe);
+        backoff.reset();
+        pubsub.set_read_timeout(Some(POLL))?;
+        let mut heard = Instant::now();
+        loop {
+            if matches!(stop.try_recv(), Err(TryRecvError::Disconnected)) {
+                return Ok(());
+            }
+            self.apply_changes(&mut pubsub)?;
+            match pubsub.get_message() {
+                Ok(message) => {
+                    heard = Instant::now();
+                    self.deliver(message.get_channel_name(), message.get_payload_bytes());
+                }
+                Err(e) if e.is_timeout() && heard.elapsed() < PING_EVERY => {}
+                Err(e) if e.is_timeout() => {
+                    pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                    pubsub.ping::<redis::Value>()?;
+                    pubsub.set_read_timeout(Some(POLL))?;
+                    heard = Instant::now();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Subscribes the channels local connections came to want, unsubscribes those no
+    /// longer wanted: one command per kind for all changes since the last look.
+    fn apply_changes(&mut self, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
+        let changes = self.cluster.wanted.changes(&self.subscribed);
+        if changes.gained.is_empty() && changes.lost.is_empty() {
+            return Ok(());
+        }
+        let names = |wants: &[Want]| wants.iter().map(|want| self.cluster.channels.of_want(want)).collect::<Vec<_>>();
+        pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+        command(pubsub, Command::Subscribe, &names(&changes.gained))?;
+        command(pubsub, Command::Unsubscribe, &names(&changes.lost))?;
+        pubsub.set_read_timeout(Some(POLL))?;
+        self.subscribed.extend(changes.gained);
+        for want in &changes.lost {
+            self.subscribed.remove(want);
+        }
+        self.cluster.health.channels.store(self.subscribed.len() + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands a publication from another instance to the local shards, as one shared
+    /// frame; this instance's own publications come back too and are skipped.
+    fn deliver(&self, channel: &str, payload: &[u8]) {
+        let Some(received) = envelope::decode(payload) else {
+            log::debug!("cluster: ignoring a message on {channel} that is not a wshub publication");
+            return;
+        };
+        if received.node == self.cluster.node {
+            return;
+        }
+        let Some(target) = self.cluster.channels.target(channel, || received.data()) else { return };
+        self.cluster.health.received.fetch_add(1, Ordering::Relaxed);
+        // A full inbox is counted by that shard; the other shards still get it.
+        let _ = self.hub.route_from(Origin::Cluster, &target, &received.frame());
+    }
+}
+
+enum Command {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Sends SUBSCRIBE or UNSUBSCRIBE for `channels`, in commands of at most
+/// `CHANNELS_PER_COMMAND`; none for an empty list (a bare UNSUBSCRIBE drops every one).
+fn command(pubsub: &mut PubSub<'_>, kind: Command, channels: &[String]) -> RedisResult<()> {
+    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+        match kind {
+            Command::Subscribe => pubsub.subscribe(chunk)?,
+            Command::Unsubscribe => pubsub.unsubscribe(chunk)?,
+        }
+    }
+    Ok(())
+}

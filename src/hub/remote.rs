@@ -1,0 +1,27 @@
+//! The hub's view of the other instances of a cluster: where [`Hub::route_from`] hands a
+//! delivery that must also reach connections elsewhere, and what it reads for `/stats`.
+//! The cluster bus implements it; the hub knows nothing of Redis.
+//!
+//! [`Hub::route_from`]: super::Hub::route_from
+
+use std::sync::Arc;
+
+use super::wanted::Wanted;
+use super::{InboxFull, Target};
+use crate::frame::SharedFrame;
+use crate::metrics::ClusterStats;
+
+pub(crate) trait Remote: Send + Sync {
+    /// Hands `frame` for `target` to the other instances, without waiting: `Err` when
+    /// they will miss it (counted by the implementation), so the sender can be told.
+    /// Targets that only this instance can hold are ignored.
+    fn publish(&self, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull>;
+
+    /// The topics and users local connections want from the other instances.
+    fn wanted(&self) -> &Arc<Wanted>;
+
+    fn stats(&self) -> ClusterStats;
+
+    /// Stops talking to the other instances (the server is shutting down).
+    fn shutdown(&self);
+}
