@@ -24,7 +24,7 @@ use crate::api;
 use crate::auth::{unix_now, Gate};
 use crate::clock::{self, Clock, Tick};
 use crate::config::Config;
-use crate::engine::conn::{ConnEnv, Connection, Incoming, Limits, Outcome};
+use crate::engine::conn::{Connection, Incoming, Limits, Outcome};
 use crate::engine::limits::PerIp;
 use crate::engine::timers::{Entry, TimerWheel};
 use crate::engine::wire::Inbound;
@@ -40,8 +40,10 @@ mod accept;
 mod delivery;
 mod expiry;
 mod ledger;
+mod shard_io;
 
 use expiry::{Expiries, ExpiryEvent};
+use shard_io::ShardIo;
 
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 const LISTENER: Token = Token(usize::MAX - 2);
@@ -57,52 +59,6 @@ pub(crate) struct Shared {
     pub gate: Arc<Gate>,
     /// Connections per source address, with `--max-connections-per-ip`.
     pub per_ip: Option<PerIp>,
-}
-
-/// What a connection call borrows from its shard, kept apart from the slab so both can
-/// be borrowed at once.
-struct ShardIo {
-    poll: Poll,
-    limits: Limits,
-    /// What the connection being served produced, for the handler.
-    incoming: Vec<Incoming>,
-    /// This shard's running totals; published to `ShardShared` once per loop pass.
-    counters: Counters,
-    gate: Arc<Gate>,
-    /// The one read buffer every connection of this shard reads into, in turn.
-    inbound: Inbound,
-    /// The wall-clock time of this loop pass.
-    wall: Instant,
-}
-
-impl ShardIo {
-    fn cx(&mut self, key: usize, now: Tick) -> ConnEnv<'_> {
-        ConnEnv {
-            key,
-            limits: &self.limits,
-            now,
-            wall: self.wall,
-            incoming: &mut self.incoming,
-            counters: &mut self.counters,
-            gate: &self.gate,
-            inbound: &mut self.inbound,
-        }
-    }
-
-    /// Registers WRITABLE exactly while the connection's last write would have blocked;
-    /// the syscall happens only on a change. `false`: the socket is gone.
-    #[inline]
-    fn sync_interest(&self, key: usize, conn: &mut Connection) -> bool {
-        let Some(writable) = conn.interest_change() else {
-            return true;
-        };
-        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        if self.poll.registry().reregister(&mut conn.wire_mut().tcp, Token(key), interest).is_err() {
-            return false;
-        }
-        conn.interest_synced(writable);
-        true
-    }
 }
 
 pub(crate) struct Shard<H> {
