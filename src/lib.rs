@@ -19,10 +19,11 @@
 //!   [`Context`] it acts through.
 //! - `cluster`: several instances acting as one over Redis (`--redis`). The hub's routing
 //!   seam hands it what other instances may hold receivers of (topic publications,
-//!   broadcasts, sends to a user); two bus threads, each with one Redis connection,
+//!   broadcasts, sends to a user); bus threads, each with one Redis connection,
 //!   publish those (already-encoded frame plus a small envelope) and subscribe the
 //!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes. Shards never wait on Redis. Each instance also renews an entry among the
+//!   inboxes; a third runs the questions whose answer comes back later. Shards never
+//!   wait on Redis. Each instance also renews an entry among the
 //!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).

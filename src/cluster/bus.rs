@@ -38,29 +38,34 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 /// Exponential back-off with jitter: each wait is drawn from the upper half of a window
 /// that doubles per failure, so instances that lost Redis together do not retry together.
-struct Backoff {
+pub(super) struct Backoff {
     window: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Backoff { window: BACKOFF_MIN }
     }
 
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.window = BACKOFF_MIN;
+    }
+
+    /// How long to wait before the next try; each call doubles the window.
+    pub fn next_delay(&mut self) -> Duration {
+        let half = self.window / 2;
+        let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
+        self.window = (self.window * 2).min(BACKOFF_MAX);
+        half + Duration::from_millis(jitter)
     }
 
     /// Waits for the next try; `false` when the bus was stopped meanwhile.
     fn wait(&mut self, stop: &Receiver<()>) -> bool {
-        let half = self.window / 2;
-        let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
-        self.window = (self.window * 2).min(BACKOFF_MAX);
-        !matches!(stop.recv_timeout(half + Duration::from_millis(jitter)), Err(RecvTimeoutError::Disconnected))
+        !matches!(stop.recv_timeout(self.next_delay()), Err(RecvTimeoutError::Disconnected))
     }
 }
 
-fn connect(client: &Client) -> RedisResult<Connection> {
+pub(super) fn connect(client: &Client) -> RedisResult<Connection> {
     let connection = client.get_connection_with_timeout(COMMAND_TIMEOUT)?;
     connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
     connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;

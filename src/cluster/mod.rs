@@ -9,8 +9,9 @@
 //!   the topic or is the user (counted across shards by the hub's `Wanted`), so it
 //!   receives only what some local connection wants; the changes of a moment go out as
 //!   one SUBSCRIBE and one UNSUBSCRIBE.
-//! - Two connections per instance, each owned by one thread ([`bus`]): one publishes,
-//!   one is subscribed. Shards never wait on them: a publication enters a bounded queue,
+//! - Three connections per instance, each owned by one thread: one publishes and one is
+//!   subscribed ([`bus`]); one answers questions someone waits for ([`ask`]: presence,
+//!   tickets), each job handing its answer back itself. Shards never wait on them: a publication enters a bounded queue,
 //!   and while that queue is full or Redis is down it is refused (counted; the sender
 //!   is told: HTTP 503, an `overloaded` error frame, a worker's call fails) and goes to
 //!   the local receivers only.
@@ -23,6 +24,7 @@
 //! Connection ids and filtered sends stay local for now: a connection id is only unique
 //! within its instance, and a filter is code. So do presence and one-time tickets.
 
+mod ask;
 mod bus;
 mod envelope;
 mod health;
@@ -63,12 +65,15 @@ pub(crate) struct Cluster {
     stop: Mutex<Option<Sender<()>>>,
     /// The cluster's members as of the last heartbeat.
     roster: Mutex<members::Roster>,
+    /// Questions for the ask thread ([`ask`]).
+    asks: Sender<ask::Job>,
 }
 
 /// What [`Cluster::new`] leaves for [`Cluster::spawn`]: the threads' ends.
 pub(crate) struct Parts {
     client: redis::Client,
     queue: Receiver<Outbound>,
+    asks: Receiver<ask::Job>,
     stop: Receiver<()>,
 }
 
@@ -80,6 +85,7 @@ impl Cluster {
             .map_err(|e| Error::Config(format!("--redis {}: {e}", settings.redis)))?;
         let node = getrandom::u64().map_err(|e| Error::Startup(std::io::Error::other(e.to_string())))?;
         let (queue, outbound) = crossbeam_channel::bounded(capacity);
+        let (asks, questions) = crossbeam_channel::bounded(ask::CAPACITY);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
@@ -90,13 +96,19 @@ impl Cluster {
             health: Health::default(),
             stop: Mutex::new(Some(stop)),
             roster: Mutex::default(),
+            asks,
         };
-        Ok((Arc::new(cluster), Parts { client, queue: outbound, stop: stopped }))
+        Ok((Arc::new(cluster), Parts { client, queue: outbound, asks: questions, stop: stopped }))
     }
 
-    /// Starts the bus's two threads; they deliver what arrives through `hub`.
+    /// Starts the bus's three threads; they deliver what arrives through `hub`.
     pub fn spawn(self: &Arc<Self>, parts: Parts, hub: Hub) -> Result<Vec<JoinHandle<()>>, Error> {
-        let Parts { client, queue, stop } = parts;
+        let Parts { client, queue, asks, stop } = parts;
+        let (ask_client, ask_stop) = (client.clone(), stop.clone());
+        let asker = thread::Builder::new()
+            .name("wshub-redis-ask".into())
+            .spawn(move || ask::answer(ask_client, asks, ask_stop))
+            .map_err(Error::Startup)?;
         let (cluster, publisher_client, publisher_stop) = (self.clone(), client.clone(), stop.clone());
         let publisher_hub = hub.clone();
         let publisher = thread::Builder::new()
@@ -108,7 +120,7 @@ impl Cluster {
             .name("wshub-redis-sub".into())
             .spawn(move || bus::subscribe(cluster, client, hub, stop))
             .map_err(Error::Startup)?;
-        Ok(vec![publisher, subscriber])
+        Ok(vec![publisher, subscriber, asker])
     }
 }
 
