@@ -20,7 +20,9 @@ impl Handler for Shout {
     fn on_message(&mut self, cx: &mut Context<'_>, message: Message) {
         if let Message::Text(text) = message {
             self.shouted += 1;
-            cx.broadcast(Message::text(text.to_uppercase()));
+            if let Err(refused) = cx.broadcast(Message::text(text.to_uppercase())) {
+                cx.reply(Message::text(format!("not everyone heard that: {refused}")));
+            }
         }
     }
 

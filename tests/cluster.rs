@@ -174,9 +174,11 @@ fn a_redis_outage_keeps_local_delivery_and_the_cluster_recovers_without_a_restar
     assert_eq!(api(&a, "/api/publish", json!({"topic": "room", "data": "during"})), 503);
     assert_eq!(next_data(&mut local), "during");
     let mut publisher = JsonClient::connect(a.local_addr(), "/");
-    publisher.send(json!({"type": "publish", "topic": "room", "data": "during too"}));
+    publisher.send(json!({"type": "publish", "id": 5, "topic": "room", "data": "during too"}));
     let told = publisher.next();
     assert_eq!((told["type"].as_str(), told["code"].as_str()), (Some("error"), Some("overloaded")), "{told}");
+    assert_eq!(told["id"], 5, "the refusal answers the publish it is about, in place of its ack");
+    assert_eq!(publisher.call(json!({"type": "ping"}), 6)["type"], "pong", "and nothing else came: {told}");
     assert_eq!(next_data(&mut local), "during too");
     let metrics = http_once(a.local_addr(), "GET", "/metrics", None, "").body;
     assert!(metrics.contains("\nwshub_redis_up 0\n"), "{metrics}");

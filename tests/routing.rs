@@ -25,10 +25,13 @@ impl Handler for Router {
     fn on_message(&mut self, cx: &mut Context<'_>, message: Message) {
         let text = message.to_text().unwrap_or_default().to_string();
         let parts: Vec<&str> = text.splitn(3, ':').collect();
-        match parts.as_slice() {
+        let routed = match parts.as_slice() {
             ["user", user, body] => cx.send_to_user(user, Message::text(*body)),
             ["conn", id, body] => cx.send_to(wshub::ConnId::from_u64(id.parse().unwrap()), Message::text(*body)),
             _ => cx.broadcast(message),
+        };
+        if let Err(refused) = routed {
+            cx.reply(Message::text(format!("refused: {refused}")));
         }
     }
 }

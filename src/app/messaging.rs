@@ -15,7 +15,7 @@ use crate::app::{AppCore, Job, JobKind};
 use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
 use crate::hub::handler::{Context, Handler};
-use crate::hub::SubscribeError;
+use crate::hub::{InboxFull, SubscribeError};
 use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode};
 
 /// One per shard; shares the application's registered handlers.
@@ -121,8 +121,7 @@ fn publish(cx: &mut Context<'_>, topic: &str, data: &RawValue) -> Answer {
     if let Err(denied) = cx.check_topic(topic, TopicAction::Publish) {
         return Answer::Error(ErrorCode::Forbidden, denied.to_string());
     }
-    cx.publish(topic, &cx.identity(), data);
-    Answer::Ack
+    routed(cx.publish(topic, &cx.identity(), data))
 }
 
 fn broadcast(cx: &mut Context<'_>, data: &RawValue) -> Answer {
@@ -130,14 +129,21 @@ fn broadcast(cx: &mut Context<'_>, data: &RawValue) -> Answer {
         return Answer::Error(ErrorCode::Forbidden, "you may not broadcast on this server".into());
     }
     let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
-    cx.broadcast(Message::text(frame));
-    Answer::Ack
+    routed(cx.broadcast(Message::text(frame)))
 }
 
 fn send(cx: &mut Context<'_>, to: &str, data: &RawValue) -> Answer {
     let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
-    cx.send_to_user(to, Message::text(frame));
-    Answer::Ack
+    routed(cx.send_to_user(to, Message::text(frame)))
+}
+
+/// The answer to a send: an ack, or `overloaded` (with the frame's id) when some
+/// receivers elsewhere miss it; those here got it either way.
+fn routed(result: Result<(), InboxFull>) -> Answer {
+    match result {
+        Ok(()) => Answer::Ack,
+        Err(refused) => Answer::Error(ErrorCode::Overloaded, refused.to_string()),
+    }
 }
 
 fn refresh(cx: &mut Context<'_>, token: &str) -> Answer {

@@ -2,9 +2,12 @@
 //! acts through. Sits after the connection layer (which turns bytes into messages) and
 //! before routing (the shard applies what a handler asked for).
 //!
-//! A handler never touches sockets. Everything it asks for (reply, send, broadcast,
-//! close) is recorded as an effect and applied by the shard once the handler returns,
-//! so handlers stay testable in memory and cannot re-enter the event loop.
+//! A handler never touches sockets. What it asks for on its own connection or shard
+//! (reply, this shard's part of a send, close) is recorded as an effect and applied by
+//! the shard once the handler returns, so handlers stay testable in memory and cannot
+//! re-enter the event loop. The part of a send meant for other shards and instances is
+//! handed to the hub at once, which never blocks, so the handler learns whether it was
+//! refused (and can tell its client, with the request's id).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +21,7 @@ use crate::auth::{AuthError, Gate, Grants, TopicAction, TopicDenied};
 use crate::frame::SharedFrame;
 use crate::http::{HttpResponse, PlainRequest};
 use crate::hub::SubscribeError;
-use crate::hub::{ConnId, Filter, Hub, Target};
+use crate::hub::{ConnId, Filter, Hub, InboxFull, Origin, Target};
 use crate::protocol;
 use crate::sync::lock;
 
@@ -75,8 +78,8 @@ impl ShardRouting {
 pub(crate) enum Effect {
     /// To the connection the handler was called for, in order with its other output.
     Reply(SharedFrame),
-    /// Through the hub: this shard delivers its own part, the hub the rest.
-    Route(Target, SharedFrame),
+    /// This shard's own part of a send; the hub has taken the rest.
+    Deliver(Target, SharedFrame),
     Close(CloseCode, &'static str),
     /// The connection presented a fresh credential (its grants are already replaced):
     /// its new expiry, if it has one.
@@ -168,21 +171,27 @@ impl<'a> Context<'a> {
         lock(&routing.hub.shared(routing.index).topics).unsubscribe(self.conn.slot() as u32, topic)
     }
 
-    /// Sends `frame` to the connections `target` names, on every shard (see
-    /// [`Hub::route`]); applied when the handler returns.
-    pub fn route(&mut self, target: Target, frame: Message) {
-        self.effects.push(Effect::Route(target, SharedFrame::encode(frame)));
+    /// Sends `frame` to the connections `target` names, on every shard and (in a
+    /// cluster) instance (see [`Hub::route`]): the other shards' and instances' part is
+    /// handed over now, this shard's own is delivered when the handler returns. `Err`
+    /// when some receivers elsewhere will miss it (a full inbox, the cluster's queue
+    /// full or Redis down; counted there): tell the sender, e.g. instead of an ack.
+    pub fn route(&mut self, target: Target, frame: Message) -> Result<(), InboxFull> {
+        let frame = SharedFrame::encode(frame);
+        let routed = self.routing.hub.route_from(Origin::Shard(self.routing.index), &target, &frame);
+        self.effects.push(Effect::Deliver(target, frame));
+        routed
     }
 
     /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
-    pub fn publish(&mut self, topic: &str, from: &str, data: &RawValue) {
+    pub fn publish(&mut self, topic: &str, from: &str, data: &RawValue) -> Result<(), InboxFull> {
         let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
-        self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame));
+        self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame))
     }
 
     /// Sends `message` to every open connection whose session data satisfies `filter`.
-    pub fn send_filtered(&mut self, filter: Filter, message: Message) {
-        self.route(Target::Filtered(filter), message);
+    pub fn send_filtered(&mut self, filter: Filter, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Filtered(filter), message)
     }
 
     /// One value of this connection's session data.
@@ -209,18 +218,18 @@ impl<'a> Context<'a> {
     }
 
     /// Sends `message` to another connection, on any shard.
-    pub fn send_to(&mut self, conn: ConnId, message: Message) {
-        self.route(Target::Conn(conn), message);
+    pub fn send_to(&mut self, conn: ConnId, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Conn(conn), message)
     }
 
     /// Sends `message` to every connection of `user`, on any shard.
-    pub fn send_to_user(&mut self, user: &str, message: Message) {
-        self.route(Target::User(user.into()), message);
+    pub fn send_to_user(&mut self, user: &str, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::User(user.into()), message)
     }
 
     /// Sends `message` to every open connection, this one included.
-    pub fn broadcast(&mut self, message: Message) {
-        self.route(Target::Everyone, message);
+    pub fn broadcast(&mut self, message: Message) -> Result<(), InboxFull> {
+        self.route(Target::Everyone, message)
     }
 
     /// Closes this connection with `code` after what is already queued.
@@ -272,7 +281,8 @@ pub struct Relay;
 
 impl Handler for Relay {
     fn on_message(&mut self, cx: &mut Context<'_>, message: Message) {
-        cx.broadcast(message);
+        // A raw protocol has no frame to tell the sender with; the refusal is counted.
+        let _ = cx.broadcast(message);
     }
 }
 
@@ -296,7 +306,7 @@ mod tests {
         Relay.on_message(&mut cx, Message::text("all"));
         assert_eq!(cx.user(), Some("ann"));
         assert!(matches!(&effects[0], Effect::Reply(m) if m.to_text().unwrap() == "hi"));
-        assert!(matches!(&effects[1], Effect::Route(Target::Everyone, m) if m.to_text().unwrap() == "all"));
+        assert!(matches!(&effects[1], Effect::Deliver(Target::Everyone, m) if m.to_text().unwrap() == "all"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::engine::wire::Inbound;
 use crate::frame::SharedFrame;
 use crate::hub::batch::Batcher;
 use crate::hub::handler::{Context, Effect, Handler, ShardRouting};
-use crate::hub::{Command, ConnId, Hub, InboxReceiver, Origin};
+use crate::hub::{Command, ConnId, Hub, InboxReceiver};
 use crate::metrics::Counters;
 use crate::protocol;
 use crate::sync::lock;
@@ -327,15 +327,7 @@ impl<H: Handler> Shard<H> {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Reply(frame) => self.deliver(key, &frame, now),
-                Effect::Route(target, frame) => {
-                    // A refusal elsewhere (a full inbox, the cluster queue) is counted
-                    // there; this shard's part goes on, and the sender is told.
-                    if let Err(refused) = self.routing.hub.route_from(Origin::Shard(self.index), &target, &frame) {
-                        let code = protocol::ErrorCode::Overloaded.as_str();
-                        self.deliver(key, &SharedFrame::text(protocol::error(code, &refused.to_string(), None)), now);
-                    }
-                    self.deliver_local(&target, &frame, now);
-                }
+                Effect::Deliver(target, frame) => self.deliver_local(&target, &frame, now),
                 Effect::Refreshed(Some(expires_at)) => self.expiries.set(key, expires_at, unix_now()),
                 Effect::Refreshed(None) => self.expiries.clear(key),
                 Effect::Close(code, reason) => {
