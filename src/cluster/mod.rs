@@ -29,6 +29,7 @@ mod bus;
 mod envelope;
 mod health;
 mod members;
+mod presence;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::ClusterSettings;
 use crate::error::Error;
 use crate::frame::SharedFrame;
-use crate::hub::{Hub, InboxFull, Remote, Target, Wanted};
-use crate::metrics::ClusterStats;
+use crate::hub::{Hub, InboxFull, PresenceAnswer, Remote, Target, Wanted};
+use crate::metrics::{ClusterStats, InstanceStats};
 use crate::sync::lock;
 use envelope::Channels;
 use health::Health;
@@ -55,8 +56,8 @@ struct Outbound {
 pub(crate) struct Cluster {
     /// Tells this instance's publications from the others' (random per start).
     node: u64,
-    /// `--cluster-prefix`.
-    prefix: String,
+    /// The Redis keys of the members and their presence (under `--cluster-prefix`).
+    keys: presence::Keys,
     channels: Channels,
     queue: Sender<Outbound>,
     wanted: Arc<Wanted>,
@@ -89,7 +90,7 @@ impl Cluster {
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
-            prefix: settings.prefix.clone(),
+            keys: presence::Keys::new(&settings.prefix, node),
             channels: Channels::new(&settings.prefix),
             queue,
             wanted: Arc::default(),
@@ -146,12 +147,31 @@ impl Remote for Cluster {
         &self.wanted
     }
 
+    fn presence(&self, hub: Hub, topic: Arc<str>, answer: PresenceAnswer) {
+        presence::ask(self, hub, topic, answer);
+    }
+
     fn stats(&self) -> ClusterStats {
         let health = &self.health;
-        let roster = *lock(&self.roster);
+        let roster = lock(&self.roster).clone();
+        let totals = roster.totals;
+        let members = roster.members.into_iter().map(|(id, summary)| InstanceStats {
+            id,
+            connections: summary.connections,
+            topics: summary.topics,
+            users: summary.users,
+            messages_in: summary.messages_in,
+            messages_out: summary.messages_out,
+        });
         ClusterStats {
             instances: roster.instances,
-            connections: roster.totals.connections,
+            connections: totals.connections,
+            topics: totals.topics,
+            users: totals.users,
+            messages_in: totals.messages_in,
+            messages_out: totals.messages_out,
+            members: members.collect(),
+            node: self.keys.own_id().to_string(),
             redis_up: health.all_up(),
             down_reason: health.reason(),
             reconnects: health.reconnects.load(Ordering::Relaxed),

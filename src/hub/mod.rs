@@ -14,6 +14,7 @@ pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
 mod keys;
+mod presence;
 mod remote;
 pub(crate) mod topics;
 pub(crate) mod users;
@@ -25,7 +26,8 @@ pub use id::ConnId;
 pub use inbox::InboxFull;
 pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
 pub(crate) use remote::Remote;
-pub use shared::Presence;
+pub(crate) use presence::PresenceAnswer;
+pub use presence::{Presence, PresenceError};
 pub(crate) use shared::ShardShared;
 pub(crate) use wanted::{Want, Wanted};
 
