@@ -324,6 +324,25 @@ mod tests {
         assert_eq!(change.write(&mut redis::pipe(), &Keys::new("w", 1), "room"), 3 + 1);
     }
 
+    /// The asker is never left waiting: refused at once when the ask queue is full, told
+    /// when the job runs while Redis cannot be reached.
+    #[test]
+    fn a_question_is_answered_overloaded_when_the_queue_is_full_and_unavailable_without_redis() {
+        let settings = crate::config::ClusterSettings { redis: "redis://127.0.0.1:1".parse().unwrap(), prefix: "t".into() };
+        let (cluster, parts) = Cluster::new(&settings, 16).unwrap();
+        let hub = Hub::detached(1);
+        let (told, answers) = crossbeam_channel::unbounded();
+        for _ in 0..=super::super::ask::CAPACITY {
+            let told = told.clone();
+            ask(&cluster, hub.clone(), "room".into(), Box::new(move |result| told.send(result).unwrap()));
+        }
+        assert_eq!(answers.try_recv(), Ok(Err(PresenceError::Overloaded)), "the one past the capacity");
+        assert!(answers.try_recv().is_err(), "the others wait for the ask thread");
+        let job = parts.asks.try_recv().unwrap();
+        job(None).unwrap();
+        assert_eq!(answers.try_recv(), Ok(Err(PresenceError::Unavailable("Redis unreachable".into()))));
+    }
+
     #[test]
     fn keys_are_named_under_the_prefix_by_instance_and_topic() {
         let keys = Keys::new("wshub", 42);
