@@ -22,9 +22,12 @@
 //!   broadcasts, sends to a user); bus threads, each with one Redis connection,
 //!   publish those (already-encoded frame plus a small envelope) and subscribe the
 //!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes; a third runs the questions whose answer comes back later. Shards never
-//!   wait on Redis. Each instance also renews an entry among the
-//!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
+//!   inboxes; a third runs the questions whose answer comes back later (a cluster-wide
+//!   `presence`, routed back to the connection that asked). Shards never wait on Redis.
+//!   Each instance also renews an entry among the cluster's members (a heartbeat with a
+//!   TTL, a summary that `/stats` sums) and keeps its topics' local subscribers in Redis
+//!   (only what changed, from the publisher thread), which presence reads for the live
+//!   instances only.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard

@@ -19,10 +19,15 @@
 //!   handed to the local shards as one shared frame.
 //!
 //! - The members ([`members`]): each instance renews a summary of itself in Redis every
-//!   second with a TTL, so `/stats` counts the live instances and their connections.
+//!   second with a TTL, so `/stats` counts the live instances and sums their
+//!   connections, topics, users and messages.
+//! - Presence ([`presence`]): each instance keeps who is subscribed to each topic on it in
+//!   Redis (written by the publisher thread, only what changed, every 100 ms at most); a
+//!   `presence` question reads the live instances' entries on the ask thread, and an
+//!   instance whose heartbeat expired is left out, then pruned with its entries.
 //!
 //! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code. So do presence and one-time tickets.
+//! within its instance, and a filter is code. So do one-time tickets.
 
 mod ask;
 mod bus;

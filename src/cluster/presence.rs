@@ -328,7 +328,8 @@ mod tests {
     /// when the job runs while Redis cannot be reached.
     #[test]
     fn a_question_is_answered_overloaded_when_the_queue_is_full_and_unavailable_without_redis() {
-        let settings = crate::config::ClusterSettings { redis: "redis://127.0.0.1:1".parse().unwrap(), prefix: "t".into() };
+        let settings =
+            crate::config::ClusterSettings { redis: "redis://127.0.0.1:1".parse().unwrap(), prefix: "t".into() };
         let (cluster, parts) = Cluster::new(&settings, 16).unwrap();
         let hub = Hub::detached(1);
         let (told, answers) = crossbeam_channel::unbounded();
@@ -347,6 +348,9 @@ mod tests {
     fn keys_are_named_under_the_prefix_by_instance_and_topic() {
         let keys = Keys::new("wshub", 42);
         assert_eq!(keys.presence("7", "room:1"), "wshub:p:7:room:1");
-        assert_eq!((keys.index("42"), keys.own_node(), keys.nodes()), ("wshub:pi:42".into(), "wshub:node:42".into(), "wshub:nodes".into()));
+        assert_eq!(
+            (keys.index("42"), keys.own_node(), keys.nodes()),
+            ("wshub:pi:42".into(), "wshub:node:42".into(), "wshub:nodes".into())
+        );
     }
 }

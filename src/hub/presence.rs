@@ -145,7 +145,10 @@ mod tests {
         let few = Presence::of(["cy", "ann", "bob"].map(String::from).into());
         assert_eq!(few, Presence { count: 3, users: vec!["ann".into(), "bob".into(), "cy".into()], truncated: false });
         let many = Presence::of((0..PRESENCE_LIST_LIMIT + 5).map(|n| format!("u{n:05}")).collect());
-        assert_eq!((many.count, many.users.len(), many.truncated), (PRESENCE_LIST_LIMIT + 5, PRESENCE_LIST_LIMIT, true));
+        assert_eq!(
+            (many.count, many.users.len(), many.truncated),
+            (PRESENCE_LIST_LIMIT + 5, PRESENCE_LIST_LIMIT, true)
+        );
         assert_eq!(many.users[0], "u00000");
     }
 
@@ -158,6 +161,27 @@ mod tests {
         assert_eq!(hub.cluster_presence_wait("room"), Ok(hub.presence("room")));
         assert_eq!(hub.presence("room").users, ["ann", "bob"]);
         assert_eq!(hub.local_topics(), HashSet::from(["room".into()]));
+    }
+
+    #[test]
+    fn in_a_cluster_the_tables_mark_every_change_of_a_topics_subscribers() {
+        let wanted = Arc::new(super::super::Wanted::default());
+        let shared = super::super::ShardShared::new(Some(wanted.clone()));
+        let taken = || {
+            let mut topics: Vec<String> = wanted.take_touched().iter().map(|t| t.to_string()).collect();
+            topics.sort();
+            topics
+        };
+        lock(&shared.topics).subscribe(1, || "ann".into(), "room", 8).unwrap();
+        lock(&shared.topics).subscribe(2, || "bob".into(), "room", 8).unwrap();
+        lock(&shared.topics).subscribe(2, || "bob".into(), "hall", 8).unwrap();
+        assert_eq!(taken(), ["hall", "room"]);
+        lock(&shared.topics).subscribe(2, || "bob".into(), "room", 8).unwrap();
+        assert!(taken().is_empty(), "already subscribed: nothing changed");
+        lock(&shared.topics).unsubscribe(1, "room");
+        assert_eq!(taken(), ["room"], "not only the first and last subscriber");
+        lock(&shared.topics).remove_conn(2);
+        assert_eq!(taken(), ["hall", "room"]);
     }
 
     #[test]

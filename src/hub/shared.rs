@@ -1,6 +1,7 @@
 //! What other threads may read of a shard, and the answers built from it: stats and
-//! session data (presence is in `presence`). Each lock is taken by the shard's own thread for its own
-//! work and only briefly by others (presence, stats, handlers on the worker pool).
+//! session data (presence is in `presence`). Each lock is taken by the shard's own thread
+//! for its own work and only briefly by others (presence, stats, handlers on the worker
+//! pool, the cluster's presence writer).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
