@@ -23,13 +23,16 @@ fn member_config(redis_url: &str, shards: usize) -> Config {
     }
 }
 
-/// An instance running the hub protocol, with one application request (`announce`, which
-/// publishes its params to `room` from a worker thread).
+/// An instance running the hub protocol, with two application requests: `announce`,
+/// which publishes its params to `room` from a worker thread, and `who`, which answers
+/// the cluster's presence of `room` as a worker sees it (`AppContext::presence`).
 fn member(redis: &RedisServer, shards: usize) -> Server {
-    let app = App::new().on_request("announce", |cx, params| {
-        cx.publish("room", &params)?;
-        Ok(json!("announced"))
-    });
+    let app = App::new()
+        .on_request("announce", |cx, params| {
+            cx.publish("room", &params)?;
+            Ok(json!("announced"))
+        })
+        .on_request("who", |cx, _| Ok(serde_json::to_value(cx.presence("room")?)?));
     let server = app.start(member_config(&redis.url(), shards)).expect("instance starts");
     await_health(&server, "ok");
     server
@@ -322,6 +325,8 @@ fn presence_counts_each_user_once_across_instances_and_follows_leaves() {
         await_presence(asker, "room", &["ann", "bob", "cy"]);
     }
     await_presence(&mut askers[0], "elsewhere", &[]);
+    let worker = askers[1].call(json!({"type": "request", "method": "who"}), 7);
+    assert_eq!(worker["result"], presence(&mut askers[1], "room")["result"], "a worker sees the same: {worker}");
 
     // ann is still subscribed on A.
     assert_eq!(ann_b.call(json!({"type": "unsubscribe", "topic": "room"}), 2)["type"], "ack");
@@ -451,6 +456,8 @@ fn presence_while_redis_is_down_is_unavailable_and_is_rewritten_when_it_returns(
         let answer = asker.call(json!({"type": "request", "method": "presence", "params": {"topic": "room"}}), id);
         assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
     }
+    let worker = asker.call(json!({"type": "request", "method": "who"}), 3);
+    assert_eq!(worker["error"]["code"], "unavailable", "a worker is told too: {worker}");
     redis.restart();
     await_presence(&mut asker, "room", &["bob"]);
     stop(a);
