@@ -134,7 +134,9 @@ impl Wanted {
         if !self.touched_any.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        lock(&self.touched).drain().collect()
+        // Taken rather than drained: a burst (a restart's reconnections) leaves no
+        // large table behind.
+        std::mem::take(&mut *lock(&self.touched)).into_iter().collect()
     }
 }
 
