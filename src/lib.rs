@@ -22,9 +22,12 @@
 //!   broadcasts, sends to a user); bus threads, each with one Redis connection,
 //!   publish those (already-encoded frame plus a small envelope) and subscribe the
 //!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes; a third runs the questions whose answer comes back later. Shards never
-//!   wait on Redis. Each instance also renews an entry among the
-//!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
+//!   inboxes; a third runs the questions whose answer comes back later (a cluster-wide
+//!   `presence`, routed back to the connection that asked). Shards never wait on Redis.
+//!   Each instance also renews an entry among the cluster's members (a heartbeat with a
+//!   TTL, a summary that `/stats` sums) and keeps its topics' local subscribers in Redis
+//!   (only what changed, from the publisher thread), which presence reads for the live
+//!   instances only.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
@@ -69,7 +72,7 @@ pub use http::{HttpResponse, PlainRequest};
 #[doc(hidden)]
 pub use hub::bench::Tables as BenchTables;
 pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
-pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
-pub use metrics::{ClusterStats, Counters, Stats};
+pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session, SubscribeError, Target};
+pub use metrics::{ClusterStats, Counters, InstanceStats, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -40,7 +40,20 @@ pub struct Stats {
     pub cluster: Option<ClusterStats>,
 }
 
-/// The cluster bus's state and counts since the start.
+/// One live instance of the cluster, as its last heartbeat told it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct InstanceStats {
+    /// Its node id (random per start).
+    pub id: String,
+    pub connections: usize,
+    pub topics: usize,
+    pub users: usize,
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// The cluster bus's state and counts since the start; `instances` to `members` are the
+/// whole cluster's, as of the last heartbeat, the others this instance's bus.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ClusterStats {
     /// Both Redis connections (publishing and subscribed) are up.
@@ -48,8 +61,23 @@ pub struct ClusterStats {
     /// Live instances in the cluster, this one included, as of the last heartbeat (an
     /// instance that stops renewing its entry drops out within 3 s).
     pub instances: usize,
-    /// Connections held by all of them, as of the last heartbeat.
+    /// This instance's id among them (as in `members`).
+    pub node: String,
+    /// Connections held by all of them, as of the last heartbeat (each instance's
+    /// `connections` summed).
     pub connections: usize,
+    /// Each instance's distinct topics with a subscriber, summed: a topic subscribed on
+    /// two instances counts twice.
+    pub topics: usize,
+    /// Each instance's distinct named users with a connection, summed: a user connected
+    /// to two instances counts twice.
+    pub users: usize,
+    /// Messages received from clients by all instances since each started.
+    pub messages_in: u64,
+    /// Messages written to clients by all instances since each started.
+    pub messages_out: u64,
+    /// Each live instance's own figures, sorted by id, as of the last heartbeat.
+    pub members: Vec<InstanceStats>,
     /// Why it is not, while it is not: the last connection error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<String>,

@@ -159,8 +159,11 @@ pub enum ErrorCode {
     RateLimited,
     /// A `refresh` token was refused (the connection keeps its old one until it expires).
     Unauthorized,
-    /// A shard's inbox was full: some receivers missed what the handler sent.
+    /// A shard's inbox was full: some receivers missed what the handler sent; or, for a
+    /// cluster-wide `presence`, too many questions were already waiting for Redis.
     Overloaded,
+    /// A cluster-wide answer (`presence`) needs Redis, which cannot be reached now.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -177,6 +180,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
         }
     }

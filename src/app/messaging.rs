@@ -15,7 +15,7 @@ use crate::app::{AppCore, Job, JobKind};
 use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
 use crate::hub::handler::{Context, Handler};
-use crate::hub::{InboxFull, SubscribeError};
+use crate::hub::{InboxFull, Presence, PresenceError, SubscribeError};
 use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode};
 
 /// One per shard; shares the application's registered handlers.
@@ -180,10 +180,8 @@ impl Messaging {
         let response = match BuiltInMethod::from_name(&method) {
             Some(BuiltInMethod::Presence) => match serde_json::from_str::<PresenceParams>(params.get()) {
                 Ok(PresenceParams { topic }) => match protocol::check_topic(&topic) {
-                    Ok(()) => {
-                        let presence = cx.hub().presence(&topic);
-                        protocol::response_ok(&id, &serde_json::to_value(presence).expect("presence serializes"))
-                    }
+                    Ok(()) if cx.hub().in_cluster() => return ask_cluster_presence(cx, &topic, id),
+                    Ok(()) => presence_response(&id, Ok(cx.hub().presence(&topic))),
                     Err(why) => protocol::response_err(&id, ErrorCode::BadTopic.as_str(), &why),
                 },
                 Err(e) => protocol::response_err(&id, ErrorCode::BadField.as_str(), &format!("presence: {e}")),
@@ -203,5 +201,23 @@ impl Messaging {
             ),
         };
         cx.reply(Message::text(response));
+    }
+}
+
+/// In a cluster: asks the other instances without waiting; the answer comes back later,
+/// through the hub, to this connection (a `response` with the request's id), like a
+/// worker's. Meanwhile the connection's other frames are served.
+fn ask_cluster_presence(cx: &mut Context<'_>, topic: &str, id: Box<RawValue>) {
+    let (hub, conn) = (cx.hub().clone(), cx.conn());
+    cx.hub().cluster_presence(topic, move |result| {
+        // A full inbox is counted there; the client sees no answer, as for any overload.
+        let _ = hub.send_to(conn, Message::text(presence_response(&id, result)));
+    });
+}
+
+fn presence_response(id: &RawValue, result: Result<Presence, PresenceError>) -> String {
+    match result {
+        Ok(presence) => protocol::response_ok(id, &serde_json::to_value(presence).expect("presence serializes")),
+        Err(e) => protocol::response_err(id, e.code(), &e.to_string()),
     }
 }

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::engine::{self, Server};
 use crate::error::Error;
 use crate::hub::handler::Context;
-use crate::hub::{ConnId, Filter, Hub, InboxFull, Session};
+use crate::hub::{ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session};
 use crate::protocol::{self, BuiltInMethod, BuiltInType, ErrorCode};
 
 type EventHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync>;
@@ -269,6 +269,15 @@ impl AppContext<'_> {
         Ok(self.hub.send_filtered(filter, self.delivery(data)?)?)
     }
 
+    /// Who is subscribed to `topic`: in a cluster, on every live instance (this waits
+    /// for Redis, a few milliseconds, which a worker may do; errors `unavailable` while
+    /// Redis cannot be reached, `overloaded` when too many questions wait); otherwise on
+    /// this instance.
+    pub fn presence(&self, topic: &str) -> Result<Presence, AppError> {
+        protocol::check_topic(topic).map_err(|why| AppError::new(ErrorCode::BadTopic.as_str(), why))?;
+        Ok(self.hub.cluster_presence_wait(topic)?)
+    }
+
     /// One value of this connection's session data.
     pub fn get(&self, key: &str) -> Option<Value> {
         self.hub.session_get(self.conn, key)
@@ -317,6 +326,12 @@ impl std::error::Error for AppError {}
 impl From<InboxFull> for AppError {
     fn from(full: InboxFull) -> Self {
         AppError::new(ErrorCode::Overloaded.as_str(), full.to_string())
+    }
+}
+
+impl From<PresenceError> for AppError {
+    fn from(e: PresenceError) -> Self {
+        AppError::new(e.code(), e.to_string())
     }
 }
 

@@ -15,6 +15,7 @@ use redis::{Client, Connection, PubSub, RedisResult};
 use super::envelope;
 use super::health::Link;
 use super::members::{self, HEARTBEAT};
+use super::presence::Writer;
 use super::{Cluster, Outbound};
 use crate::hub::{Hub, Origin, Want};
 use crate::sync::lock;
@@ -77,10 +78,12 @@ pub(super) fn connect(client: &Client) -> RedisResult<Connection> {
 /// found dead before a batch went out is replaced and the batch sent on the new one;
 /// a batch whose send failed, and what is queued when no connection can be made, are
 /// dropped and counted.
-/// Between batches it also renews this instance's entry among the cluster's members.
+/// Between batches it also renews this instance's entry among the cluster's members,
+/// and writes what changed of its presence.
 pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Receiver<Outbound>, stop: Receiver<()>) {
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut presence = Writer::new();
     loop {
         let mut connection = match connect(&client) {
             Ok(connection) => connection,
@@ -97,6 +100,8 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
         };
         cluster.health.up(Link::Publish);
         backoff.reset();
+        // Redis may have lost (or restored an older copy of) this instance's presence.
+        presence.rewrite();
         let mut heard = Instant::now();
         let mut beat: Option<Instant> = None;
         loop {
@@ -104,9 +109,9 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
                 select! {
                     recv(queue) -> item => match item {
                         Ok(item) => batch.push(item),
-                        Err(_) => return members::leave(&mut connection, &cluster.prefix, cluster.node),
+                        Err(_) => return members::leave(&mut connection, &cluster.keys),
                     },
-                    recv(stop) -> _ => return members::leave(&mut connection, &cluster.prefix, cluster.node),
+                    recv(stop) -> _ => return members::leave(&mut connection, &cluster.keys),
                     default(TICK) => {}
                 }
                 batch.extend(queue.try_iter().take(MAX_BATCH - batch.len()));
@@ -121,14 +126,14 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
                 heard = Instant::now();
             }
             if beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
-                let (connections, counters) = hub.totals();
-                let own = members::Summary {
-                    connections,
-                    messages_in: counters.messages_in,
-                    messages_out: counters.messages_out,
-                };
-                match members::beat(&mut connection, &cluster.prefix, cluster.node, &own) {
-                    Ok(roster) => *lock(&cluster.roster) = roster,
+                let own = members::Summary::of(&hub, &cluster.wanted);
+                match members::beat(&mut connection, &cluster.keys, &own) {
+                    Ok(beat) => {
+                        if beat.rejoined {
+                            presence.rewrite();
+                        }
+                        *lock(&cluster.roster) = beat.roster;
+                    }
                     Err(e) => {
                         cluster.health.down(Link::Publish, &e.to_string());
                         break;
@@ -136,6 +141,12 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
                 }
                 beat = Some(Instant::now());
                 heard = Instant::now();
+            }
+            if presence.due() {
+                if let Err(e) = presence.sync(&mut connection, &hub, &cluster.wanted, &cluster.keys) {
+                    cluster.health.down(Link::Publish, &e.to_string());
+                    break;
+                }
             }
             if batch.is_empty() {
                 continue;

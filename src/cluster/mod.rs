@@ -19,16 +19,22 @@
 //!   handed to the local shards as one shared frame.
 //!
 //! - The members ([`members`]): each instance renews a summary of itself in Redis every
-//!   second with a TTL, so `/stats` counts the live instances and their connections.
+//!   second with a TTL, so `/stats` counts the live instances and sums their
+//!   connections, topics, users and messages.
+//! - Presence ([`presence`]): each instance keeps who is subscribed to each topic on it in
+//!   Redis (written by the publisher thread, only what changed, every 100 ms at most); a
+//!   `presence` question reads the live instances' entries on the ask thread, and an
+//!   instance whose heartbeat expired is left out, then pruned with its entries.
 //!
 //! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code. So do presence and one-time tickets.
+//! within its instance, and a filter is code. So do one-time tickets.
 
 mod ask;
 mod bus;
 mod envelope;
 mod health;
 mod members;
+mod presence;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -39,8 +45,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::ClusterSettings;
 use crate::error::Error;
 use crate::frame::SharedFrame;
-use crate::hub::{Hub, InboxFull, Remote, Target, Wanted};
-use crate::metrics::ClusterStats;
+use crate::hub::{Hub, InboxFull, PresenceAnswer, Remote, Target, Wanted};
+use crate::metrics::{ClusterStats, InstanceStats};
 use crate::sync::lock;
 use envelope::Channels;
 use health::Health;
@@ -55,8 +61,8 @@ struct Outbound {
 pub(crate) struct Cluster {
     /// Tells this instance's publications from the others' (random per start).
     node: u64,
-    /// `--cluster-prefix`.
-    prefix: String,
+    /// The Redis keys of the members and their presence (under `--cluster-prefix`).
+    keys: presence::Keys,
     channels: Channels,
     queue: Sender<Outbound>,
     wanted: Arc<Wanted>,
@@ -89,7 +95,7 @@ impl Cluster {
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
-            prefix: settings.prefix.clone(),
+            keys: presence::Keys::new(&settings.prefix, node),
             channels: Channels::new(&settings.prefix),
             queue,
             wanted: Arc::default(),
@@ -146,12 +152,31 @@ impl Remote for Cluster {
         &self.wanted
     }
 
+    fn presence(&self, hub: Hub, topic: Arc<str>, answer: PresenceAnswer) {
+        presence::ask(self, hub, topic, answer);
+    }
+
     fn stats(&self) -> ClusterStats {
         let health = &self.health;
-        let roster = *lock(&self.roster);
+        let roster = lock(&self.roster).clone();
+        let totals = roster.totals;
+        let members = roster.members.into_iter().map(|(id, summary)| InstanceStats {
+            id,
+            connections: summary.connections,
+            topics: summary.topics,
+            users: summary.users,
+            messages_in: summary.messages_in,
+            messages_out: summary.messages_out,
+        });
         ClusterStats {
             instances: roster.instances,
-            connections: roster.totals.connections,
+            connections: totals.connections,
+            topics: totals.topics,
+            users: totals.users,
+            messages_in: totals.messages_in,
+            messages_out: totals.messages_out,
+            members: members.collect(),
+            node: self.keys.own_id().to_string(),
             redis_up: health.all_up(),
             down_reason: health.reason(),
             reconnects: health.reconnects.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! Where a message goes: the [`Hub`] handle that reaches every shard, each shard's inbox
 //! ([`inbox`]), its topic and user tables ([`topics`], [`users`]) and batches ([`batch`]),
-//! and the hook through which handlers act ([`handler`]). Sits between the senders (a
+//! the hook through which handlers act ([`handler`]), and who is subscribed to a topic
+//! ([`presence`], here or, through the cluster, everywhere). Sits between the senders (a
 //! handler, the worker pool, the HTTP API, an embedding application) and the shard loops
 //! (the receivers).
 //!
@@ -14,6 +15,7 @@ pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
 mod keys;
+mod presence;
 mod remote;
 pub(crate) mod topics;
 pub(crate) mod users;
@@ -24,8 +26,9 @@ mod shared;
 pub use id::ConnId;
 pub use inbox::InboxFull;
 pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+pub(crate) use presence::PresenceAnswer;
+pub use presence::{Presence, PresenceError};
 pub(crate) use remote::Remote;
-pub use shared::Presence;
 pub(crate) use shared::ShardShared;
 pub(crate) use wanted::{Want, Wanted};
 

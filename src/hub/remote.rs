@@ -1,5 +1,6 @@
 //! The hub's view of the other instances of a cluster: where [`Hub::route_from`] hands a
-//! delivery that must also reach connections elsewhere, and what it reads for `/stats`.
+//! delivery that must also reach connections elsewhere, where it asks who is subscribed
+//! on the other instances, and what it reads for `/stats`.
 //! The cluster bus implements it; the hub knows nothing of Redis.
 //!
 //! [`Hub::route_from`]: super::Hub::route_from
@@ -7,7 +8,7 @@
 use std::sync::Arc;
 
 use super::wanted::Wanted;
-use super::{InboxFull, Target};
+use super::{Hub, InboxFull, PresenceAnswer, Target};
 use crate::frame::SharedFrame;
 use crate::metrics::ClusterStats;
 
@@ -19,6 +20,10 @@ pub(crate) trait Remote: Send + Sync {
 
     /// The topics and users local connections want from the other instances.
     fn wanted(&self) -> &Arc<Wanted>;
+
+    /// Asks who is subscribed to `topic` on every live instance (this one read from
+    /// `hub`), without waiting: calls `answer` exactly once, later or (refused) at once.
+    fn presence(&self, hub: Hub, topic: Arc<str>, answer: PresenceAnswer);
 
     fn stats(&self) -> ClusterStats;
 

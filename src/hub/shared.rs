@@ -1,12 +1,11 @@
-//! What other threads may read of a shard, and the answers built from it: presence,
-//! stats and session data. Each lock is taken by the shard's own thread for its own
-//! work and only briefly by others (presence, stats, handlers on the worker pool).
+//! What other threads may read of a shard, and the answers built from it: stats and
+//! session data (presence is in `presence`). Each lock is taken by the shard's own thread
+//! for its own work and only briefly by others (presence, stats, handlers on the worker
+//! pool, the cluster's presence writer).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use serde::Serialize;
 
 use super::topics::TopicTable;
 use super::users::UserTable;
@@ -47,34 +46,7 @@ impl ShardShared {
     }
 }
 
-/// Who is subscribed to a topic, across all shards.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Presence {
-    /// Distinct users subscribed.
-    pub count: usize,
-    /// Their names, sorted; at most `PRESENCE_LIST_LIMIT` of them.
-    pub users: Vec<String>,
-    /// True when `users` was cut at the limit.
-    pub truncated: bool,
-}
-
-/// Longest user list a presence answer carries.
-pub const PRESENCE_LIST_LIMIT: usize = 1000;
-
 impl Hub {
-    /// Users subscribed to `topic`, across shards: each shard's subscribers of the topic
-    /// name their identities (O(local subscribers) per shard, under its lock), and the
-    /// set counts a user with several connections once.
-    pub fn presence(&self, topic: &str) -> Presence {
-        let mut users = BTreeSet::new();
-        for shared in self.shared.iter() {
-            users.extend(lock(&shared.topics).users(topic).map(|user| user.to_string()));
-        }
-        let count = users.len();
-        let users: Vec<String> = users.into_iter().take(PRESENCE_LIST_LIMIT).collect();
-        Presence { count, truncated: users.len() < count, users }
-    }
-
     /// This instance's connections and summed counters, without walking any table:
     /// what it tells the rest of its cluster every heartbeat.
     pub(crate) fn totals(&self) -> (usize, Counters) {

@@ -62,7 +62,8 @@ pub(crate) struct TopicTable {
     /// Times the ids were renumbered, for tests to know that they were.
     #[cfg(test)]
     renumbered: usize,
-    /// In a cluster: told of each topic's first and last subscriber here.
+    /// In a cluster: told of each topic's first and last subscriber here, and of every
+    /// change of its subscribers (for presence).
     wanted: Option<Arc<Wanted>>,
 }
 
@@ -99,6 +100,7 @@ impl TopicTable {
             }
             None => self.create(topic, key),
         };
+        self.touch(id);
         let member = self.members.entry(key).or_insert_with(|| Member { identity: identity(), topics: [NONE; INLINE] });
         match member.topics.iter_mut().find(|slot| **slot == NONE) {
             Some(slot) => *slot = id,
@@ -197,7 +199,15 @@ impl TopicTable {
         id
     }
 
+    /// In a cluster, marks topic `id`'s local subscribers as changed, for presence.
+    fn touch(&self, id: u32) {
+        if let (Some(wanted), Some(name)) = (&self.wanted, &self.topics[id as usize].name) {
+            wanted.touch(name);
+        }
+    }
+
     fn drop_subscriber(&mut self, id: u32, key: u32) {
+        self.touch(id);
         let topic = &mut self.topics[id as usize];
         if !topic.subscribers.remove(key, &mut self.lists) {
             return;

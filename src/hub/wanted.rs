@@ -5,7 +5,11 @@
 //! the matching Redis channels, so an instance receives only what a local connection
 //! wants. Free of I/O: it only counts and remembers what changed.
 //!
-//! Lock order: a shard's table lock, then this one; the bus takes only this one.
+//! It also remembers which topics' local subscribers changed at all (any subscribe,
+//! unsubscribe or close, not only the first and last), so the cluster's presence entries
+//! for this instance can be brought up to date in batches: see `cluster::presence`.
+//!
+//! Lock order: a shard's table lock, then one of these; the bus takes only these.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +30,9 @@ struct State {
     shards: HashMap<Want, u32>,
     /// Names whose count went to or from zero since the bus last looked.
     changed: HashSet<Want>,
+    /// How many of `shards`' keys are topics (the rest are users), kept as they change
+    /// so the heartbeat reads both counts without a walk.
+    topics: usize,
 }
 
 /// The counts, shared by every shard's tables and the bus.
@@ -34,6 +41,11 @@ pub struct Wanted {
     state: Mutex<State>,
     /// Set with every change, so the bus's frequent look costs no lock when nothing did.
     dirty: AtomicBool,
+    /// Topics whose local subscribers changed since the presence writer last looked
+    /// (a lock of its own: marked on every subscription change, from any shard).
+    touched: Mutex<HashSet<Arc<str>>>,
+    /// Set with every mark in `touched`, so an idle look costs no lock.
+    touched_any: AtomicBool,
 }
 
 /// What the bus must do to match what is wanted: names to subscribe, names to drop.
@@ -50,6 +62,7 @@ impl Wanted {
         let count = state.shards.entry(want.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
+            state.topics += matches!(want, Want::Topic(_)) as usize;
             state.changed.insert(want);
             self.dirty.store(true, Ordering::Release);
         }
@@ -62,6 +75,7 @@ impl Wanted {
         *count -= 1;
         if *count == 0 {
             state.shards.remove(&want);
+            state.topics -= matches!(want, Want::Topic(_)) as usize;
             state.changed.insert(want);
             self.dirty.store(true, Ordering::Release);
         }
@@ -97,6 +111,32 @@ impl Wanted {
     /// Names wanted now, for `/stats`.
     pub fn len(&self) -> usize {
         lock(&self.state).shards.len()
+    }
+
+    /// Distinct topics with a local subscriber and distinct users with a local
+    /// connection, across shards: what the heartbeat tells the cluster, in O(1).
+    pub fn counts(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        (state.topics, state.shards.len() - state.topics)
+    }
+
+    /// The local subscribers of `topic` changed (on some shard).
+    pub(crate) fn touch(&self, topic: &Arc<str>) {
+        let mut touched = lock(&self.touched);
+        if !touched.contains(topic) {
+            touched.insert(topic.clone());
+        }
+        self.touched_any.store(true, Ordering::Release);
+    }
+
+    /// The topics touched since the last call; nothing (and no lock) when none was.
+    pub fn take_touched(&self) -> Vec<Arc<str>> {
+        if !self.touched_any.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        // Taken rather than drained: a burst (a restart's reconnections) leaves no
+        // large table behind.
+        std::mem::take(&mut *lock(&self.touched)).into_iter().collect()
     }
 }
 
@@ -136,5 +176,24 @@ mod tests {
         wanted.gain(topic("kept"));
         assert_eq!(wanted.all(), [topic("kept")]);
         assert_eq!(wanted.changes(&HashSet::new()), Changes::default(), "covered by all()");
+    }
+
+    #[test]
+    fn topics_and_users_are_counted_apart_and_touched_topics_are_taken_once() {
+        let wanted = Wanted::default();
+        wanted.gain(topic("room"));
+        wanted.gain(topic("room"));
+        wanted.gain(topic("hall"));
+        wanted.gain(Want::User("ann".into()));
+        wanted.lose(topic("hall"));
+        assert_eq!(wanted.counts(), (1, 1));
+        assert!(wanted.take_touched().is_empty());
+        wanted.touch(&"room".into());
+        wanted.touch(&"room".into());
+        wanted.touch(&"hall".into());
+        let mut touched = wanted.take_touched();
+        touched.sort();
+        assert_eq!(touched, [Arc::<str>::from("hall"), "room".into()]);
+        assert!(wanted.take_touched().is_empty(), "taken once");
     }
 }

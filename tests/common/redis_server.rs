@@ -86,6 +86,13 @@ impl RedisServer {
         self.query::<::redis::Value>(cmd).expect("the command runs");
     }
 
+    /// The keys matching `pattern`, sorted (for a test that checks what wshub left there).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.query(::redis::cmd("KEYS").arg(pattern)).expect("KEYS");
+        keys.sort();
+        keys
+    }
+
     fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> ::redis::RedisResult<T> {
         let client = ::redis::Client::open(self.url())?;
         let mut connection = client.get_connection_with_timeout(PATIENCE)?;
