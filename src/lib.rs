@@ -68,7 +68,7 @@ pub use http::{HttpResponse, PlainRequest};
 #[doc(hidden)]
 pub use hub::bench::Tables as BenchTables;
 pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
-pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target};
+pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, Session, SubscribeError, Target, UnknownFilter};
 pub use metrics::{ClusterStats, Counters, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -69,8 +69,14 @@ pub struct ClusterStats {
     pub queue_depth: usize,
     /// Topics and users some local connection wants from the cluster.
     pub wanted: usize,
-    /// Redis channels subscribed (the broadcast channel included).
+    /// Redis channels subscribed (the broadcast channel and this instance's own included).
     pub channels: usize,
+    /// This instance's node number, which its connection ids carry (provisional until
+    /// Redis is first reached).
+    pub node: u16,
+    /// Filtered sends from other instances that named a filter this one has not
+    /// registered (every instance must register the same `App::filter`s).
+    pub unknown_filters: u64,
 }
 
 /// Running totals of one shard (or, summed, of the server) since it started.
@@ -166,6 +172,8 @@ pub fn prometheus(stats: &Stats) -> String {
         out.counter("wshub_redis_dropped_total", dropped, cluster.dropped);
         out.single("wshub_redis_queue_depth", "Publications waiting to be sent to Redis.", cluster.queue_depth as u64);
         out.single("wshub_redis_channels", "Redis channels subscribed.", cluster.channels as u64);
+        let unknown = "Filtered sends from other instances through a filter not registered here.";
+        out.counter("wshub_cluster_unknown_filters_total", unknown, cluster.unknown_filters);
         out.single(
             "wshub_cluster_instances",
             "Live instances in the cluster, this one included.",

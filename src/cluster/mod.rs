@@ -4,29 +4,41 @@
 //! back to the hub, as from [`Origin::Cluster`](crate::hub::Origin), which never goes
 //! back to Redis.
 //!
-//! - One Redis channel per topic, per user, and one for broadcasts ([`envelope`]). An
-//!   instance subscribes a topic's or a user's channel only while a local connection has
-//!   the topic or is the user (counted across shards by the hub's `Wanted`), so it
-//!   receives only what some local connection wants; the changes of a moment go out as
-//!   one SUBSCRIBE and one UNSUBSCRIBE.
+//! - One Redis channel per topic, per user, per instance, and one for everyone
+//!   ([`channels`]). An instance subscribes a topic's or a user's channel only while a
+//!   local connection has the topic or is the user (counted across shards by the hub's
+//!   `Wanted`), so it receives only what some local connection wants; the changes of a
+//!   moment go out as one SUBSCRIBE and one UNSUBSCRIBE. It always holds the channel for
+//!   everyone (broadcasts, named filters) and its own instance's (sends to its
+//!   connection ids).
+//! - Connection ids are unique across the cluster: each carries its instance's node
+//!   number, which the instance claims in Redis ([`nodeid`]), so a send to an id goes to
+//!   that instance's channel only. A send to a user whose name is the id of a connection
+//!   without a user goes there too.
+//! - A filtered send crosses as the name of a filter the application registered
+//!   (`App::filter`) and its JSON argument; each instance binds it to its own
+//!   registration and runs it over its own connections. A closure filter cannot cross:
+//!   it stays on its instance (the `App` API refuses it in a cluster). A name a receiving
+//!   instance does not know is counted (`unknown_filters`) and logged at debug level.
 //! - Two connections per instance, each owned by one thread ([`bus`]): one publishes,
 //!   one is subscribed. Shards never wait on them: a publication enters a bounded queue,
 //!   and while that queue is full or Redis is down it is refused (counted; the sender
 //!   is told: HTTP 503, an `overloaded` error frame, a worker's call fails) and goes to
 //!   the local receivers only.
-//! - A publication crosses as its already-encoded frame behind a 17-byte envelope, and is
-//!   handed to the local shards as one shared frame.
+//! - A publication crosses as its already-encoded frame behind an 18-byte envelope
+//!   ([`envelope`]), and is handed to the local shards as one shared frame.
 //!
 //! - The members ([`members`]): each instance renews a summary of itself in Redis every
 //!   second with a TTL, so `/stats` counts the live instances and their connections.
 //!
-//! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code. So do presence and one-time tickets.
+//! Presence and one-time tickets stay local for now.
 
 mod bus;
+mod channels;
 mod envelope;
 mod health;
 mod members;
+mod nodeid;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,10 +49,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::ClusterSettings;
 use crate::error::Error;
 use crate::frame::SharedFrame;
-use crate::hub::{Hub, InboxFull, Remote, Target, Wanted};
+use crate::hub::{ConnId, Hub, InboxFull, NodeNumber, Remote, Target, Wanted};
 use crate::metrics::ClusterStats;
 use crate::sync::lock;
-use envelope::Channels;
+use channels::Channels;
 use health::Health;
 
 /// A delivery on its way to Redis.
@@ -51,8 +63,12 @@ struct Outbound {
 
 /// This instance's membership of a cluster: what the hub and the bus threads share.
 pub(crate) struct Cluster {
-    /// Tells this instance's publications from the others' (random per start).
+    /// Tells this instance's publications from the others' (random per start), and is
+    /// what it holds its node number under.
     node: u64,
+    /// The node number its connection ids carry: provisional until the publisher claims
+    /// it, then renewed every heartbeat (see [`nodeid`]); shared with the hub.
+    number: Arc<NodeNumber>,
     /// `--cluster-prefix`.
     prefix: String,
     channels: Channels,
@@ -78,11 +94,14 @@ impl Cluster {
     pub fn new(settings: &ClusterSettings, capacity: usize) -> Result<(Arc<Self>, Parts), Error> {
         let client = redis::Client::open(settings.redis.expose())
             .map_err(|e| Error::Config(format!("--redis {}: {e}", settings.redis)))?;
-        let node = getrandom::u64().map_err(|e| Error::Startup(std::io::Error::other(e.to_string())))?;
+        let random = || getrandom::u64().map_err(|e| Error::Startup(std::io::Error::other(e.to_string())));
+        let node = random()?;
+        let number = Arc::new(NodeNumber::new(nodeid::provisional(random()?)));
         let (queue, outbound) = crossbeam_channel::bounded(capacity);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
+            number,
             prefix: settings.prefix.clone(),
             channels: Channels::new(&settings.prefix),
             queue,
@@ -114,7 +133,13 @@ impl Cluster {
 
 impl Remote for Cluster {
     fn publish(&self, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull> {
-        if matches!(target, Target::Conn(_) | Target::Filtered(_)) {
+        let own = match target {
+            Target::Conn(id) => id.node() == self.number.get(),
+            Target::User(user) => ConnId::parse(user).is_some_and(|id| id.node() == self.number.get()),
+            Target::Filtered(filter) => filter.wire().is_none(),
+            _ => false,
+        };
+        if own {
             return Ok(());
         }
         // Down: refused here, so nothing queues up for a Redis that is not there.
@@ -128,6 +153,10 @@ impl Remote for Cluster {
             return Err(InboxFull);
         }
         Ok(())
+    }
+
+    fn node(&self) -> &Arc<NodeNumber> {
+        &self.number
     }
 
     fn wanted(&self) -> &Arc<Wanted> {
@@ -150,6 +179,8 @@ impl Remote for Cluster {
             queue_depth: self.queue.len(),
             wanted: self.wanted.len(),
             channels: health.channels.load(Ordering::Relaxed),
+            node: self.number.get(),
+            unknown_filters: health.unknown_filters.load(Ordering::Relaxed),
         }
     }
 
