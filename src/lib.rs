@@ -15,15 +15,20 @@
 //!   durations and sizes, the TLS certificate.
 //! - `hub`: where a message goes. The [`Hub`] handle routes a delivery (a topic, everyone,
 //!   a user, a connection, a filter) to the shards that hold receivers, through each
-//!   shard's inbox; a shard's topic tables and batches; the [`Handler`] hook and the
-//!   [`Context`] it acts through.
+//!   shard's inbox; connection ids ([`ConnId`]: node number, shard, slot, generation);
+//!   filters (closures, or named ones an [`App`] registers, which cross instances); a
+//!   shard's topic tables and batches; the [`Handler`] hook and the [`Context`] it acts
+//!   through.
 //! - `cluster`: several instances acting as one over Redis (`--redis`). The hub's routing
 //!   seam hands it what other instances may hold receivers of (topic publications,
-//!   broadcasts, sends to a user); two bus threads, each with one Redis connection,
-//!   publish those (already-encoded frame plus a small envelope) and subscribe the
-//!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes. Shards never wait on Redis. Each instance also renews an entry among the
-//!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
+//!   broadcasts, sends to a user or to another instance's connection id, named filters);
+//!   two bus threads, each with one Redis connection, publish those (already-encoded
+//!   frame plus a small envelope) and subscribe the channels that local connections want
+//!   (and always everyone's and the instance's own), handing what arrives to the local
+//!   shards' inboxes. Shards never wait on Redis. Each instance claims a node number,
+//!   which its connection ids carry so they are unique across the cluster, and renews it
+//!   with an entry among the cluster's members (a heartbeat with a TTL), which `/stats`
+//!   counts.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
