@@ -60,11 +60,11 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// The live connection `id` names on this shard (node number, shard, slot and
-    /// generation all match).
+    /// The live connection `id` names on this shard: the whole id is compared (node
+    /// number, shard, slot, generation, and no bits past them).
     fn holds(&self, id: ConnId) -> Option<&Connection> {
         let conn = self.conns.get(id.slot())?;
-        (id.shard() == self.index && conn.node == id.node() && conn.generation == id.generation()).then_some(conn)
+        (ConnId::new(conn.node, self.index, id.slot(), conn.generation) == id).then_some(conn)
     }
 
     fn deliver_to_user(&mut self, user: &str, frame: &SharedFrame, now: Tick) {
