@@ -1,9 +1,8 @@
 //! The application API: an [`App`] registers handlers for custom event types (`on`),
 //! request methods (`on_request`) and named session filters (`filter`), and runs the hub
-//! protocol with them. Handlers may block
-//! (a database call), so they run on a small worker pool, never on a shard thread; what
-//! they send goes back through the shards' inboxes. Sits beside the messaging handler,
-//! which decodes frames and submits jobs here.
+//! protocol with them. Handlers may block (a database call), so they run on a small
+//! worker pool, never on a shard thread; what they send goes back through the shards'
+//! inboxes. Sits beside the messaging handler, which decodes frames and submits jobs here.
 
 use std::collections::HashMap;
 use std::fmt;
