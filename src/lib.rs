@@ -15,19 +15,23 @@
 //!   durations and sizes, the TLS certificate.
 //! - `hub`: where a message goes. The [`Hub`] handle routes a delivery (a topic, everyone,
 //!   a user, a connection, a filter) to the shards that hold receivers, through each
-//!   shard's inbox; a shard's topic tables and batches; the [`Handler`] hook and the
-//!   [`Context`] it acts through.
+//!   shard's inbox; connection ids ([`ConnId`]: node number, shard, slot, generation);
+//!   filters (closures, or named ones an [`App`] registers, which cross instances); a
+//!   shard's topic tables and batches; the [`Handler`] hook and the [`Context`] it acts
+//!   through.
 //! - `cluster`: several instances acting as one over Redis (`--redis`). The hub's routing
 //!   seam hands it what other instances may hold receivers of (topic publications,
-//!   broadcasts, sends to a user); bus threads, each with one Redis connection,
-//!   publish those (already-encoded frame plus a small envelope) and subscribe the
-//!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes; a third runs the questions whose answer comes back later (a cluster-wide
-//!   `presence`, routed back to the connection that asked). Shards never wait on Redis.
-//!   Each instance also renews an entry among the cluster's members (a heartbeat with a
-//!   TTL, a summary that `/stats` sums) and keeps its topics' local subscribers in Redis
-//!   (only what changed, from the publisher thread), which presence reads for the live
-//!   instances only.
+//!   broadcasts, sends to a user or to another instance's connection id, named filters);
+//!   bus threads, each with one Redis connection, publish those (already-encoded frame
+//!   plus a small envelope) and subscribe the channels that local connections want (and
+//!   always everyone's and the instance's own), handing what arrives to the local
+//!   shards' inboxes; a third runs the questions whose answer comes back later (a
+//!   cluster-wide `presence`, routed back to the connection that asked). Shards never
+//!   wait on Redis. Each instance claims a node number, which its connection ids carry
+//!   so they are unique across the cluster, and renews it with an entry among the
+//!   cluster's members (a heartbeat with a TTL, a summary that `/stats` sums); it keeps
+//!   its topics' local subscribers in Redis (only what changed, from the publisher
+//!   thread), which presence reads for the live instances only.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
@@ -72,7 +76,9 @@ pub use http::{HttpResponse, PlainRequest};
 #[doc(hidden)]
 pub use hub::bench::Tables as BenchTables;
 pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
-pub use hub::{ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session, SubscribeError, Target};
+pub use hub::{
+    ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session, SubscribeError, Target, UnknownFilter,
+};
 pub use metrics::{ClusterStats, Counters, InstanceStats, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

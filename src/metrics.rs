@@ -61,8 +61,8 @@ pub struct ClusterStats {
     /// Live instances in the cluster, this one included, as of the last heartbeat (an
     /// instance that stops renewing its entry drops out within 3 s).
     pub instances: usize,
-    /// This instance's id among them (as in `members`).
-    pub node: String,
+    /// This instance's id among them (as in `members`; random per start).
+    pub id: String,
     /// Connections held by all of them, as of the last heartbeat (each instance's
     /// `connections` summed).
     pub connections: usize,
@@ -97,8 +97,14 @@ pub struct ClusterStats {
     pub queue_depth: usize,
     /// Topics and users some local connection wants from the cluster.
     pub wanted: usize,
-    /// Redis channels subscribed (the broadcast channel included).
+    /// Redis channels subscribed (the broadcast channel and this instance's own included).
     pub channels: usize,
+    /// This instance's node number, which its connection ids carry (provisional until
+    /// Redis is first reached).
+    pub node: u16,
+    /// Filtered sends from other instances that named a filter this one has not
+    /// registered (every instance must register the same `App::filter`s).
+    pub unknown_filters: u64,
 }
 
 /// Running totals of one shard (or, summed, of the server) since it started.
@@ -194,6 +200,8 @@ pub fn prometheus(stats: &Stats) -> String {
         out.counter("wshub_redis_dropped_total", dropped, cluster.dropped);
         out.single("wshub_redis_queue_depth", "Publications waiting to be sent to Redis.", cluster.queue_depth as u64);
         out.single("wshub_redis_channels", "Redis channels subscribed.", cluster.channels as u64);
+        let unknown = "Filtered sends from other instances through a filter not registered here.";
+        out.counter("wshub_cluster_unknown_filters_total", unknown, cluster.unknown_filters);
         out.single(
             "wshub_cluster_instances",
             "Live instances in the cluster, this one included.",

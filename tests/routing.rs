@@ -1,6 +1,7 @@
 //! Deliveries across shards over real sockets: broadcast, per-user and per-connection
-//! sends reach exactly who they should, once; many connections spread over shards; a
-//! slow reader is evicted without holding anyone else back.
+//! sends reach exactly who they should, once (an id of another node, or with bits past
+//! 53, reaches nobody); many connections spread over shards; a slow reader is evicted
+//! without holding anyone else back.
 
 mod common;
 
@@ -111,6 +112,11 @@ fn a_connection_send_crosses_shards_and_stale_ids_match_nobody() {
     eventually("connection released", || server.connection_count() == 15);
     let mut newcomer = join(addr, "/");
     server.hub().send_to(wshub::ConnId::from_u64(target), Message::text("stale")).unwrap();
+    // A live connection's id with another instance's node number, or with bits past the
+    // 53 an id has: neither is that connection.
+    let live = peers[0].id;
+    server.hub().send_to(wshub::ConnId::from_u64(live | 1 << 43), Message::text("node 1")).unwrap();
+    server.hub().send_to(wshub::ConnId::from_u64(live | 1 << 53), Message::text("past 53 bits")).unwrap();
     server.hub().broadcast(Message::text("marker")).unwrap();
     for peer in peers.iter_mut().chain([&mut newcomer]) {
         assert_eq!(next_text(&mut peer.client), "marker", "the stale id reached nobody");

@@ -1,8 +1,8 @@
-//! The application API: an [`App`] registers handlers for custom event types (`on`) and
-//! request methods (`on_request`), and runs the hub protocol with them. Handlers may block
-//! (a database call), so they run on a small worker pool, never on a shard thread; what
-//! they send goes back through the shards' inboxes. Sits beside the messaging handler,
-//! which decodes frames and submits jobs here.
+//! The application API: an [`App`] registers handlers for custom event types (`on`),
+//! request methods (`on_request`) and named session filters (`filter`), and runs the hub
+//! protocol with them. Handlers may block (a database call), so they run on a small
+//! worker pool, never on a shard thread; what they send goes back through the shards'
+//! inboxes. Sits beside the messaging handler, which decodes frames and submits jobs here.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::engine::{self, Server};
 use crate::error::Error;
 use crate::hub::handler::Context;
-use crate::hub::{ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session};
+use crate::hub::{ConnId, Filter, Filters, Hub, InboxFull, Presence, PresenceError, Session};
 use crate::protocol::{self, BuiltInMethod, BuiltInType, ErrorCode};
 
 type EventHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<(), AppError> + Send + Sync>;
@@ -51,6 +51,8 @@ type RequestHandler = Arc<dyn Fn(&mut AppContext<'_>, Value) -> Result<Value, Ap
 pub struct App {
     events: HashMap<String, EventHandler>,
     requests: HashMap<String, RequestHandler>,
+    /// Handed to the hub when the server starts, which binds sends through them.
+    filters: Filters,
     workers: usize,
 }
 
@@ -62,7 +64,7 @@ impl Default for App {
 
 impl App {
     pub fn new() -> Self {
-        App { events: HashMap::new(), requests: HashMap::new(), workers: 4 }
+        App { events: HashMap::new(), requests: HashMap::new(), filters: Filters::default(), workers: 4 }
     }
 
     /// Handles client frames of type `event` (`{"type": event, "data": ...}`). On `Ok` the
@@ -93,6 +95,20 @@ impl App {
         self
     }
 
+    /// Registers a session filter under `name`, for [`AppContext::send_to_filter`] and
+    /// [`Hub::filter`]: it gets each connection's session data and the argument the send
+    /// names. A send through it crosses to the other instances of a cluster as the name
+    /// and the argument, and each runs its own registration over its own connections, so
+    /// every instance must register the same filters (they run the same application). A
+    /// later registration under the same name replaces the earlier one.
+    pub fn filter<F>(mut self, name: &str, filter: F) -> Self
+    where
+        F: Fn(&Session, &Value) -> bool + Send + Sync + 'static,
+    {
+        self.filters.insert(name, Arc::new(filter));
+        self
+    }
+
     /// Worker threads for the handlers (default 4).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -100,17 +116,19 @@ impl App {
     }
 
     /// Starts the server in the background (see [`start`](crate::start)).
-    pub fn start(self, config: Config) -> Result<Server, Error> {
+    pub fn start(mut self, config: Config) -> Result<Server, Error> {
+        let filters = std::mem::take(&mut self.filters);
         let core = self.into_core();
         let (rate, burst) = (config.max_messages_per_second, config.message_burst);
-        engine::start(config, move |_| Messaging::new(core.clone(), rate, burst))
+        engine::start_with(config, filters, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
     /// Runs the server until SIGINT or SIGTERM (see [`run`](crate::run)).
-    pub fn run(self, config: Config) -> Result<(), Error> {
+    pub fn run(mut self, config: Config) -> Result<(), Error> {
+        let filters = std::mem::take(&mut self.filters);
         let core = self.into_core();
         let (rate, burst) = (config.max_messages_per_second, config.message_burst);
-        engine::run(config, move |_| Messaging::new(core.clone(), rate, burst))
+        engine::run_with(config, filters, move |_| Messaging::new(core.clone(), rate, burst))
     }
 
     fn into_core(self) -> Arc<AppCore> {
@@ -259,13 +277,31 @@ impl AppContext<'_> {
         Ok(self.hub.send_to_user(user, self.delivery(data)?)?)
     }
 
-    /// Sends `data` to every connection whose session data satisfies `filter`.
+    /// Sends `data` to every connection whose session data satisfies `filter`, a closure.
+    /// A closure cannot cross to other instances: in a cluster this fails
+    /// (`local_filter`) rather than quietly reach this instance only; register the filter
+    /// with [`App::filter`] and use [`send_to_filter`](Self::send_to_filter).
     pub fn send_filtered(
         &self,
         filter: impl Fn(&Session) -> bool + Send + Sync + 'static,
         data: &impl Serialize,
     ) -> Result<(), AppError> {
-        let filter: Filter = Arc::new(filter);
+        if self.hub.is_clustered() {
+            let why = "a closure filter cannot reach the cluster's other instances; register it with App::filter \
+                       and send with send_to_filter";
+            return Err(AppError::new("local_filter", why));
+        }
+        Ok(self.hub.send_filtered(Filter::local(filter), self.delivery(data)?)?)
+    }
+
+    /// Sends `data` to every connection, on every instance of a cluster, whose session
+    /// data the filter registered as `filter` ([`App::filter`]) accepts with `arg`. An
+    /// unregistered name fails (`unknown_filter`).
+    pub fn send_to_filter(&self, filter: &str, arg: &impl Serialize, data: &impl Serialize) -> Result<(), AppError> {
+        let filter = self
+            .hub
+            .filter(filter, serde_json::to_value(arg)?)
+            .map_err(|unknown| AppError::new("unknown_filter", unknown.to_string()))?;
         Ok(self.hub.send_filtered(filter, self.delivery(data)?)?)
     }
 

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, TryRecvError};
 use redis::{Client, Connection, PubSub, RedisResult};
 
+use super::channels::Arrival;
 use super::envelope;
 use super::health::Link;
 use super::members::{self, HEARTBEAT};
 use super::presence::Writer;
-use super::{Cluster, Outbound};
-use crate::hub::{Hub, Origin, Want};
+use super::{nodeid, Cluster, Outbound};
+use crate::hub::{Hub, Origin, Target, Want};
 use crate::sync::lock;
 
 /// Publications sent in one pipelined round trip at most.
@@ -78,14 +79,23 @@ pub(super) fn connect(client: &Client) -> RedisResult<Connection> {
 /// found dead before a batch went out is replaced and the batch sent on the new one;
 /// a batch whose send failed, and what is queued when no connection can be made, are
 /// dropped and counted.
-/// Between batches it also renews this instance's entry among the cluster's members,
-/// and writes what changed of its presence.
+/// On each connection it first claims this instance's node number; between batches it
+/// renews that and its entry among the cluster's members, and writes what changed of
+/// its presence.
 pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Receiver<Outbound>, stop: Receiver<()>) {
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut presence = Writer::new();
+    // Every node number was held at the last try (logged once until that changes).
+    let mut crowded = false;
     loop {
-        let mut connection = match connect(&client) {
+        // The node number before anything else: the bus counts as up (and /health says
+        // ok) only once the ids minted from now on are the cluster's alone.
+        let connected = connect(&client).and_then(|mut connection| {
+            nodeid::hold(&mut connection, cluster.keys.prefix(), cluster.node, &cluster.number, &mut crowded)?;
+            Ok(connection)
+        });
+        let mut connection = match connected {
             Ok(connection) => connection,
             Err(e) => {
                 cluster.health.down(Link::Publish, &e.to_string());
@@ -109,9 +119,9 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
                 select! {
                     recv(queue) -> item => match item {
                         Ok(item) => batch.push(item),
-                        Err(_) => return members::leave(&mut connection, &cluster.keys),
+                        Err(_) => return leave(&mut connection, &cluster),
                     },
-                    recv(stop) -> _ => return members::leave(&mut connection, &cluster.keys),
+                    recv(stop) -> _ => return leave(&mut connection, &cluster),
                     default(TICK) => {}
                 }
                 batch.extend(queue.try_iter().take(MAX_BATCH - batch.len()));
@@ -127,7 +137,10 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
             }
             if beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                 let own = members::Summary::of(&hub, &cluster.wanted);
-                match members::beat(&mut connection, &cluster.keys, &own) {
+                let renewed =
+                    nodeid::hold(&mut connection, cluster.keys.prefix(), cluster.node, &cluster.number, &mut crowded)
+                        .and_then(|()| members::beat(&mut connection, &cluster.keys, &own));
+                match renewed {
                     Ok(beat) => {
                         if beat.rejoined {
                             presence.rewrite();
@@ -152,9 +165,10 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
                 continue;
             }
             let mut pipe = redis::pipe();
+            let own = cluster.number.get();
             for Outbound { target, frame } in batch.iter() {
-                if let Some(channel) = cluster.channels.of(target) {
-                    pipe.cmd("PUBLISH").arg(channel).arg(envelope::encode(cluster.node, target, frame)).ignore();
+                for (channel, addressee) in cluster.channels.routes(target, own) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(envelope::encode(cluster.node, &addressee, frame)).ignore();
                 }
             }
             let sent = batch.len() as u64;
@@ -172,13 +186,20 @@ pub(super) fn publish(cluster: Arc<Cluster>, client: Client, hub: Hub, queue: Re
     }
 }
 
+/// Leaves the cluster on a clean shutdown: frees the node number and the member entry.
+fn leave(connection: &mut Connection, cluster: &Cluster) {
+    nodeid::release(connection, cluster.keys.prefix(), cluster.node, &cluster.number);
+    members::leave(connection, &cluster.keys);
+}
+
 /// The subscriber thread: until stopped, holds the wanted channels and delivers.
 pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: Receiver<()>) {
     let mut backoff = Backoff::new();
     loop {
         let lost = match connect(&client) {
             Ok(mut connection) => {
-                let mut listener = Listener { cluster: &cluster, hub: &hub, subscribed: HashSet::new() };
+                let mut listener =
+                    Listener { cluster: &cluster, hub: &hub, subscribed: HashSet::new(), number: cluster.number.get() };
                 match listener.serve(&mut connection, &stop, &mut backoff) {
                     Ok(()) => return,
                     Err(e) => e,
@@ -197,7 +218,12 @@ struct Listener<'a> {
     cluster: &'a Cluster,
     hub: &'a Hub,
     subscribed: HashSet<Want>,
+    /// The node number whose channel is subscribed (it follows the instance's).
+    number: u16,
 }
+
+/// Channels held whatever local connections want: everyone's and this instance's.
+const ALWAYS: usize = 2;
 
 impl Listener<'_> {
     /// Subscribes what is wanted and delivers until stopped (`Ok`) or the connection is
@@ -205,11 +231,11 @@ impl Listener<'_> {
     fn serve(&mut self, connection: &mut Connection, stop: &Receiver<()>, backoff: &mut Backoff) -> RedisResult<()> {
         let mut pubsub = connection.as_pubsub();
         let everything = self.cluster.wanted.all();
-        let mut channels = vec![self.cluster.channels.everyone()];
+        let mut channels = vec![self.cluster.channels.everyone(), self.cluster.channels.node(self.number)];
         channels.extend(everything.iter().map(|want| self.cluster.channels.of_want(want)));
         command(&mut pubsub, Command::Subscribe, &channels)?;
         self.subscribed.extend(everything);
-        self.cluster.health.channels.store(self.subscribed.len() + 1, Ordering::Relaxed);
+        self.cluster.health.channels.store(self.subscribed.len() + ALWAYS, Ordering::Relaxed);
         self.cluster.health.up(Link::Subscribe);
         backoff.reset();
         pubsub.set_read_timeout(Some(POLL))?;
@@ -237,22 +263,30 @@ impl Listener<'_> {
     }
 
     /// Subscribes the channels local connections came to want, unsubscribes those no
-    /// longer wanted: one command per kind for all changes since the last look.
+    /// longer wanted: one command per kind for all changes since the last look. The node
+    /// channel follows the instance's node number when the publisher had to move it.
     fn apply_changes(&mut self, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
         let changes = self.cluster.wanted.changes(&self.subscribed);
-        if changes.gained.is_empty() && changes.lost.is_empty() {
+        let number = self.cluster.number.get();
+        if changes.gained.is_empty() && changes.lost.is_empty() && number == self.number {
             return Ok(());
         }
         let names = |wants: &[Want]| wants.iter().map(|want| self.cluster.channels.of_want(want)).collect::<Vec<_>>();
+        let (mut gained, mut lost) = (names(&changes.gained), names(&changes.lost));
+        if number != self.number {
+            gained.push(self.cluster.channels.node(number));
+            lost.push(self.cluster.channels.node(self.number));
+            self.number = number;
+        }
         pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        command(pubsub, Command::Subscribe, &names(&changes.gained))?;
-        command(pubsub, Command::Unsubscribe, &names(&changes.lost))?;
+        command(pubsub, Command::Subscribe, &gained)?;
+        command(pubsub, Command::Unsubscribe, &lost)?;
         pubsub.set_read_timeout(Some(POLL))?;
         self.subscribed.extend(changes.gained);
         for want in &changes.lost {
             self.subscribed.remove(want);
         }
-        self.cluster.health.channels.store(self.subscribed.len() + 1, Ordering::Relaxed);
+        self.cluster.health.channels.store(self.subscribed.len() + ALWAYS, Ordering::Relaxed);
         Ok(())
     }
 
@@ -266,7 +300,21 @@ impl Listener<'_> {
         if received.node == self.cluster.node {
             return;
         }
-        let Some(target) = self.cluster.channels.target(channel, || received.data()) else { return };
+        let target = match self.cluster.channels.arrival(channel, &received) {
+            Some(Arrival::Target(target)) => target,
+            Some(Arrival::Filter { name, arg }) => match self.hub.filters().bind_json(name, arg) {
+                Ok(filter) => Target::Filtered(filter),
+                Err(unknown) => {
+                    self.cluster.health.unknown_filters.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("cluster: ignoring a filtered send from another instance: {unknown} here");
+                    return;
+                }
+            },
+            None => {
+                log::debug!("cluster: ignoring a publication on {channel} whose envelope it does not carry");
+                return;
+            }
+        };
         self.cluster.health.received.fetch_add(1, Ordering::Relaxed);
         // A full inbox is counted by that shard; the other shards still get it.
         let _ = self.hub.route_from(Origin::Cluster, &target, &received.frame());

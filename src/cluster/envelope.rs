@@ -1,91 +1,81 @@
-//! What crosses Redis: the channel a delivery goes to (which names its target) and the
-//! payload, the already-encoded WebSocket frame behind a small envelope. Free of I/O.
+//! What crosses Redis: the payload of a publication, the already-encoded WebSocket frame
+//! behind a small envelope that says who it is for where its channel does not
+//! ([`channels`](super::channels) names the channels). Free of I/O.
 //!
-//! Channels (`P` is `--cluster-prefix`): `P:all` for broadcasts, `P:t:TOPIC` for a
-//! topic's publications, `P:u:USER` for sends to a user.
+//! Envelope, 18 bytes then the frame: a version byte, the sending instance's random id
+//! (u64 LE, so an instance skips its own publications), the kind of addressee (a byte),
+//! and where the addressee's data lies (u32 LE start, u32 LE length):
 //!
-//! Envelope, 17 bytes then the frame: a version byte, the sending instance's node id
-//! (u64 LE, so an instance skips its own publications), and where a topic publication's
-//! payload lies (u32 LE start, u32 LE length). A receiving shard that batches the topic
-//! needs the payload alone; it is found inside the frame, where the hub protocol's
-//! `message` frame has it (near the end), so it crosses Redis once. Start `u32::MAX`:
-//! the frame does not contain it, and the payload comes inline before the frame.
+//! - `CHANNEL`: the channel names the target (a topic, a user, everyone). A topic's
+//!   payload is its data: a receiving shard that batches the topic needs the payload
+//!   alone. It is found inside the frame, where the hub protocol's `message` frame has it
+//!   (near the end), so it crosses Redis once; start `u32::MAX`: the frame does not
+//!   contain it, and it comes inline, before the frame.
+//! - `CONN`: one connection on the instance whose node channel this is; the data (inline)
+//!   is its id, u64 LE.
+//! - `ANONYMOUS`: a send to a user whose name is the id (u64 LE, inline) of a connection
+//!   without a user on that instance.
+//! - `FILTER`: the connections a named filter picks, on every instance; the data
+//!   (inline) is the name's length (u16 LE), the name, and the argument's JSON.
 
 use std::sync::Arc;
 
 use crate::frame::SharedFrame;
-use crate::hub::{Target, Want};
+use crate::hub::ConnId;
 
-const VERSION: u8 = 1;
-const HEADER: usize = 17;
+const VERSION: u8 = 2;
+const HEADER: usize = 18;
 const INLINE: u32 = u32::MAX;
 /// How far from the frame's end its payload is looked for: the `message` frame has it
 /// ~21 bytes from the end (`,"ts":<13 digits>}`), so this only bounds a frame without it.
 const SEARCH: usize = 256;
 
-/// The channel names of one cluster.
-#[derive(Debug, Clone)]
-pub(crate) struct Channels {
-    /// `P:`.
-    prefix: String,
+const CHANNEL: u8 = 0;
+const CONN: u8 = 1;
+const ANONYMOUS: u8 = 2;
+const FILTER: u8 = 3;
+
+/// Who a publication is for, beyond what its channel says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addressee<'a> {
+    /// What the channel names; a topic publication's payload (empty otherwise).
+    Channel { payload: &'a [u8] },
+    /// One connection.
+    Conn(ConnId),
+    /// The connection without a user whose id a user send named.
+    Anonymous(ConnId),
+    /// A named filter and its argument (JSON text).
+    Filter { name: &'a str, arg: &'a str },
 }
 
-impl Channels {
-    pub fn new(prefix: &str) -> Self {
-        Channels { prefix: format!("{prefix}:") }
-    }
-
-    pub fn everyone(&self) -> String {
-        format!("{}all", self.prefix)
-    }
-
-    pub fn of_want(&self, want: &Want) -> String {
-        match want {
-            Want::Topic(topic) => format!("{}t:{topic}", self.prefix),
-            Want::User(user) => format!("{}u:{user}", self.prefix),
-        }
-    }
-
-    /// The channel of a delivery that other instances may hold receivers of; `None` for
-    /// the targets only this instance can resolve (a connection id, a filter).
-    pub fn of(&self, target: &Target) -> Option<String> {
-        match target {
-            Target::Topic { topic, .. } => Some(self.of_want(&Want::Topic(topic.clone()))),
-            Target::User(user) => Some(self.of_want(&Want::User(user.clone()))),
-            Target::Everyone => Some(self.everyone()),
-            Target::Conn(_) | Target::Filtered(_) => None,
-        }
-    }
-
-    /// The target a publication on `channel` is for; a topic's needs its payload.
-    pub fn target(&self, channel: &str, data: impl FnOnce() -> Option<Arc<str>>) -> Option<Target> {
-        let name = channel.strip_prefix(&self.prefix)?;
-        if name == "all" {
-            return Some(Target::Everyone);
-        }
-        if let Some(topic) = name.strip_prefix("t:") {
-            return Some(Target::Topic { topic: topic.into(), data: data()? });
-        }
-        name.strip_prefix("u:").map(|user| Target::User(user.into()))
-    }
-}
-
-/// A publication as it crosses Redis.
-pub(crate) fn encode(node: u64, target: &Target, frame: &SharedFrame) -> Vec<u8> {
+/// A publication as it crosses Redis, from the instance whose random id is `node`.
+pub(crate) fn encode(node: u64, addressee: &Addressee<'_>, frame: &SharedFrame) -> Vec<u8> {
     let bytes = frame.as_bytes();
-    let data = match target {
-        Target::Topic { data, .. } => data.as_bytes(),
-        _ => &[],
+    let (kind, data): (u8, Vec<u8>) = match *addressee {
+        Addressee::Channel { payload } => (CHANNEL, payload.to_vec()),
+        Addressee::Conn(id) => (CONN, id.as_u64().to_le_bytes().to_vec()),
+        Addressee::Anonymous(id) => (ANONYMOUS, id.as_u64().to_le_bytes().to_vec()),
+        Addressee::Filter { name, arg } => {
+            // Names are registered by the application; one past 64 KiB is cut rather than
+            // mis-framed (it then matches no registration on arrival).
+            let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+            let mut data = Vec::with_capacity(2 + name.len() + arg.len());
+            data.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            data.extend_from_slice(name);
+            data.extend_from_slice(arg.as_bytes());
+            (FILTER, data)
+        }
     };
-    let start = locate(bytes, data);
+    let start = if kind == CHANNEL { locate(bytes, &data) } else { None };
     let inline = if start.is_none() { data.len() } else { 0 };
     let mut out = Vec::with_capacity(HEADER + inline + bytes.len());
     out.push(VERSION);
     out.extend_from_slice(&node.to_le_bytes());
+    out.push(kind);
     out.extend_from_slice(&start.map_or(INLINE, |at| at as u32).to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     if start.is_none() {
-        out.extend_from_slice(data);
+        out.extend_from_slice(&data);
     }
     out.extend_from_slice(bytes);
     out
@@ -94,15 +84,19 @@ pub(crate) fn encode(node: u64, target: &Target, frame: &SharedFrame) -> Vec<u8>
 /// A publication received from Redis.
 #[derive(Debug)]
 pub(crate) struct Received<'a> {
+    /// The sending instance's random id.
     pub node: u64,
-    /// A topic publication's payload alone (empty for other targets).
-    pub data: &'a [u8],
+    pub addressee: Addressee<'a>,
     pub frame: &'a [u8],
 }
 
 impl Received<'_> {
-    pub fn data(&self) -> Option<Arc<str>> {
-        std::str::from_utf8(self.data).ok().map(Arc::from)
+    /// A topic publication's payload as text (`None` if it is not UTF-8).
+    pub fn payload(&self) -> Option<Arc<str>> {
+        match self.addressee {
+            Addressee::Channel { payload } => std::str::from_utf8(payload).ok().map(Arc::from),
+            _ => None,
+        }
     }
 
     pub fn frame(&self) -> SharedFrame {
@@ -110,21 +104,35 @@ impl Received<'_> {
     }
 }
 
-/// Reads an envelope; `None` if it is not one (another version, or cut short).
+/// Reads an envelope; `None` if it is not one (another version, an unknown kind, or cut
+/// short).
 pub(crate) fn decode(payload: &[u8]) -> Option<Received<'_>> {
     if payload.len() < HEADER || payload[0] != VERSION {
         return None;
     }
     let word = |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().expect("4 bytes"));
     let node = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
-    let (start, len) = (word(9), word(13) as usize);
+    let (kind, start, len) = (payload[9], word(10), word(14) as usize);
     let rest = &payload[HEADER..];
     let (data, frame) = if start == INLINE {
         (rest.get(..len)?, &rest[len..])
     } else {
         (rest.get(start as usize..(start as usize).checked_add(len)?)?, rest)
     };
-    Some(Received { node, data, frame })
+    let id = || Some(ConnId::from_u64(u64::from_le_bytes(data.try_into().ok()?)));
+    let addressee = match kind {
+        CHANNEL => Addressee::Channel { payload: data },
+        CONN => Addressee::Conn(id()?),
+        ANONYMOUS => Addressee::Anonymous(id()?),
+        FILTER => {
+            let name_len = u16::from_le_bytes(data.get(..2)?.try_into().ok()?) as usize;
+            let name = std::str::from_utf8(data.get(2..2 + name_len)?).ok()?;
+            let arg = std::str::from_utf8(&data[2 + name_len..]).ok()?;
+            Addressee::Filter { name, arg }
+        }
+        _ => return None,
+    };
+    Some(Received { node, addressee, frame })
 }
 
 /// Where `data` lies within the last bytes of `frame`.
@@ -139,8 +147,8 @@ mod tests {
     use crate::protocol;
     use serde_json::value::RawValue;
 
-    fn topic(data: &str) -> Target {
-        Target::Topic { topic: "room".into(), data: data.into() }
+    fn topic(payload: &str) -> Addressee<'_> {
+        Addressee::Channel { payload: payload.as_bytes() }
     }
 
     #[test]
@@ -150,8 +158,9 @@ mod tests {
         let bytes = encode(7, &topic(data.get()), &frame);
         assert_eq!(bytes.len(), HEADER + frame.len(), "the payload is not sent twice");
         let received = decode(&bytes).unwrap();
-        assert_eq!((received.node, received.data, received.frame), (7, data.get().as_bytes(), frame.as_bytes()));
+        assert_eq!((received.node, received.addressee, received.frame), (7, topic(data.get()), frame.as_bytes()));
         assert_eq!(received.frame(), frame);
+        assert_eq!(received.payload().as_deref(), Some(data.get()));
     }
 
     #[test]
@@ -159,10 +168,30 @@ mod tests {
         let frame = SharedFrame::text("other");
         let bytes = encode(1, &topic("42"), &frame);
         let received = decode(&bytes).unwrap();
-        assert_eq!((received.data, received.frame), (&b"42"[..], frame.as_bytes()));
-        let bytes = encode(u64::MAX, &Target::Everyone, &frame);
+        assert_eq!((received.addressee, received.frame), (topic("42"), frame.as_bytes()));
+        let bytes = encode(u64::MAX, &topic(""), &frame);
         let everyone = decode(&bytes).unwrap();
-        assert_eq!((everyone.node, everyone.data, everyone.frame), (u64::MAX, &b""[..], frame.as_bytes()));
+        assert_eq!((everyone.node, everyone.addressee, everyone.frame), (u64::MAX, topic(""), frame.as_bytes()));
+    }
+
+    #[test]
+    fn connection_ids_and_named_filters_cross_inline_before_the_frame() {
+        // "ann" also ends the frame: only a topic's payload is looked for there.
+        let frame = SharedFrame::text(r#"{"to":"ann"}"#);
+        let id = ConnId::new(1023, 63, 5, 9);
+        for addressee in [
+            Addressee::Conn(id),
+            Addressee::Anonymous(id),
+            Addressee::Filter { name: "lang", arg: r#""fr""# },
+            Addressee::Filter { name: "", arg: "" },
+        ] {
+            let bytes = encode(3, &addressee, &frame);
+            let received = decode(&bytes).unwrap();
+            assert_eq!((received.node, received.addressee, received.frame), (3, addressee, frame.as_bytes()));
+            assert_eq!(received.payload(), None);
+        }
+        let bytes = encode(3, &Addressee::Filter { name: "lang", arg: "1" }, &frame);
+        assert_eq!(bytes.len(), HEADER + 2 + 4 + 1 + frame.len());
     }
 
     #[test]
@@ -171,26 +200,20 @@ mod tests {
         assert!(decode(&bytes[..HEADER - 1]).is_none());
         assert!(decode(&bytes[..HEADER + 1]).is_none(), "inline payload cut short");
         let mut other = bytes.clone();
-        other[0] = 2;
-        assert!(decode(&other).is_none());
-        let mut past = encode(1, &Target::Everyone, &SharedFrame::text("x"));
-        past[9..13].copy_from_slice(&5u32.to_le_bytes());
-        past[13..17].copy_from_slice(&9u32.to_le_bytes());
+        other[0] = 1;
+        assert!(decode(&other).is_none(), "the version before named no addressee");
+        let mut unknown = bytes.clone();
+        unknown[9] = 9;
+        assert!(decode(&unknown).is_none(), "an unknown kind");
+        let mut past = encode(1, &topic(""), &SharedFrame::text("x"));
+        past[10..14].copy_from_slice(&5u32.to_le_bytes());
+        past[14..18].copy_from_slice(&9u32.to_le_bytes());
         assert!(decode(&past).is_none(), "a range past the frame");
-    }
-
-    #[test]
-    fn channels_name_their_targets_and_back() {
-        let channels = Channels::new("eu");
-        assert_eq!(channels.of(&topic("1")).as_deref(), Some("eu:t:room"));
-        assert_eq!(channels.of(&Target::User("ann".into())).as_deref(), Some("eu:u:ann"));
-        assert_eq!(channels.of(&Target::Everyone).as_deref(), Some("eu:all"));
-        assert_eq!(channels.of(&Target::Conn(crate::hub::ConnId::from_u64(5))), None);
-        let data = || Some(Arc::from("1"));
-        assert!(matches!(channels.target("eu:t:a:b", data), Some(Target::Topic { topic, .. }) if &*topic == "a:b"));
-        assert!(matches!(channels.target("eu:u:ann", data), Some(Target::User(user)) if &*user == "ann"));
-        assert!(matches!(channels.target("eu:all", data), Some(Target::Everyone)));
-        assert!(channels.target("us:all", data).is_none(), "another cluster's");
-        assert!(channels.target("eu:t:room", || None).is_none(), "a topic's payload is not text");
+        let mut short_id = encode(1, &Addressee::Conn(ConnId::from_u64(5)), &SharedFrame::text("x"));
+        short_id[14..18].copy_from_slice(&7u32.to_le_bytes());
+        assert!(decode(&short_id).is_none(), "an id of 7 bytes");
+        let mut long_name = encode(1, &Addressee::Filter { name: "ab", arg: "1" }, &SharedFrame::text("x"));
+        long_name[HEADER..HEADER + 2].copy_from_slice(&9u16.to_le_bytes());
+        assert!(decode(&long_name).is_none(), "a name past its data");
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Health {
     pub received: AtomicU64,
     pub refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// Filtered sends from other instances through a filter name not registered here.
+    pub unknown_filters: AtomicU64,
     /// Channels the subscribed link holds.
     pub channels: AtomicUsize,
     /// Set when the subscribed link is lost: the publishing one, which only notices when

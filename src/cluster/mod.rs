@@ -4,19 +4,30 @@
 //! back to the hub, as from [`Origin::Cluster`](crate::hub::Origin), which never goes
 //! back to Redis.
 //!
-//! - One Redis channel per topic, per user, and one for broadcasts ([`envelope`]). An
-//!   instance subscribes a topic's or a user's channel only while a local connection has
-//!   the topic or is the user (counted across shards by the hub's `Wanted`), so it
-//!   receives only what some local connection wants; the changes of a moment go out as
-//!   one SUBSCRIBE and one UNSUBSCRIBE.
+//! - One Redis channel per topic, per user, per instance, and one for everyone
+//!   ([`channels`]). An instance subscribes a topic's or a user's channel only while a
+//!   local connection has the topic or is the user (counted across shards by the hub's
+//!   `Wanted`), so it receives only what some local connection wants; the changes of a
+//!   moment go out as one SUBSCRIBE and one UNSUBSCRIBE. It always holds the channel for
+//!   everyone (broadcasts, named filters) and its own instance's (sends to its
+//!   connection ids).
+//! - Connection ids are unique across the cluster: each carries its instance's node
+//!   number, which the instance claims in Redis ([`nodeid`]), so a send to an id goes to
+//!   that instance's channel only. A send to a user whose name is the id of a connection
+//!   without a user goes there too.
+//! - A filtered send crosses as the name of a filter the application registered
+//!   (`App::filter`) and its JSON argument; each instance binds it to its own
+//!   registration and runs it over its own connections. A closure filter cannot cross:
+//!   it stays on its instance (the `App` API refuses it in a cluster). A name a receiving
+//!   instance does not know is counted (`unknown_filters`) and logged at debug level.
 //! - Three connections per instance, each owned by one thread: one publishes and one is
 //!   subscribed ([`bus`]); one answers questions someone waits for ([`ask`]: presence,
 //!   tickets), each job handing its answer back itself. Shards never wait on them: a publication enters a bounded queue,
 //!   and while that queue is full or Redis is down it is refused (counted; the sender
 //!   is told: HTTP 503, an `overloaded` error frame, a worker's call fails) and goes to
 //!   the local receivers only.
-//! - A publication crosses as its already-encoded frame behind a 17-byte envelope, and is
-//!   handed to the local shards as one shared frame.
+//! - A publication crosses as its already-encoded frame behind an 18-byte envelope
+//!   ([`envelope`]), and is handed to the local shards as one shared frame.
 //!
 //! - The members ([`members`]): each instance renews a summary of itself in Redis every
 //!   second with a TTL, so `/stats` counts the live instances and sums their
@@ -26,14 +37,15 @@
 //!   `presence` question reads the live instances' entries on the ask thread, and an
 //!   instance whose heartbeat expired is left out, then pruned with its entries.
 //!
-//! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code. So do one-time tickets.
+//! One-time tickets stay local for now.
 
 mod ask;
 mod bus;
+mod channels;
 mod envelope;
 mod health;
 mod members;
+mod nodeid;
 mod presence;
 
 use std::sync::atomic::Ordering;
@@ -45,10 +57,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::ClusterSettings;
 use crate::error::Error;
 use crate::frame::SharedFrame;
-use crate::hub::{Hub, InboxFull, PresenceAnswer, Remote, Target, Wanted};
+use crate::hub::{ConnId, Hub, InboxFull, NodeNumber, PresenceAnswer, Remote, Target, Wanted};
 use crate::metrics::{ClusterStats, InstanceStats};
 use crate::sync::lock;
-use envelope::Channels;
+use channels::Channels;
 use health::Health;
 
 /// A delivery on its way to Redis.
@@ -59,10 +71,14 @@ struct Outbound {
 
 /// This instance's membership of a cluster: what the hub and the bus threads share.
 pub(crate) struct Cluster {
-    /// Tells this instance's publications from the others' (random per start).
+    /// Tells this instance's publications from the others' (random per start), and is
+    /// what it holds its node number under.
     node: u64,
     /// The Redis keys of the members and their presence (under `--cluster-prefix`).
     keys: presence::Keys,
+    /// The node number its connection ids carry: provisional until the publisher claims
+    /// it, then renewed every heartbeat (see [`nodeid`]); shared with the hub.
+    number: Arc<NodeNumber>,
     channels: Channels,
     queue: Sender<Outbound>,
     wanted: Arc<Wanted>,
@@ -89,13 +105,16 @@ impl Cluster {
     pub fn new(settings: &ClusterSettings, capacity: usize) -> Result<(Arc<Self>, Parts), Error> {
         let client = redis::Client::open(settings.redis.expose())
             .map_err(|e| Error::Config(format!("--redis {}: {e}", settings.redis)))?;
-        let node = getrandom::u64().map_err(|e| Error::Startup(std::io::Error::other(e.to_string())))?;
+        let random = || getrandom::u64().map_err(|e| Error::Startup(std::io::Error::other(e.to_string())));
+        let node = random()?;
+        let number = Arc::new(NodeNumber::new(nodeid::provisional(random()?)));
         let (queue, outbound) = crossbeam_channel::bounded(capacity);
         let (asks, questions) = crossbeam_channel::bounded(ask::CAPACITY);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let cluster = Cluster {
             node,
             keys: presence::Keys::new(&settings.prefix, node),
+            number,
             channels: Channels::new(&settings.prefix),
             queue,
             wanted: Arc::default(),
@@ -132,7 +151,13 @@ impl Cluster {
 
 impl Remote for Cluster {
     fn publish(&self, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull> {
-        if matches!(target, Target::Conn(_) | Target::Filtered(_)) {
+        let own = match target {
+            Target::Conn(id) => id.node() == self.number.get(),
+            Target::User(user) => ConnId::parse(user).is_some_and(|id| id.node() == self.number.get()),
+            Target::Filtered(filter) => filter.wire().is_none(),
+            _ => false,
+        };
+        if own {
             return Ok(());
         }
         // Down: refused here, so nothing queues up for a Redis that is not there.
@@ -146,6 +171,10 @@ impl Remote for Cluster {
             return Err(InboxFull);
         }
         Ok(())
+    }
+
+    fn node(&self) -> &Arc<NodeNumber> {
+        &self.number
     }
 
     fn wanted(&self) -> &Arc<Wanted> {
@@ -176,7 +205,7 @@ impl Remote for Cluster {
             messages_in: totals.messages_in,
             messages_out: totals.messages_out,
             members: members.collect(),
-            node: self.keys.own_id().to_string(),
+            id: self.keys.own_id().to_string(),
             redis_up: health.all_up(),
             down_reason: health.reason(),
             reconnects: health.reconnects.load(Ordering::Relaxed),
@@ -187,6 +216,8 @@ impl Remote for Cluster {
             queue_depth: self.queue.len(),
             wanted: self.wanted.len(),
             channels: health.channels.load(Ordering::Relaxed),
+            node: self.number.get(),
+            unknown_filters: health.unknown_filters.load(Ordering::Relaxed),
         }
     }
 

@@ -72,6 +72,11 @@ impl Keys {
         Keys { prefix: prefix.to_string(), own: node.to_string() }
     }
 
+    /// `--cluster-prefix`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn own_id(&self) -> &str {
         &self.own
     }

@@ -19,7 +19,7 @@ pub struct Cli {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "WSHUB_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
-    /// Poller threads [default: number of CPUs].
+    /// Poller threads, at most 64 [default: number of CPUs, at most 64].
     #[arg(long, env = "WSHUB_SHARDS")]
     pub shards: Option<usize>,
     /// Instead of the hub protocol: echo every message back to its sender (conformance

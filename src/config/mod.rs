@@ -23,7 +23,7 @@ pub struct Config {
     /// Address every shard's `SO_REUSEPORT` listener binds; port 0 picks a free port once
     /// and the other shards join it.
     pub listen: SocketAddr,
-    /// Number of poller threads. Each owns its listener, connections and timers.
+    /// Number of poller threads (1 to 64). Each owns its listener, connections and timers.
     pub shards: usize,
     /// A connection that has not completed its HTTP upgrade by then is dropped.
     pub handshake_timeout: Duration,
@@ -97,6 +97,10 @@ impl std::str::FromStr for BatchRule {
 }
 
 /// Defaults shared by [`Config::default`] and the CLI, so the two never drift apart.
+/// Shards one instance can run: a connection id names its shard in 6 bits (`ConnId`
+/// checks that the two agree). The default, one per core, is capped at it.
+pub(crate) const MAX_SHARDS: usize = 64;
+
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
     pub const HANDSHAKE_TIMEOUT: &str = "10s";
@@ -117,7 +121,7 @@ impl Default for Config {
         let duration = |text| parse_duration(text).expect("default durations parse");
         Config {
             listen: defaults::LISTEN.parse().expect("default address parses"),
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SHARDS),
             handshake_timeout: duration(defaults::HANDSHAKE_TIMEOUT),
             ping_interval: duration(defaults::PING_INTERVAL),
             idle_timeout: duration(defaults::IDLE_TIMEOUT),
@@ -144,8 +148,12 @@ impl Default for Config {
 impl Config {
     /// Rejects combinations the engine cannot honour, with a message an operator can act on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.shards == 0 || self.shards > 256 {
-            return Err(format!("--shards must be 1..=256, got {}", self.shards));
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(format!(
+                "--shards must be 1..={MAX_SHARDS} (a connection id has 6 bits for its shard), got {}; \
+                 run more instances for more cores",
+                self.shards
+            ));
         }
         if self.inbox_capacity == 0 {
             return Err("--inbox-capacity must be at least 1".into());
@@ -216,6 +224,14 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn shards_must_fit_a_connection_id() {
+        assert_eq!(Config { shards: MAX_SHARDS, ..Config::default() }.validate(), Ok(()));
+        let error = Config { shards: MAX_SHARDS + 1, ..Config::default() }.validate().unwrap_err();
+        assert!(error.starts_with("--shards must be 1..=64"), "{error}");
+        assert!(Config { shards: 0, ..Config::default() }.validate().is_err());
     }
 
     #[test]

@@ -12,3 +12,4 @@ mod wire;
 
 pub(crate) use limits::{RateLimiter, RateVerdict};
 pub use server::{run, start, Server};
+pub(crate) use server::{run_with, start_with};

@@ -21,7 +21,7 @@ use crate::engine::limits::PerIp;
 use crate::engine::shard::{Shard, Shared, WAKER};
 use crate::error::Error;
 use crate::hub::handler::Handler;
-use crate::hub::{inbox, Hub, Remote};
+use crate::hub::{inbox, Filters, Hub, Remote};
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -40,6 +40,16 @@ pub struct Server {
 /// Starts a server in the background: binds, spawns the shards and returns at once.
 /// `make_handler` builds one handler per shard (it gets the shard index).
 pub fn start<H, F>(config: Config, make_handler: F) -> Result<Server, Error>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+{
+    start_with(config, Filters::default(), make_handler)
+}
+
+/// [`start`] with the application's named filters, which deliveries from other
+/// instances of a cluster name.
+pub(crate) fn start_with<H, F>(config: Config, filters: Filters, make_handler: F) -> Result<Server, Error>
 where
     H: Handler,
     F: Fn(usize) -> H,
@@ -74,7 +84,8 @@ where
         Some(settings) => Some(Cluster::new(settings, config.inbox_capacity)?),
         None => None,
     };
-    let hub = Hub::new(inboxes, cluster.as_ref().map(|(cluster, _)| cluster.clone() as Arc<dyn Remote>));
+    let remote = cluster.as_ref().map(|(cluster, _)| cluster.clone() as Arc<dyn Remote>);
+    let hub = Hub::new(inboxes, remote, filters);
     let gate = Arc::new(Gate::new(&config.auth));
     let per_ip = (config.max_connections_per_ip > 0).then(|| PerIp::new(config.max_connections_per_ip));
     let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate, per_ip });
@@ -104,12 +115,21 @@ where
     H: Handler,
     F: Fn(usize) -> H,
 {
+    run_with(config, Filters::default(), make_handler)
+}
+
+/// [`run`] with the application's named filters (see [`start_with`]).
+pub(crate) fn run_with<H, F>(config: Config, filters: Filters, make_handler: F) -> Result<(), Error>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+{
     let shards = config.shards;
     let tls = config.tls.is_some();
     // Before accepting: once connections arrive they may take every descriptor left.
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(Error::Startup)?;
     let signal_handle = signals.handle();
-    let server = start(config, make_handler)?;
+    let server = start_with(config, filters, make_handler)?;
     let scheme = if tls { "wss" } else { "ws" };
     log::info!("wshub listening on {scheme}://{} with {shards} shard(s)", server.local_addr());
     let hub = server.hub();

@@ -39,7 +39,7 @@ impl Tables {
     }
 
     fn id(key: usize) -> ConnId {
-        ConnId::new(0, key, 1)
+        ConnId::new(0, 0, key, 1)
     }
 
     /// A connection at `key` completed its upgrade (as `admit`).

@@ -189,7 +189,8 @@ impl<'a> Context<'a> {
         self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame))
     }
 
-    /// Sends `message` to every open connection whose session data satisfies `filter`.
+    /// Sends `message` to every open connection whose session data satisfies `filter` (on
+    /// every instance for a named filter: see [`Hub::send_filtered`]).
     pub fn send_filtered(&mut self, filter: Filter, message: Message) -> Result<(), InboxFull> {
         self.route(Target::Filtered(filter), message)
     }
@@ -301,7 +302,7 @@ mod tests {
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
         };
-        let mut cx = Context::new(ConnId::new(0, 2, 3), Some(&user), &mut effects, &mut routing);
+        let mut cx = Context::new(ConnId::new(0, 0, 2, 3), Some(&user), &mut effects, &mut routing);
         Echo.on_message(&mut cx, Message::text("hi"));
         Relay.on_message(&mut cx, Message::text("all"));
         assert_eq!(cx.user(), Some("ann"));
@@ -320,11 +321,11 @@ mod tests {
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
         };
-        let mut cx = Context::new(ConnId::new(0, 5, 1), None, &mut effects, &mut routing);
+        let mut cx = Context::new(ConnId::new(0, 0, 5, 1), None, &mut effects, &mut routing);
         assert_eq!(cx.subscribe("room"), Ok(true));
         assert_eq!(cx.subscribe("room"), Ok(false));
         assert_eq!(cx.subscribe("other"), Err(SubscribeError::TooMany));
-        let id = ConnId::new(0, 5, 1).to_string();
+        let id = ConnId::new(0, 0, 5, 1).to_string();
         assert_eq!(hub.presence("room").users, vec![id]);
         cx.set("lang", serde_json::json!("fi"));
         assert_eq!(cx.get("lang"), Some(serde_json::json!("fi")));

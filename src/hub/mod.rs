@@ -11,10 +11,12 @@
 pub(crate) mod batch;
 #[doc(hidden)]
 pub mod bench;
+mod filter;
 pub(crate) mod handler;
 mod id;
 pub(crate) mod inbox;
 mod keys;
+mod node;
 mod presence;
 mod remote;
 pub(crate) mod topics;
@@ -23,9 +25,12 @@ mod wanted;
 
 mod shared;
 
+pub(crate) use filter::Filters;
+pub use filter::{Filter, UnknownFilter};
 pub use id::ConnId;
 pub use inbox::InboxFull;
 pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+pub(crate) use node::NodeNumber;
 pub(crate) use presence::PresenceAnswer;
 pub use presence::{Presence, PresenceError};
 pub(crate) use remote::Remote;
@@ -46,12 +51,9 @@ pub use topics::SubscribeError;
 /// A connection's session data: whatever the application stores with `set`.
 pub type Session = serde_json::Map<String, serde_json::Value>;
 
-/// A predicate over session data, for `send_filtered`; runs on each shard's thread.
-pub type Filter = Arc<dyn Fn(&Session) -> bool + Send + Sync>;
-
 /// Who a frame is for. Every delivery names one, whatever its source (a client's frame,
 /// an application handler, the HTTP API, a timer), and goes through [`Hub::route`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// The subscribers of `topic`. `data` is the payload alone, without the frame's
     /// envelope: shards that deliver the topic in batches wrap many payloads in one frame.
@@ -60,9 +62,11 @@ pub enum Target {
     Everyone,
     /// Every connection of this user. A connection without a user goes by its id.
     User(Arc<str>),
-    /// One connection, if it still exists (a stale id matches nothing).
+    /// One connection, if it still exists (a stale id matches nothing), on whichever
+    /// instance of the cluster holds it.
     Conn(ConnId),
-    /// Every open connection whose session data the filter accepts.
+    /// Every open connection whose session data the filter accepts: on every instance
+    /// for a named filter, on this one for a closure ([`Filter::local`]).
     Filtered(Filter),
 }
 
@@ -88,13 +92,18 @@ pub struct Hub {
     started: Instant,
     /// The other instances, when the server is part of a cluster.
     remote: Option<Arc<dyn Remote>>,
+    /// The node number this instance's connection ids carry: the cluster's claim, or 0.
+    node: Arc<NodeNumber>,
+    /// The application's named filters, which deliveries from other instances name.
+    filters: Arc<Filters>,
 }
 
 impl Hub {
-    pub(crate) fn new(shards: Vec<ShardInbox>, remote: Option<Arc<dyn Remote>>) -> Self {
+    pub(crate) fn new(shards: Vec<ShardInbox>, remote: Option<Arc<dyn Remote>>, filters: Filters) -> Self {
         let wanted = remote.as_ref().map(|remote| remote.wanted().clone());
+        let node = remote.as_ref().map_or_else(Arc::default, |remote| remote.node().clone());
         let shared = (0..shards.len()).map(|_| ShardShared::new(wanted.clone())).collect();
-        Hub { shards: shards.into(), shared, started: Instant::now(), remote }
+        Hub { shards: shards.into(), shared, started: Instant::now(), remote, node, filters: Arc::new(filters) }
     }
 
     /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
@@ -110,7 +119,27 @@ impl Hub {
         // One poll per waker (mio allows a single waker per poll); a waker outlives its poll.
         let waker = || mio::Waker::new(mio::Poll::new().expect("poll").registry(), mio::Token(0)).expect("waker");
         let (inboxes, receivers) = (0..shards).map(|_| inbox(waker(), capacity)).unzip();
-        (Hub::new(inboxes, None), receivers)
+        (Hub::new(inboxes, None, Filters::default()), receivers)
+    }
+
+    /// This instance's node number, which new connection ids take.
+    pub(crate) fn node(&self) -> &NodeNumber {
+        &self.node
+    }
+
+    pub(crate) fn filters(&self) -> &Filters {
+        &self.filters
+    }
+
+    /// Whether the server is part of a cluster (`--redis`).
+    pub fn is_clustered(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The filter registered as `name` (`App::filter`), bound to `arg`: a send through it
+    /// reaches the matching connections on every instance of a cluster.
+    pub fn filter(&self, name: &str, arg: serde_json::Value) -> Result<Filter, UnknownFilter> {
+        self.filters.bind(name, arg)
     }
 
     pub(crate) fn shared(&self, index: usize) -> &ShardShared {
@@ -161,13 +190,16 @@ impl Hub {
             // A subscriber acknowledged before this check is in the topic table (the shard
             // records it before queueing the ack), so skipping cannot lose its messages.
             Target::Topic { topic, .. } => lock(&shared.topics).has_topic(topic),
-            Target::User(user) => {
-                let by_id = user.parse::<u64>().is_ok_and(|raw| ConnId::from_u64(raw).shard() == index);
-                by_id || lock(&shared.users).contains(user)
-            }
-            Target::Conn(conn) => conn.shard() == index,
+            Target::User(user) => self.holds(ConnId::parse(user), index) || lock(&shared.users).contains(user),
+            Target::Conn(conn) => self.holds(Some(*conn), index),
             Target::Everyone | Target::Filtered(_) => true,
         }
+    }
+
+    /// Whether `conn` would be on shard `index` of this instance (its node number is this
+    /// instance's, its shard that one).
+    fn holds(&self, conn: Option<ConnId>, index: usize) -> bool {
+        conn.is_some_and(|conn| conn.node() == self.node.get() && conn.shard() == index)
     }
 
     /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
@@ -187,12 +219,14 @@ impl Hub {
     }
 
     /// Sends `message` to every connection of `user`, on any shard. A connection without
-    /// a user goes by its connection id, which names its shard.
+    /// a user goes by its connection id, which names its instance and shard.
     pub fn send_to_user(&self, user: &str, message: Message) -> Result<(), InboxFull> {
         self.route(Target::User(user.into()), message)
     }
 
-    /// Sends `message` to every open connection whose session data satisfies `filter`.
+    /// Sends `message` to every open connection whose session data satisfies `filter`: on
+    /// every instance of a cluster for a named filter ([`Hub::filter`]), on this one for
+    /// a closure ([`Filter::local`]).
     pub fn send_filtered(&self, filter: Filter, message: Message) -> Result<(), InboxFull> {
         self.route(Target::Filtered(filter), message)
     }
@@ -224,9 +258,13 @@ mod tests {
         hub.send_to_user("ann", Message::text("hi")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 1, 0]);
         // A connection id names its shard.
-        hub.send_to_user(&ConnId::new(2, 7, 1).to_string(), Message::text("by id")).unwrap();
+        hub.send_to_user(&ConnId::new(0, 2, 7, 1).to_string(), Message::text("by id")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 1, 1]);
         hub.send_to_user("nobody", Message::text("lost")).unwrap();
+        assert_eq!(hub.inbox_depths(), [0, 1, 1]);
+        // Another instance's connection: none of this one's shards (node 0 here).
+        hub.send_to_user(&ConnId::new(3, 2, 7, 1).to_string(), Message::text("elsewhere")).unwrap();
+        hub.send_to(ConnId::new(3, 1, 7, 1), Message::text("elsewhere")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 1, 1]);
     }
 
@@ -237,11 +275,11 @@ mod tests {
         let topic = Target::Topic { topic: "room".into(), data: "1".into() };
         hub.route(topic.clone(), Message::text("t")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 0, 1], "only the shard with a subscriber");
-        hub.route(Target::Conn(ConnId::new(1, 3, 9)), Message::text("c")).unwrap();
+        hub.route(Target::Conn(ConnId::new(0, 1, 3, 9)), Message::text("c")).unwrap();
         assert_eq!(hub.inbox_depths(), [0, 1, 1], "only the connection's shard");
         hub.route(Target::Everyone, Message::text("e")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 2, 2]);
-        let filter: Filter = Arc::new(|_| true);
+        let filter = Filter::local(|_| true);
         hub.route_from(Origin::Shard(0), &Target::Filtered(filter), &SharedFrame::text("f")).unwrap();
         assert_eq!(hub.inbox_depths(), [1, 3, 3], "the origin shard delivers its own part");
         hub.route_from(Origin::Shard(2), &topic, &SharedFrame::text("t")).unwrap();

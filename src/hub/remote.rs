@@ -8,15 +8,19 @@
 use std::sync::Arc;
 
 use super::wanted::Wanted;
-use super::{Hub, InboxFull, PresenceAnswer, Target};
+use super::{Hub, InboxFull, NodeNumber, PresenceAnswer, Target};
 use crate::frame::SharedFrame;
 use crate::metrics::ClusterStats;
 
 pub(crate) trait Remote: Send + Sync {
     /// Hands `frame` for `target` to the other instances, without waiting: `Err` when
     /// they will miss it (counted by the implementation), so the sender can be told.
-    /// Targets that only this instance can hold are ignored.
+    /// Targets that only this instance can hold (its own connection ids, a closure
+    /// filter) are ignored.
     fn publish(&self, target: &Target, frame: &SharedFrame) -> Result<(), InboxFull>;
+
+    /// This instance's node number, which the implementation claims among the others.
+    fn node(&self) -> &Arc<NodeNumber>;
 
     /// The topics and users local connections want from the other instances.
     fn wanted(&self) -> &Arc<Wanted>;

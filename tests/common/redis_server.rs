@@ -93,6 +93,11 @@ impl RedisServer {
         keys
     }
 
+    /// A string key's value (`None` when there is none).
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.query(::redis::cmd("GET").arg(key)).expect("GET")
+    }
+
     fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> ::redis::RedisResult<T> {
         let client = ::redis::Client::open(self.url())?;
         let mut connection = client.get_connection_with_timeout(PATIENCE)?;

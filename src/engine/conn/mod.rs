@@ -208,13 +208,18 @@ pub(crate) struct Connection<T = Wire> {
     /// When its current timer entry is due; entries due at another tick are stale.
     pub timer_at: Tick,
     flags: u16,
+    /// The node number its id carries: the instance's when it was accepted (the instance
+    /// may move to another number later, see `hub::NodeNumber`).
+    pub node: u16,
 }
 
 impl<T: Transport> Connection<T> {
     /// A freshly accepted socket; its first timer entry is due at `handshake_deadline`.
     /// `refused`: it cannot be served (a TLS session could not start): it is shut and
     /// read until EOF, never served in plaintext.
-    pub fn accepted(mut wire: T, refused: bool, generation: u32, now: Tick, handshake_deadline: Tick) -> Self {
+    /// `id`: the node number and generation its connection id carries.
+    pub fn accepted(mut wire: T, refused: bool, id: (u16, u32), now: Tick, handshake_deadline: Tick) -> Self {
+        let (node, generation) = id;
         let handshake = if refused {
             wire.shutdown_both();
             Handshake::lingering()
@@ -233,6 +238,7 @@ impl<T: Transport> Connection<T> {
             last_ping: now,
             timer_at: handshake_deadline,
             flags: 0,
+            node,
         }
     }
 

@@ -125,7 +125,7 @@ impl Shard {
     /// A connection that has completed its upgrade, its 101 already read by the peer.
     fn open(&mut self) -> Connection<Pipe> {
         let pipe = Pipe { window: usize::MAX, ..Pipe::default() };
-        let mut conn = Connection::accepted(pipe, false, 0, 0, self.limits.handshake);
+        let mut conn = Connection::accepted(pipe, false, (0, 0), 0, self.limits.handshake);
         conn.wire.from_peer.extend(
             b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",

@@ -66,6 +66,8 @@ impl<H: Handler> Shard<H> {
             return;
         }
         let generation = self.next_generation;
+        // The node number now, not when the id is next needed: it may change meanwhile.
+        let node = self.routing.hub.node().mint();
         self.next_generation = (self.next_generation + 1) & ConnId::GENERATION_MASK;
         self.routing.hub.shared(self.index).connections.fetch_add(1, Ordering::AcqRel);
         let at = now + self.io.limits.handshake;
@@ -79,7 +81,7 @@ impl<H: Handler> Shard<H> {
             }
         };
         let wire = Wire::new(tcp, tls);
-        let conn = entry.insert(Connection::accepted(wire, refused, generation, now, at));
+        let conn = entry.insert(Connection::accepted(wire, refused, (node, generation), now, at));
         self.timers.schedule(Entry { key: key as u32, generation, at });
         // Counted per address only once admitted, so `remove` releases exactly what was taken.
         let ip_refused = match &self.shared.per_ip {

@@ -7,7 +7,7 @@ use std::mem;
 
 use super::Shard;
 use crate::clock::Tick;
-use crate::engine::conn::Delivery;
+use crate::engine::conn::{Connection, Delivery};
 use crate::frame::SharedFrame;
 use crate::hub::batch::Hold;
 use crate::hub::handler::Handler;
@@ -25,8 +25,7 @@ impl<H: Handler> Shard<H> {
             },
             Target::Everyone => self.broadcast_local(frame, now),
             Target::User(user) => self.deliver_to_user(user, frame, now),
-            Target::Conn(id) if id.shard() == self.index => self.deliver_to_id(*id, frame, now),
-            Target::Conn(_) => {}
+            Target::Conn(id) => self.deliver_to_id(*id, frame, now),
             Target::Filtered(filter) => self.filtered_local(filter, frame, now),
         }
     }
@@ -48,7 +47,7 @@ impl<H: Handler> Shard<H> {
             log::warn!(
                 "shard {}: evicting slow consumer {} (over {} bytes pending), close 1008",
                 self.index,
-                ConnId::new(self.index, key, conn.generation),
+                ConnId::new(conn.node, self.index, key, conn.generation),
                 self.shared.config.max_pending_bytes
             );
         }
@@ -56,10 +55,16 @@ impl<H: Handler> Shard<H> {
     }
 
     fn deliver_to_id(&mut self, id: ConnId, frame: &SharedFrame, now: Tick) {
-        let live = self.conns.get(id.slot()).is_some_and(|conn| conn.generation == id.generation());
-        if live {
+        if self.holds(id).is_some() {
             self.deliver(id.slot(), frame, now);
         }
+    }
+
+    /// The live connection `id` names on this shard: the whole id is compared (node
+    /// number, shard, slot, generation, and no bits past them).
+    fn holds(&self, id: ConnId) -> Option<&Connection> {
+        let conn = self.conns.get(id.slot())?;
+        (ConnId::new(conn.node, self.index, id.slot(), conn.generation) == id).then_some(conn)
     }
 
     fn deliver_to_user(&mut self, user: &str, frame: &SharedFrame, now: Tick) {
@@ -82,9 +87,8 @@ impl<H: Handler> Shard<H> {
 
     /// The local connection whose id is `name`, if it has no user of its own.
     fn anonymous_conn(&self, name: &str) -> Option<usize> {
-        let id = ConnId::from_u64(name.parse().ok()?);
-        let conn = self.conns.get(id.slot())?;
-        (id.shard() == self.index && conn.generation == id.generation() && conn.user.is_none()).then_some(id.slot())
+        let id = ConnId::parse(name)?;
+        self.holds(id).is_some_and(|conn| conn.user.is_none()).then_some(id.slot())
     }
 
     fn deliver_to_topic(&mut self, topic: &str, frame: &SharedFrame, now: Tick) {
@@ -110,8 +114,7 @@ impl<H: Handler> Shard<H> {
         {
             let sessions = lock(&self.routing.hub.shared(self.index).sessions);
             for (id, session) in sessions.iter() {
-                let live = self.conns.get(id.slot()).is_some_and(|c| c.generation == id.generation() && c.is_open());
-                if live && filter(session) {
+                if self.holds(*id).is_some_and(|conn| conn.is_open()) && filter.matches(session) {
                     keys.push(id.slot());
                 }
             }

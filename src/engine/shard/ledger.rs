@@ -48,6 +48,6 @@ impl<H: Handler> Shard<H> {
         self.routing.grants.remove(&key);
         self.expiries.clear(key);
         lock(&shared.topics).remove_conn(key as u32);
-        lock(&shared.sessions).remove(&ConnId::new(self.index, key, conn.generation));
+        lock(&shared.sessions).remove(&ConnId::new(conn.node, self.index, key, conn.generation));
     }
 }

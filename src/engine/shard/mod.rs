@@ -283,7 +283,7 @@ impl<H: Handler> Shard<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 break;
             };
-            let id = ConnId::new(self.index, key, conn.generation);
+            let id = ConnId::new(conn.node, self.index, key, conn.generation);
             match item {
                 Incoming::Opened(admission) => {
                     self.admit(key, admission);
@@ -458,7 +458,7 @@ impl<H: Handler> Shard<H> {
             return;
         };
         if conn.was_opened() {
-            let id = ConnId::new(self.index, key, conn.generation);
+            let id = ConnId::new(conn.node, self.index, key, conn.generation);
             let mut cx = Context::new(id, conn.user.as_ref(), &mut self.effects, &mut self.routing);
             self.handler.on_close(&mut cx);
             self.apply_effects(key, now);
