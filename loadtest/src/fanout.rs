@@ -30,7 +30,7 @@ const MAX_UNSENT: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
-    pub url: WsUrl,
+    pub urls: Vec<WsUrl>,
     /// wss://: the TLS client settings.
     pub tls: Option<TlsClient>,
     pub protocol: Protocol,
@@ -122,7 +122,7 @@ struct Fanout<'a> {
 }
 
 pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> {
-    let mut net = Net::new(&cfg.url, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
+    let mut net = Net::new(&cfg.urls, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
     let subscribe = format!(r#"{{"type":"subscribe","topic":{},"id":1}}"#, serde_json::to_string(&cfg.topic)?);
     let mut fan = Fanout {
         cfg,
@@ -157,7 +157,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
                     eprintln!(
                         "wshub-load: the first connections to {} were all refused; is the server listening \
                          there? Not trying the other {rest}.",
-                        cfg.url.addr,
+                        cfg.urls[0].addr,
                     );
                     started = true;
                 }
@@ -179,7 +179,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
         // Nobody subscribed, or the parent gave up waiting for its workers.
         (ended_early, timed_out) = (true, Instant::now() > cfg.deadline);
     } else {
-        let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight);
+        let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight).first_target_only();
         let mut settle_from = None;
         let probe = cfg.server_pid.map(ServerProbe::start);
         let publish_start = Instant::now();

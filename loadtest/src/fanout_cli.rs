@@ -67,7 +67,10 @@ pub struct FanoutArgs {
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
     /// The server's process id, if it runs on this machine: the report then gives its
-    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID)
+    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID). With
+    /// several --url's, the first URL's server (the publishers'); its CPU per delivery then
+    /// divides by every delivery of the run, so read the other instances' figures from
+    /// /proc yourself (scripts/bench-cluster.sh does)
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -95,8 +98,9 @@ pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
         parent_run(args, tls, shares, deadline)?
     };
 
+    let urls_text = common.urls_text();
     let plan = Plan {
-        url: &common.url.original,
+        url: &urls_text,
         protocol: args.protocol.name(),
         topic: &args.topic,
         subscribers: n,
@@ -153,7 +157,7 @@ fn config(
     let default_rate = (args.protocol == Protocol::Raw).then_some(RAW_DEFAULT_RATE);
     let common = &args.common;
     FanoutConfig {
-        url: common.url.clone(),
+        urls: common.urls.clone(),
         tls,
         protocol: args.protocol,
         topic: args.topic.clone(),
@@ -299,7 +303,7 @@ fn parent_run(
         expected: args.common.connections * args.publishers * args.messages,
         deadline,
     };
-    let no_subscribers = Share { connections: 0, source_ips: Vec::new() };
+    let no_subscribers = Share { connections: 0, source_ips: Vec::new(), first: 0 };
     let cfg = config(args, tls, &no_subscribers, args.publishers, deadline, 0, Arc::new(AtomicBool::new(false)));
     let mut total = fanout::run(&cfg, &mut side).map_err(|e| e.to_string())?;
     side.display.clear();
