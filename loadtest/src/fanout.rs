@@ -35,6 +35,8 @@ pub struct FanoutConfig {
     pub tls: Option<TlsClient>,
     pub protocol: Protocol,
     pub topic: String,
+    /// Hub: publishers broadcast (subscribers still subscribe to `topic`, to know they are in).
+    pub broadcast: bool,
     /// Subscriber connections in this process.
     pub subscribers: u64,
     /// Publisher connections in this process (0 in a worker).
@@ -130,7 +132,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
         pubs: (0..cfg.publishers).map(|_| Pub::default()).collect(),
         per_sub: cfg.total_publishers * cfg.messages,
         subscribe_frame: subscribe.into_bytes(),
-        publisher: Publisher::new(&cfg.topic, cfg.size),
+        publisher: if cfg.broadcast { Publisher::broadcasting(cfg.size) } else { Publisher::new(&cfg.topic, cfg.size) },
         frame: String::new(),
         sub_deadlines: VecDeque::new(),
         to_close: Vec::new(),

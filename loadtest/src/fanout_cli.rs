@@ -53,6 +53,12 @@ pub struct FanoutArgs {
     /// Topic to subscribe and publish to (hub protocol)
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Hub protocol: publishers send `broadcast` (to every connection of the server, or of
+    /// the cluster) instead of `publish`; subscribers still subscribe to --topic first, so
+    /// the server has registered them before publishing starts. No one else may be
+    /// connected: they would get the broadcasts too, and the publishers get their own
+    #[arg(long)]
+    pub broadcast: bool,
     /// Messages per second over all publishers [default: hub: as fast as --window
     /// allows; raw: 20000]
     #[arg(long)]
@@ -136,6 +142,9 @@ fn validate(args: &FanoutArgs) -> Result<(), String> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number of messages per second".into());
     }
+    if args.broadcast && args.protocol != Protocol::Hub {
+        return Err("--broadcast is for the hub protocol (a relay sends everything to everyone anyway)".into());
+    }
     if args.window == Some(0) {
         return Err("--window must be at least 1".into());
     }
@@ -161,6 +170,7 @@ fn config(
         tls,
         protocol: args.protocol,
         topic: args.topic.clone(),
+        broadcast: args.broadcast,
         subscribers: share.connections,
         publishers,
         total_publishers: args.publishers,
