@@ -20,6 +20,8 @@
 #
 # Bounded: the load run has a timeout (ramp + SECONDS + 90 s); every process started here
 # (instances, Redis, the load and its workers, the sampler) is stopped on exit, by PID.
+# The CPU time each part used is reported too: on a shared machine the latency is the figure
+# that suffers, and these say how much CPU the run got against how much it needed.
 # LOAD_CONNECT_RATE (default 5000/s) and LOAD_PROCESSES (default: as few as the cap allows)
 # tune the load tool. Nothing is pinned: other work on the machine shares the CPUs, and the
 # summary prints the load average to say how much.
@@ -74,6 +76,12 @@ track_pid $!
 LIMIT=$((TOTAL / RATE + SECS + 90))
 PROCESS_ARGS=()
 [[ -n ${LOAD_PROCESSES:-} ]] && PROCESS_ARGS=(--processes "$LOAD_PROCESSES")
+# CPU over the load run: Redis, each instance (/proc/PID/stat), and the load tool with its
+# workers (the shell's children's times, which it is the only one reaped meanwhile).
+children_cpu_s() { times | tail -n 1 | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { print t }'; }
+INSTANCE_CPU0=()
+for pid in "${PIDS[@]}"; do INSTANCE_CPU0+=("$(cpu_ticks "$pid")"); done
+LOAD_CPU0=$(children_cpu_s)
 REDIS_CPU0=$(cpu_ticks "$REDIS_PID")
 redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
 LOAD_START=$SECONDS
@@ -83,6 +91,9 @@ timeout "$LIMIT" target/release/wshub-load fanout "${URLS[@]}" --broadcast --con
     --timeout "$((LIMIT - 10))s" --server-pid "${PIDS[0]}" --json >"$OUT/load.json" 2>"$OUT/load.err" || rc=$?
 LOAD_SECS=$((SECONDS - LOAD_START))
 REDIS_CPU1=$(cpu_ticks "$REDIS_PID")
+LOAD_CPU_S=$(python3 -c "print(round($(children_cpu_s) - $LOAD_CPU0, 2))")
+INSTANCE_TICKS=()
+for i in "${!PIDS[@]}"; do INSTANCE_TICKS+=("$(($(cpu_ticks "${PIDS[i]}") - INSTANCE_CPU0[i]))"); done
 PUBLISH=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_publish:' || true)
 HWM=() STATS=()
 for i in "${!PIDS[@]}"; do
@@ -93,10 +104,11 @@ printf '%s\n' "${STATS[@]}" >"$OUT/stats.jsonl"
 for pid in "${PIDS[@]}"; do stop_pid "$pid" 10; done
 
 python3 - "$OUT" "$INSTANCES" "$PER" "$SECS" "$rc" "$LOAD_SECS" "$((REDIS_CPU1 - REDIS_CPU0))" "$(getconf CLK_TCK)" \
-    "$PUBLISH" "${HWM[@]}" <<'PY'
+    "$PUBLISH" "$LOAD_CPU_S" "${INSTANCE_TICKS[*]}" "${HWM[@]}" <<'PY'
 import json, os, sys
 out, k, per, secs, rc, load_secs, redis_ticks, hz, publish = sys.argv[1], *map(int, sys.argv[2:9]), sys.argv[9]
-hwm = [int(h) for h in sys.argv[10:]]
+load_cpu_s, instance_cpu_s = float(sys.argv[10]), [int(t) / int(sys.argv[8]) for t in sys.argv[11].split()]
+hwm = [int(h) for h in sys.argv[12:]]
 lines = open(os.path.join(out, "load.json")).read().strip().splitlines()
 try:
     r = json.loads(lines[-1])
@@ -137,6 +149,12 @@ for i in range(k):
         sum(st.get("inbox_refused", [])) if st else "?", st.get("evictions", "?")))
 redis_ms = redis_ticks * 1000 / hz
 say("| Redis CPU over the whole load run (%d s: ramp, %d broadcasts, heartbeats) | %.0f ms (%.2f ms/s) |" % (load_secs, secs, redis_ms, redis_ms / max(load_secs, 1)))
+ours = load_cpu_s + sum(instance_cpu_s) + redis_ms / 1000
+say("| CPU over the load run: instances (each) / load tool / Redis / all | %s / %.1f / %.1f / %.1f s: %.2f of the %d CPUs' %d s |" % (
+    " + ".join("%.1f" % c for c in instance_cpu_s), load_cpu_s, redis_ms / 1000, ours, ours / (os.cpu_count() * max(load_secs, 1)),
+    os.cpu_count(), load_secs))
+if r is not None and r["received"]:
+    say("| CPU per delivery, everything this run started (connecting included) | %.1f µs |" % (ours * 1e6 / r["received"]))
 say("| Redis RSS, largest sample | %.1f MiB |" % (max((s[2] for s in samples), default=0) / 1024))
 say("| Redis PUBLISH (INFO commandstats over the run) | %s |" % (publish.split(":", 1)[1] if ":" in publish else "n/a"))
 open(os.path.join(out, "summary.md"), "w").write("\n".join(res) + "\n")
