@@ -15,11 +15,15 @@
 # burst of scripts/compare.sh): deliveries/s, p50/p99 latency (publish to receipt), loss.
 # Per run also, Redis's CPU per publication, two ways:
 #   - process: redis-server's used_cpu_user+sys (INFO cpu, µs) over the load run, less its
-#     idle rate (the instances' heartbeats, this script's INFO calls) measured over 2 s just
-#     before, ÷ publications. Everything Redis did for a publication: reading the pipelined
-#     PUBLISH, running it, writing it to every subscribed instance;
+#     idle rate (the instances' heartbeats, this script's INFO calls) measured over 3 s just
+#     after, with the same instances and connections, ÷ publications. Everything Redis did
+#     for a publication: reading the pipelined PUBLISH, running it, writing it to every
+#     subscribed instance. Shown only where it is larger than the idle CPU it is corrected
+#     for (else "noise"): that takes thousands of publications, e.g.
+#     CLUSTER_MESSAGES=20000 CLUSTER_NO_REDIS=0 scripts/bench-cluster.sh 3 30;
 #   - command: INFO commandstats' usec_per_call for PUBLISH (statistics reset before the
-#     run): the command alone, without the socket reads and writes.
+#     run): the command alone, without the socket reads and writes. It is wall time inside
+#     the command, so on a busy machine it includes time Redis was preempted.
 # And each instance's CPU over the run (/proc/PID/stat) and RSS after it (VmRSS; VmHWM is
 # its peak over its life, the ramp included).
 #
@@ -64,14 +68,10 @@ run() { # name instances redis(0|1) round
         start_wshub "$OUT/$name-$round-$i.log" --shards 1 "${redis_args[@]}"
         pids+=("$SERVER_PID") urls+=(--url "ws://127.0.0.1:$PORT/")
     done
-    # Every instance sees the others (heartbeats, one per second) before the load starts;
-    # meanwhile, Redis's idle CPU rate.
+    # Every instance sees the others (heartbeats, one per second) before the load starts.
     local idle0 idle1 idle_t0 idle_t1 t0 r0 r1 cpu0=() line
     if ((redis)); then
-        sleep 0.5
-        idle0=$(redis_cpu_us) idle_t0=$(now)
-        sleep 2
-        idle1=$(redis_cpu_us) idle_t1=$(now)
+        sleep 1.5
         redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
     fi
     for i in "${pids[@]}"; do cpu0+=("$(cpu_ticks "$i")"); done
@@ -80,32 +80,41 @@ run() { # name instances redis(0|1) round
         --messages "$MESSAGES" --size "$SIZE" --window "$WINDOW" --timeout 120s --server-pid "${pids[0]}" \
         --json 2>>"$OUT/load.log" | tail -n 1) || true
     r1=$(redis_cpu_us)
-    local idle_per_s=0 secs net=-1 cmd=""
+    local idle_per_s=0 secs net=-1 cmd="" gross=0
     if ((redis)); then
         secs=$(python3 -c "print($(now) - $t0)")
+        cmd=$(redis_publish_usec_per_call)
+        # Redis's idle rate with the same instances (connections closed by now).
+        idle0=$(redis_cpu_us) idle_t0=$(now)
+        sleep 3
+        idle1=$(redis_cpu_us) idle_t1=$(now)
         idle_per_s=$(python3 -c "print(round(($idle1 - $idle0) / ($idle_t1 - $idle_t0)))")
         net=$(python3 -c "print(max(0, round($r1 - $r0 - $idle_per_s * $secs)))")
-        cmd=$(redis_publish_usec_per_call)
+        gross=$((r1 - r0))
     fi
     local procs=()
     for i in "${!pids[@]}"; do
         procs+=("$(($(cpu_ticks "${pids[i]}") - cpu0[i])):$(proc_kib VmRSS "${pids[i]}"):$(proc_kib VmHWM "${pids[i]}")")
     done
     for i in "${pids[@]}"; do stop_pid "$i" 5; done
-    python3 - "$name" "$count" "$round" "$net" "$idle_per_s" "${cmd:-0}" "$(getconf CLK_TCK)" "$line" "${procs[@]}" >>"$RESULTS" <<'PY'
+    python3 - "$name" "$count" "$round" "$net" "$idle_per_s" "${cmd:-0}" "$(getconf CLK_TCK)" "$line" "$gross" "${procs[@]}" >>"$RESULTS" <<'PY'
 import json, sys
 name, count, rnd, redis_us, idle_per_s, cmd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-hz, line = int(sys.argv[7]), sys.argv[8]
+hz, line, gross = int(sys.argv[7]), sys.argv[8], int(sys.argv[9])
 try:
     r = json.loads(line)
 except ValueError:
     r = {"error": "no JSON from wshub-load: " + line[:200]}
 r.update(config=name, instances=count, round=rnd)
 r["instance_procs"] = [dict(zip(("cpu_ms", "rss_kib", "hwm_kib"), (int(t) * 1000 // hz, int(a), int(b))))
-                       for t, a, b in (p.split(":") for p in sys.argv[9:])]
+                       for t, a, b in (p.split(":") for p in sys.argv[10:])]
 if redis_us >= 0:
     r["redis_cpu_us"], r["redis_idle_us_per_s"], r["redis_publish_usec_per_call"] = redis_us, idle_per_s, cmd
-    r["redis_us_per_publication"] = redis_us / r["sent"] if r.get("sent") else None
+    r["redis_cpu_gross_us"] = gross
+    # The correction is an estimate: the figure means something only when the publications'
+    # own CPU is at least what was subtracted.
+    resolved = r.get("sent") and redis_us >= gross - redis_us
+    r["redis_us_per_publication"] = redis_us / r["sent"] if resolved else None
 print(json.dumps(r))
 PY
     tail -n 1 "$RESULTS" | python3 -c '
@@ -113,8 +122,9 @@ import json, sys
 r = json.loads(sys.stdin.read())
 if "error" in r: print("  %-9s round %d: %s" % (r["config"], r["round"], r["error"])); sys.exit()
 l = r["latency_us"]
-redis = "" if "redis_cpu_us" not in r else "  Redis %.2f us/publication (PUBLISH %.2f us; idle %d us/s)" % (
-    r["redis_us_per_publication"] or 0, r["redis_publish_usec_per_call"], r["redis_idle_us_per_s"])
+per = r.get("redis_us_per_publication")
+redis = "" if "redis_cpu_us" not in r else "  Redis %s us/publication (PUBLISH %.2f us; CPU %d us, idle %d us/s)" % (
+    "noise" if per is None else "%.2f" % per, r["redis_publish_usec_per_call"], r["redis_cpu_gross_us"], r["redis_idle_us_per_s"])
 print("  %-9s round %d: %6d subs, %d x %d B: %9.0f delivered/s  p50 %6.1f ms  p99 %6.1f ms  lost %d%s  RSS MiB %s" % (
     r["config"], r["round"], r["subscribed"], r["sent"], r["size"], r["delivered_per_sec"], l["p50"] / 1e3, l["p99"] / 1e3,
     r["lost"], redis, "/".join("%.1f" % (p["rss_kib"] / 1024) for p in r["instance_procs"])))'
@@ -152,7 +162,7 @@ for c in configs:
     say("| %s | %s | %s | %s | %d | %s | %s | %s | %s |" % (label[c], fmt(med(c, lambda r: r["delivered_per_sec"]), "{:,.0f}"),
         fmt(med(c, lambda r: r["latency_us"]["p50"] / 1e3), "%.1f"), fmt(med(c, lambda r: r["latency_us"]["p99"] / 1e3), "%.1f"),
         sum(r["lost"] for r in ok if r["config"] == c),
-        fmt(med(c, lambda r: r.get("redis_us_per_publication")), "%.2f"),
+        "n/a" if c == "no-redis" else fmt(med(c, lambda r: r.get("redis_us_per_publication")), "%.2f").replace("n/a", "noise"),
         fmt(med(c, lambda r: r.get("redis_publish_usec_per_call")), "%.2f"),
         fmt(med(c, lambda r: sum(p["cpu_ms"] for p in r["instance_procs"])), "%.0f"),
         " / ".join(fmt(v, "%.1f") for v in rss)))

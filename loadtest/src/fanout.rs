@@ -55,6 +55,8 @@ pub struct FanoutConfig {
     pub handshake_timeout: Duration,
     /// Round-robin source addresses for subscribers; empty lets the kernel choose.
     pub source_ips: Vec<Ipv4Addr>,
+    /// How long to wait, once every subscriber is in, before the publishers start.
+    pub settle: Duration,
     /// The whole run ends by then, complete or not.
     pub deadline: Instant,
     pub seed: u64,
@@ -181,6 +183,13 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
         // Nobody subscribed, or the parent gave up waiting for its workers.
         (ended_early, timed_out) = (true, Instant::now() > cfg.deadline);
     } else {
+        if cfg.publishers > 0 {
+            let settled = Instant::now() + cfg.settle;
+            while Instant::now() < settled && !stopped() {
+                side.tick(&fan.report, true);
+                net.poll(&mut fan, settled.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)))?;
+            }
+        }
         let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight).first_target_only();
         let mut settle_from = None;
         let probe = cfg.server_pid.map(ServerProbe::start);
