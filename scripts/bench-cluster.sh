@@ -168,7 +168,7 @@ for c in configs:
         " / ".join(fmt(v, "%.1f") for v in rss)))
 say()
 say("Unpinned: the instances, Redis and wshub-load share all %s CPUs. Redis CPU per publication, process:" % __import__("os").cpu_count())
-say("INFO cpu's used_cpu_user+sys over the load run less the idle rate measured just before, ÷ publications;")
+say("INFO cpu's used_cpu_user+sys over the load run less the idle rate measured just after, ÷ publications;")
 say("PUBLISH command: INFO commandstats usec_per_call. Load average at the end: %s." % " ".join(open("/proc/loadavg").read().split()[:3]))
 open(out, "w").write("\n".join(lines) + "\n")
 print("\nwritten: " + out)

@@ -78,10 +78,14 @@ PROCESS_ARGS=()
 [[ -n ${LOAD_PROCESSES:-} ]] && PROCESS_ARGS=(--processes "$LOAD_PROCESSES")
 # CPU over the load run: Redis, each instance (/proc/PID/stat), and the load tool with its
 # workers (the shell's children's times, which it is the only one reaped meanwhile).
-children_cpu_s() { times | tail -n 1 | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { print t }'; }
+# `times` must run in this shell, not in a $(...) subshell, whose children are not these.
+children_cpu_s() {
+    times >"$WORK/times"
+    tail -n 1 "$WORK/times" | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { print t }'
+}
 INSTANCE_CPU0=()
 for pid in "${PIDS[@]}"; do INSTANCE_CPU0+=("$(cpu_ticks "$pid")"); done
-LOAD_CPU0=$(children_cpu_s)
+children_cpu_s >"$WORK/load-cpu0"
 REDIS_CPU0=$(cpu_ticks "$REDIS_PID")
 redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
 LOAD_START=$SECONDS
@@ -91,7 +95,8 @@ timeout "$LIMIT" target/release/wshub-load fanout "${URLS[@]}" --broadcast --con
     --timeout "$((LIMIT - 10))s" --server-pid "${PIDS[0]}" --json >"$OUT/load.json" 2>"$OUT/load.err" || rc=$?
 LOAD_SECS=$((SECONDS - LOAD_START))
 REDIS_CPU1=$(cpu_ticks "$REDIS_PID")
-LOAD_CPU_S=$(python3 -c "print(round($(children_cpu_s) - $LOAD_CPU0, 2))")
+children_cpu_s >"$WORK/load-cpu1"
+LOAD_CPU_S=$(python3 -c "print(round($(cat "$WORK/load-cpu1") - $(cat "$WORK/load-cpu0"), 2))")
 INSTANCE_TICKS=()
 for i in "${!PIDS[@]}"; do INSTANCE_TICKS+=("$(($(cpu_ticks "${PIDS[i]}") - INSTANCE_CPU0[i]))"); done
 PUBLISH=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_publish:' || true)
@@ -150,7 +155,7 @@ for i in range(k):
 redis_ms = redis_ticks * 1000 / hz
 say("| Redis CPU over the whole load run (%d s: ramp, %d broadcasts, heartbeats) | %.0f ms (%.2f ms/s) |" % (load_secs, secs, redis_ms, redis_ms / max(load_secs, 1)))
 ours = load_cpu_s + sum(instance_cpu_s) + redis_ms / 1000
-say("| CPU over the load run: instances (each) / load tool / Redis / all | %s / %.1f / %.1f / %.1f s: %.2f of the %d CPUs' %d s |" % (
+say("| CPU over the load run: instances (each) / load tool / Redis / all | %s / %.1f / %.2f / %.1f s: %.2f of the %d CPUs' %d s |" % (
     " + ".join("%.1f" % c for c in instance_cpu_s), load_cpu_s, redis_ms / 1000, ours, ours / (os.cpu_count() * max(load_secs, 1)),
     os.cpu_count(), load_secs))
 if r is not None and r["received"]:

@@ -110,7 +110,6 @@ pub struct Net {
 }
 
 impl Net {
-    /// `urls` must not be empty.
     pub fn new(urls: &[WsUrl], tls: Option<&TlsClient>, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
         assert!(!urls.is_empty(), "a Net needs at least one target URL");
         Ok(Net {
@@ -140,7 +139,6 @@ impl Net {
         self.user_prefix.as_ref().map(|prefix| format!("{prefix}{idx}"))
     }
 
-    /// How many target URLs there are to choose from in [`Net::connect`].
     pub fn targets(&self) -> usize {
         self.urls.len()
     }
@@ -161,9 +159,8 @@ impl Net {
         self.stats.established == 0 && refused >= REFUSED_ABORT_AFTER && refused == self.stats.failures.total()
     }
 
-    /// Starts a connection to URL number `target` (of [`Net::targets`]), from `src` if
-    /// given; returns its index (a failure to even start is reported through `app.ended`
-    /// before this returns).
+    /// Starts a connection to `urls[target]` from `src`; returns its index (a failure to
+    /// even start is reported through `app.ended` before this returns).
     pub fn connect(&mut self, app: &mut impl App, src: Option<Ipv4Addr>, target: usize) -> usize {
         let idx = self.conns.len();
         let url = &self.urls[target];
