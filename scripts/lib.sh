@@ -20,10 +20,17 @@
 #   tcp_mem_pages                kernel TCP socket buffer memory, in pages (/proc/net/sockstat)
 #   pin_cpus                     SERVER_PIN=(taskset -c 0) LOAD_PIN=(taskset -c 1), when
 #                                taskset exists and there are 2 CPUs or more; else empty
+#   as_root COMMAND...           COMMAND as root (directly, or through sudo)
+#   need_apt_package CMD PKG     installs Debian package PKG unless CMD is on the PATH
+#   free_port                    a TCP port on 127.0.0.1 that the OS says is free now
+#   start_redis DIR              a private redis-server (Debian's; installed when missing) on
+#                                a free port, persistence off, its files in DIR; waits until
+#                                it answers PING; sets REDIS_PID and REDIS_PORT
+#   cpu_ticks PID                utime + stime of PID, in clock ticks (/proc/PID/stat)
 
 # Bound for a server's "listening" line; it normally comes within milliseconds.
 START_TIMEOUT=${START_TIMEOUT:-15}
-SERVER_PID="" PORT=""
+SERVER_PID="" PORT="" REDIS_PID="" REDIS_PORT=""
 SERVER_PIN=() LOAD_PIN=()
 _LIB_PIDS=() _LIB_AT_EXIT=()
 
@@ -114,3 +121,36 @@ pin_cpus() {
         LOAD_PIN=(taskset -c 1)
     fi
 }
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+need_apt_package() {
+    command -v "$1" >/dev/null && return 0
+    echo "== installing $2 (Debian package)" >&2
+    as_root apt-get update >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >&2
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_redis() {
+    local dir=$1 rc=0
+    need_apt_package redis-server redis-server
+    mkdir -p "$dir"
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+        --logfile "$dir/redis.log" --daemonize no >/dev/null 2>&1 &
+    REDIS_PID=$!
+    track_pid "$REDIS_PID"
+    _redis_up() { [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+    wait_until --while-alive "$REDIS_PID" "$START_TIMEOUT" _redis_up || rc=$?
+    if ((rc != 0)); then
+        echo "redis-server on port $REDIS_PORT did not answer PING (rc $rc)" >&2
+        cat "$dir/redis.log" >&2 || true
+        exit 1
+    fi
+}
+
+cpu_ticks() { sed -E 's/.*\) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }

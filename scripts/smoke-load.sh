@@ -11,6 +11,9 @@
 #   echo     hub: 100 connections for 2 s      errors == 0, round_trips > 0
 #   hold     100, --tls-server-name wrong.example: established == 0, all 100 failed as tls
 #            (the certificate is verified, not just accepted)
+# and against a cluster (2 instances on a private redis-server, two --url's, 2 processes):
+#   fanout   hub: 1000 subs x 1 pub x 100      received == expected, lost == 0, duplicates == 0
+#   fanout   --broadcast: 1000 subs x 20       received == expected, lost == 0
 #
 # Prints one line per check and ends with "smoke-load: N passed, M failed"; exits 1 if
 # any check failed. Every run is bounded by `timeout`; servers are stopped on any exit
@@ -47,6 +50,11 @@ scripts/gencert.sh "$WORK/cert" 2>"$WORK/gencert.err" || { cat "$WORK/gencert.er
 CA=$WORK/cert/cert.pem
 start_wshub "$WORK/hub-tls.log" --shards 2 --tls-cert "$CA" --tls-key "$WORK/cert/key.pem"
 TLS_HUB=wss://127.0.0.1:$PORT/
+start_redis "$WORK/redis"
+start_wshub "$WORK/cluster-a.log" --shards 1 --redis "redis://127.0.0.1:$REDIS_PORT"
+CLUSTER=(--url "ws://127.0.0.1:$PORT/")
+start_wshub "$WORK/cluster-b.log" --shards 1 --redis "redis://127.0.0.1:$REDIS_PORT"
+CLUSTER+=(--url "ws://127.0.0.1:$PORT/")
 
 echo "== load runs"
 run hold hold --url "$HUB" --connections 2000 --duration 3s
@@ -56,6 +64,8 @@ run fanout_raw fanout --url "$RELAY" --protocol raw --connections 200 --publishe
 run hold_wss hold --url "$TLS_HUB" --ca "$CA" --connections 1000 --duration 2s
 run fanout_wss fanout --url "$TLS_HUB" --ca "$CA" --connections 1000 --publishers 2 --messages 100 --timeout 60s
 run echo_wss echo --url "$TLS_HUB" --ca "$CA" --connections 100 --duration 2s
+run fanout_cluster fanout "${CLUSTER[@]}" --processes 2 --connections 1000 --messages 100 --timeout 60s
+run broadcast_cluster fanout "${CLUSTER[@]}" --processes 2 --broadcast --connections 1000 --messages 20 --rate 50 --timeout 60s
 run wss_wrong_name hold --url "$TLS_HUB" --ca "$CA" --tls-server-name wrong.example --connections 100 --duration 1s
 
 echo "== checks"
@@ -84,6 +94,11 @@ checks = [
     ("echo_wss", "established", "== 100", lambda s: s["established"] == 100),
     ("echo_wss", "errors", "== 0", lambda s: s["errors"] == 0),
     ("echo_wss", "round_trips", "> 0", lambda s: s["round_trips"] > 0),
+    ("fanout_cluster", "received", "== expected", lambda s: s["received"] == s["expected"] > 0),
+    ("fanout_cluster", "lost", "== 0", lambda s: s["lost"] == 0),
+    ("fanout_cluster", "duplicates", "== 0", lambda s: s["duplicates"] == 0),
+    ("broadcast_cluster", "received", "== expected", lambda s: s["received"] == s["expected"] > 0),
+    ("broadcast_cluster", "lost", "== 0", lambda s: s["lost"] == 0),
     ("wss_wrong_name", "established", "== 0", lambda s: s["established"] == 0),
     ("wss_wrong_name", "failed", "tls == 100", lambda s: s["failed"]["tls"] == 100),
 ]

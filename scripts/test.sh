@@ -12,15 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
-if ! command -v redis-server >/dev/null; then
-  echo "== installing redis-server (Debian package) for the cluster tests"
-  as_root apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
-fi
+. scripts/lib.sh
+# Debian's redis-server for tests/cluster.rs (under CI=true those tests fail without it).
+need_apt_package redis-server redis-server
 # The package's own service is not needed (the tests start private servers on free
 # ports); it is left as the package set it up.
 

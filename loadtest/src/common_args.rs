@@ -19,9 +19,11 @@ pub const CONNECTIONS_PER_SOURCE_IP: u64 = 5_000;
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Target as ws://IP:PORT/path or wss://IP:PORT/path (a literal IP; host names are
-    /// not supported)
-    #[arg(long, value_parser = parse_ws_url)]
-    pub url: WsUrl,
+    /// not supported). Repeat it to load a cluster as a whole: the connections go to the
+    /// URLs round-robin, over all processes (connection i to URL i mod count); fanout's
+    /// publishers all go to the first
+    #[arg(long = "url", value_parser = parse_ws_url, required = true)]
+    pub urls: Vec<WsUrl>,
     /// wss://: trust the certificates in this PEM file (e.g. scripts/gencert.sh's
     /// cert.pem); required for wss://, as no system roots are used
     #[arg(long, value_name = "FILE")]
@@ -59,6 +61,16 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The first `--url`: fanout's publishers' target, and the one named in messages.
+    pub fn url(&self) -> &WsUrl {
+        &self.urls[0]
+    }
+
+    /// Every `--url` as given, space-separated, for reports.
+    pub fn urls_text(&self) -> String {
+        self.urls.iter().map(|u| u.original.as_str()).collect::<Vec<_>>().join(" ")
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
@@ -73,14 +85,24 @@ impl CommonArgs {
             return Err("--handshake-timeout and --max-inflight must be positive".into());
         }
         if let Some(ips) = &self.source_ips {
-            if self.url.addr.is_ipv6() {
-                return Err("--source-ips are IPv4 addresses but the target is IPv6".into());
+            if self.urls.iter().any(|u| u.addr.is_ipv6()) {
+                return Err("--source-ips are IPv4 addresses but a target is IPv6".into());
             }
-            if self.url.addr.ip().is_loopback() && ips.0.iter().any(|ip| !ip.is_loopback()) {
+            if self.urls.iter().any(|u| u.addr.ip().is_loopback()) && ips.0.iter().any(|ip| !ip.is_loopback()) {
                 return Err("to reach a loopback target, --source-ips must be in 127.0.0.0/8".into());
             }
         }
-        match (self.url.tls, &self.ca) {
+        let url = self.url();
+        if self.urls.iter().any(|u| u.tls != url.tls) {
+            return Err("the --url's must be all ws:// or all wss://".into());
+        }
+        if self.urls.iter().any(|u| u.addr.is_ipv6() != url.addr.is_ipv6()) {
+            return Err("the --url's must be all IPv4 or all IPv6".into());
+        }
+        if url.tls && self.tls_server_name.is_none() && self.urls.iter().any(|u| u.addr.ip() != url.addr.ip()) {
+            return Err("wss:// URLs on different IP addresses need --tls-server-name: one name for all".into());
+        }
+        match (url.tls, &self.ca) {
             (true, None) => return Err("wss:// needs --ca FILE: the PEM certificate(s) to trust".into()),
             (false, Some(_)) => return Err("--ca is for wss:// URLs".into()),
             (false, None) if self.tls_server_name.is_some() => {
@@ -94,8 +116,8 @@ impl CommonArgs {
     /// For wss://, the TLS client every connection of this process uses (its `--ca` read
     /// now, so a bad file is an error before any connection or worker starts).
     pub fn tls(&self) -> Result<Option<TlsClient>, String> {
-        let Some(ca) = self.ca.as_deref().filter(|_| self.url.tls) else { return Ok(None) };
-        let ip = self.url.addr.ip().to_string();
+        let Some(ca) = self.ca.as_deref().filter(|_| self.url().tls) else { return Ok(None) };
+        let ip = self.url().addr.ip().to_string();
         TlsClient::load(ca, self.tls_server_name.as_deref().unwrap_or(&ip)).map(Some)
     }
 
@@ -121,21 +143,25 @@ impl CommonArgs {
 
     /// Each process's connections and source addresses.
     pub fn shares(&self, processes: u64) -> Result<Vec<Share>, String> {
-        let loopback = self.url.addr.ip().is_loopback();
+        let loopback = self.url().addr.ip().is_loopback();
         plan::plan(self.connections, processes, self.source_ips.as_ref(), loopback, CONNECTIONS_PER_SOURCE_IP)
     }
 
     /// In a worker: its share is what its (parent-made) options say.
     pub fn worker_share(&self) -> Share {
-        Share { connections: self.connections, source_ips: self.source_ips.clone().map(|s| s.0).unwrap_or_default() }
+        let source_ips = self.source_ips.clone().map(|s| s.0).unwrap_or_default();
+        Share { connections: self.connections, source_ips, first: 0 }
     }
 
     /// These options for worker `index` of `count`: its share of the connections, of the
-    /// rates and of the source addresses.
+    /// rates and of the source addresses. Its URLs are ours rotated by the global index of
+    /// its first connection, so that its connection k, which takes URL k mod count, goes
+    /// where connection `share.first + k` of a one-process run would.
     pub fn worker_args(&self, share: &Share, count: usize, index: usize) -> Vec<String> {
-        let mut args = vec![
-            "--url".to_string(),
-            self.url.original.clone(),
+        let rotate = (share.first % self.urls.len() as u64) as usize;
+        let urls = self.urls[rotate..].iter().chain(&self.urls[..rotate]);
+        let mut args: Vec<String> = urls.flat_map(|u| ["--url".to_string(), u.original.clone()]).collect();
+        args.extend([
             "--connections".to_string(),
             share.connections.to_string(),
             "--connect-rate".to_string(),
@@ -146,7 +172,7 @@ impl CommonArgs {
             (self.max_inflight / count).max(1).to_string(),
             "--worker".to_string(),
             index.to_string(),
-        ];
+        ]);
         if !share.source_ips.is_empty() {
             args.extend(["--source-ips".to_string(), SourceIps(share.source_ips.clone()).to_arg()]);
         }
@@ -164,7 +190,8 @@ impl CommonArgs {
     /// {target} {failed_to}", with a hint if nobody seems to listen there.
     pub fn nothing_connected(&self, what: &str, failed_to: &str, failures: &Failures) {
         let hint = failures.nothing_connected_hint();
-        eprintln!("wshub-load: error: no {what} to {} {failed_to}{hint}", self.url.addr);
+        let targets: Vec<String> = self.urls.iter().map(|u| u.addr.to_string()).collect();
+        eprintln!("wshub-load: error: no {what} to {} {failed_to}{hint}", targets.join(", "));
     }
 }
 
@@ -182,20 +209,65 @@ mod tests {
     #[test]
     fn worker_args_parse_back_into_the_share() {
         let cli = Cli::parse_from(["t", "--url", "ws://127.0.0.1:9/x", "-n", "10", "--connect-rate", "100"]);
-        let share = Share { connections: 4, source_ips: vec!["127.0.0.7".parse().unwrap()] };
+        let share = Share { connections: 4, source_ips: vec!["127.0.0.7".parse().unwrap()], first: 0 };
         let args = cli.common.worker_args(&share, 2, 1);
         let worker = Cli::parse_from(std::iter::once("t".to_string()).chain(args)).common;
         assert_eq!(worker.worker_share(), share);
         assert_eq!((worker.worker, worker.connect_rate, worker.max_inflight), (Some(1), 50.0, 500));
-        assert_eq!(worker.url.path, "/x");
+        assert_eq!(worker.url().path, "/x");
         assert_eq!((worker.ca, worker.tls_server_name), (None, None));
 
         let wss = ["t", "--url", "wss://127.0.0.1:9/", "-n", "4", "--ca", "c.pem", "--tls-server-name", "localhost"];
         let cli = Cli::parse_from(wss);
         let worker = Cli::parse_from(std::iter::once("t".to_string()).chain(cli.common.worker_args(&share, 2, 0)));
-        assert!(worker.common.url.tls);
+        assert!(worker.common.url().tls);
         assert_eq!(worker.common.ca, Some(PathBuf::from("c.pem")));
         assert_eq!(worker.common.tls_server_name.as_deref(), Some("localhost"));
+    }
+
+    #[test]
+    fn several_urls_are_spread_round_robin_over_all_processes() {
+        let (a, b, c) = ("ws://127.0.0.1:7001/", "ws://127.0.0.1:7002/", "ws://127.0.0.1:7003/");
+        let cli = Cli::parse_from(["t", "--url", a, "--url", b, "--url", c, "-n", "10"]);
+        assert_eq!(cli.common.urls_text(), format!("{a} {b} {c}"));
+        assert_eq!(cli.common.url().original, a, "the first is the publishers'");
+        let shares = cli.common.shares(3).unwrap();
+        assert_eq!(shares.iter().map(|s| s.first).collect::<Vec<_>>(), [0, 4, 7]);
+        let mut per_url = [0; 3];
+        let mut global = 0;
+        for (i, share) in shares.iter().enumerate() {
+            let args = cli.common.worker_args(share, shares.len(), i);
+            let worker = Cli::parse_from(std::iter::once("t".to_string()).chain(args)).common;
+            assert_eq!(worker.urls.len(), 3);
+            for k in 0..share.connections {
+                let (src, target) = crate::ramp::spread(k, &share.source_ips, worker.urls.len());
+                assert_eq!(src, Some(share.source_ips[k as usize % share.source_ips.len()]));
+                // Worker connection k is run-wide connection `global`: URL global mod 3.
+                assert_eq!(worker.urls[target].original, cli.common.urls[global % 3].original);
+                per_url[global % 3] += 1;
+                global += 1;
+            }
+        }
+        assert_eq!((global, per_url), (10, [4, 3, 3]));
+        // One process: the same order, from the ramp alone.
+        let targets: Vec<usize> = (0..5).map(|n| crate::ramp::spread(n, &[], 3).1).collect();
+        assert_eq!(targets, [0, 1, 2, 0, 1]);
+    }
+
+    #[test]
+    fn several_urls_must_agree() {
+        let check = |urls: &[&str], extra: &[&str]| {
+            let mut args = vec!["t", "-n", "1"];
+            urls.iter().for_each(|u| args.extend(["--url", u]));
+            args.extend(extra);
+            Cli::parse_from(args).common.validate()
+        };
+        assert!(check(&["ws://127.0.0.1:1/", "ws://127.0.0.2:2/"], &[]).is_ok());
+        assert!(check(&["ws://127.0.0.1:1/", "wss://127.0.0.1:2/"], &["--ca", "c.pem"]).is_err());
+        assert!(check(&["ws://127.0.0.1:1/", "ws://[::1]:2/"], &[]).is_err());
+        assert!(check(&["wss://127.0.0.1:1/", "wss://127.0.0.2:2/"], &["--ca", "c.pem"]).is_err());
+        let named = ["--ca", "c.pem", "--tls-server-name", "localhost"];
+        assert!(check(&["wss://127.0.0.1:1/", "wss://127.0.0.2:2/"], &named).is_ok());
     }
 
     #[test]

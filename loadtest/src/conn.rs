@@ -70,6 +70,8 @@ enum State {
 
 struct Conn {
     stream: Option<Wire>,
+    /// Which of `Net::urls` it connects to.
+    target: u32,
     state: State,
     started: Instant,
     /// The upgrade request, then the response head, while handshaking.
@@ -86,7 +88,8 @@ enum End {
 }
 
 pub struct Net {
-    url: WsUrl,
+    /// The targets; each connection goes to the one its `connect` names.
+    urls: Vec<WsUrl>,
     /// wss://: every connection's TLS client settings.
     tls: Option<TlsClient>,
     handshake_timeout: Duration,
@@ -107,9 +110,10 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(url: &WsUrl, tls: Option<&TlsClient>, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
+    pub fn new(urls: &[WsUrl], tls: Option<&TlsClient>, handshake_timeout: Duration, seed: u64) -> io::Result<Net> {
+        assert!(!urls.is_empty(), "a Net needs at least one target URL");
         Ok(Net {
-            url: url.clone(),
+            urls: urls.to_vec(),
             tls: tls.cloned(),
             handshake_timeout,
             poll: Poll::new()?,
@@ -135,6 +139,10 @@ impl Net {
         self.user_prefix.as_ref().map(|prefix| format!("{prefix}{idx}"))
     }
 
+    pub fn targets(&self) -> usize {
+        self.urls.len()
+    }
+
     pub fn handshaking(&self) -> usize {
         self.handshaking
     }
@@ -151,12 +159,14 @@ impl Net {
         self.stats.established == 0 && refused >= REFUSED_ABORT_AFTER && refused == self.stats.failures.total()
     }
 
-    /// Starts a connection; returns its index (a failure to even start is reported
-    /// through `app.ended` before this returns).
-    pub fn connect(&mut self, app: &mut impl App, src: Option<Ipv4Addr>) -> usize {
+    /// Starts a connection to `urls[target]` from `src`; returns its index (a failure to
+    /// even start is reported through `app.ended` before this returns).
+    pub fn connect(&mut self, app: &mut impl App, src: Option<Ipv4Addr>, target: usize) -> usize {
         let idx = self.conns.len();
+        let url = &self.urls[target];
         let mut conn = Conn {
             stream: None,
+            target: target as u32,
             state: State::Closed,
             started: Instant::now(),
             handshake: Vec::new(),
@@ -166,11 +176,11 @@ impl Net {
         };
         if let Some(user) = self.user_of(idx) {
             // Built now, while the index is known; the connect step sends it as is.
-            let sep = if self.url.path.contains('?') { '&' } else { '?' };
-            let path = format!("{}{sep}user={user}", self.url.path);
-            conn.handshake = ws::upgrade_request_to(&self.url, &path, &mut self.rng);
+            let sep = if url.path.contains('?') { '&' } else { '?' };
+            let path = format!("{}{sep}user={user}", url.path);
+            conn.handshake = ws::upgrade_request_to(url, &path, &mut self.rng);
         }
-        let opened = open_socket(self.url.addr, src).and_then(|stream| {
+        let opened = open_socket(url.addr, src).and_then(|stream| {
             let mut wire = Wire::new(stream, self.tls.as_ref())?;
             self.poll.registry().register(wire.tcp_mut(), Token(idx), Interest::READABLE | Interest::WRITABLE)?;
             Ok(wire)
@@ -224,7 +234,8 @@ impl Net {
             }
             let was_handshaking = conn.state != State::Open;
             let pings = &mut self.stats.pings_answered;
-            let (established, end) = drive(conn, idx, &self.url, &mut self.rng, &mut self.scratch, pings, app);
+            let url = &self.urls[conn.target as usize];
+            let (established, end) = drive(conn, idx, url, &mut self.rng, &mut self.scratch, pings, app);
             if established {
                 self.handshaking -= 1;
                 self.stats.established += 1;

@@ -168,7 +168,7 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
     let share = common.shares(1)?.remove(0);
 
     let tls = common.tls()?;
-    let mut net = Net::new(&common.url, tls.as_ref(), common.handshake_timeout, 0).map_err(|e| e.to_string())?;
+    let mut net = Net::new(&common.urls, tls.as_ref(), common.handshake_timeout, 0).map_err(|e| e.to_string())?;
     let mut echo = Echo {
         protocol: args.protocol,
         size: args.size,
@@ -192,7 +192,7 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
         if let RampStep::NobodyListening(rest) = step {
             eprintln!(
                 "wshub-load: the first connections to {} were all refused; not trying the other {rest}",
-                common.url.addr
+                common.url().addr
             );
         }
         if (step != RampStep::Going && net.handshaking() == 0) || opts::stop_requested() {
@@ -226,7 +226,7 @@ pub fn main(args: &EchoArgs) -> Result<ExitCode, String> {
         let summary = EchoSummary {
             mode: "echo",
             protocol: args.protocol.name(),
-            url: &common.url.original,
+            url: &common.urls_text(),
             connections: n,
             established: stats.established,
             duration_s: (secs * 1000.0).round() / 1000.0,
@@ -255,7 +255,7 @@ fn text_summary(args: &EchoArgs, stats: &NetStats, echo: &Echo, secs: f64, rate:
     let mut out = format!(
         "echo summary: {} connections to {} ({} protocol), {:.2} s\n",
         args.common.connections,
-        args.common.url,
+        args.common.urls_text(),
         args.protocol.name(),
         secs
     );

@@ -30,11 +30,13 @@ const MAX_UNSENT: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
-    pub url: WsUrl,
+    pub urls: Vec<WsUrl>,
     /// wss://: the TLS client settings.
     pub tls: Option<TlsClient>,
     pub protocol: Protocol,
     pub topic: String,
+    /// Hub: publishers broadcast (subscribers still subscribe to `topic`, to know they are in).
+    pub broadcast: bool,
     /// Subscriber connections in this process.
     pub subscribers: u64,
     /// Publisher connections in this process (0 in a worker).
@@ -53,6 +55,8 @@ pub struct FanoutConfig {
     pub handshake_timeout: Duration,
     /// Round-robin source addresses for subscribers; empty lets the kernel choose.
     pub source_ips: Vec<Ipv4Addr>,
+    /// How long to wait, once every subscriber is in, before the publishers start.
+    pub settle: Duration,
     /// The whole run ends by then, complete or not.
     pub deadline: Instant,
     pub seed: u64,
@@ -122,7 +126,7 @@ struct Fanout<'a> {
 }
 
 pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> {
-    let mut net = Net::new(&cfg.url, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
+    let mut net = Net::new(&cfg.urls, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
     let subscribe = format!(r#"{{"type":"subscribe","topic":{},"id":1}}"#, serde_json::to_string(&cfg.topic)?);
     let mut fan = Fanout {
         cfg,
@@ -130,7 +134,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
         pubs: (0..cfg.publishers).map(|_| Pub::default()).collect(),
         per_sub: cfg.total_publishers * cfg.messages,
         subscribe_frame: subscribe.into_bytes(),
-        publisher: Publisher::new(&cfg.topic, cfg.size),
+        publisher: if cfg.broadcast { Publisher::broadcasting(cfg.size) } else { Publisher::new(&cfg.topic, cfg.size) },
         frame: String::new(),
         sub_deadlines: VecDeque::new(),
         to_close: Vec::new(),
@@ -157,7 +161,7 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
                     eprintln!(
                         "wshub-load: the first connections to {} were all refused; is the server listening \
                          there? Not trying the other {rest}.",
-                        cfg.url.addr,
+                        cfg.urls[0].addr,
                     );
                     started = true;
                 }
@@ -179,7 +183,14 @@ pub fn run(cfg: &FanoutConfig, side: &mut dyn Side) -> io::Result<FanoutReport> 
         // Nobody subscribed, or the parent gave up waiting for its workers.
         (ended_early, timed_out) = (true, Instant::now() > cfg.deadline);
     } else {
-        let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight);
+        if cfg.publishers > 0 {
+            let settled = Instant::now() + cfg.settle;
+            while Instant::now() < settled && !stopped() {
+                side.tick(&fan.report, true);
+                net.poll(&mut fan, settled.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)))?;
+            }
+        }
+        let mut ramp = Ramp::new(cfg.publishers, cfg.connect_rate, cfg.max_inflight).first_target_only();
         let mut settle_from = None;
         let probe = cfg.server_pid.map(ServerProbe::start);
         let publish_start = Instant::now();

@@ -28,6 +28,11 @@ const RAW_DEFAULT_RATE: f64 = 20_000.0;
 /// Publishes in flight per publisher in the hub protocol, unless --window says otherwise.
 const HUB_DEFAULT_WINDOW: u64 = 64;
 
+/// --settle with several --url's: a cluster instance subscribes its Redis channel up to
+/// ~20 ms after its first subscriber's ack (its bus looks every 20 ms), longer when the
+/// machine is busy; publications made on another instance meanwhile miss its subscribers.
+const CLUSTER_DEFAULT_SETTLE: Duration = Duration::from_millis(250);
+
 /// How long after the run's deadline the parent still waits for worker reports.
 const REPORT_GRACE: Duration = Duration::from_secs(15);
 
@@ -53,6 +58,12 @@ pub struct FanoutArgs {
     /// Topic to subscribe and publish to (hub protocol)
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Hub protocol: publishers send `broadcast` (to every connection of the server, or of
+    /// the cluster) instead of `publish`; subscribers still subscribe to --topic first, so
+    /// the server has registered them before publishing starts. No one else may be
+    /// connected: they would get the broadcasts too, and the publishers get their own
+    #[arg(long)]
+    pub broadcast: bool,
     /// Messages per second over all publishers [default: hub: as fast as --window
     /// allows; raw: 20000]
     #[arg(long)]
@@ -62,12 +73,21 @@ pub struct FanoutArgs {
     /// yet (a relay sends the sender its message too, as wshub --relay and the peers do)
     #[arg(long)]
     pub window: Option<u64>,
+    /// Once every subscriber is in, wait this long before publishing [default: 0 with one
+    /// --url; 250ms with several: a wshub instance subscribes its topic's Redis channel up
+    /// to ~20 ms after its clients' acks (more on a busy machine), and what is published on
+    /// another instance before that does not reach it]
+    #[arg(long, value_parser = parse_duration)]
+    pub settle: Option<Duration>,
     /// Give up on the whole run (connect, subscribe, deliver) after this long; a run
     /// that delivers everything ends sooner
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub timeout: Duration,
     /// The server's process id, if it runs on this machine: the report then gives its
-    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID)
+    /// peak RSS and its CPU time per delivery while publishing (from /proc/PID). With
+    /// several --url's, the first URL's server (the publishers'); its CPU per delivery then
+    /// divides by every delivery of the run, so read the other instances' figures from
+    /// /proc yourself (scripts/bench-cluster.sh does)
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -95,8 +115,9 @@ pub fn main(args: &FanoutArgs) -> Result<ExitCode, String> {
         parent_run(args, tls, shares, deadline)?
     };
 
+    let urls_text = common.urls_text();
     let plan = Plan {
-        url: &common.url.original,
+        url: &urls_text,
         protocol: args.protocol.name(),
         topic: &args.topic,
         subscribers: n,
@@ -132,6 +153,9 @@ fn validate(args: &FanoutArgs) -> Result<(), String> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number of messages per second".into());
     }
+    if args.broadcast && args.protocol != Protocol::Hub {
+        return Err("--broadcast is for the hub protocol (a relay sends everything to everyone anyway)".into());
+    }
     if args.window == Some(0) {
         return Err("--window must be at least 1".into());
     }
@@ -153,10 +177,11 @@ fn config(
     let default_rate = (args.protocol == Protocol::Raw).then_some(RAW_DEFAULT_RATE);
     let common = &args.common;
     FanoutConfig {
-        url: common.url.clone(),
+        urls: common.urls.clone(),
         tls,
         protocol: args.protocol,
         topic: args.topic.clone(),
+        broadcast: args.broadcast,
         subscribers: share.connections,
         publishers,
         total_publishers: args.publishers,
@@ -168,6 +193,7 @@ fn config(
         max_inflight: common.max_inflight,
         handshake_timeout: common.handshake_timeout,
         source_ips: share.source_ips.clone(),
+        settle: args.settle.unwrap_or(if common.urls.len() > 1 { CLUSTER_DEFAULT_SETTLE } else { Duration::ZERO }),
         deadline,
         seed,
         stop,
@@ -299,7 +325,7 @@ fn parent_run(
         expected: args.common.connections * args.publishers * args.messages,
         deadline,
     };
-    let no_subscribers = Share { connections: 0, source_ips: Vec::new() };
+    let no_subscribers = Share { connections: 0, source_ips: Vec::new(), first: 0 };
     let cfg = config(args, tls, &no_subscribers, args.publishers, deadline, 0, Arc::new(AtomicBool::new(false)));
     let mut total = fanout::run(&cfg, &mut side).map_err(|e| e.to_string())?;
     side.display.clear();

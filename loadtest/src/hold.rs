@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
-    pub url: WsUrl,
+    pub urls: Vec<WsUrl>,
     /// wss://: the TLS client settings.
     pub tls: Option<TlsClient>,
     pub connections: u64,
@@ -104,7 +104,7 @@ impl App for Idle {
 
 /// Runs the whole hold in this process: ramp, `READY`, hold, close.
 pub fn run(cfg: &HoldConfig) -> io::Result<HoldReport> {
-    let mut net = Net::new(&cfg.url, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
+    let mut net = Net::new(&cfg.urls, cfg.tls.as_ref(), cfg.handshake_timeout, cfg.seed)?;
     if cfg.user {
         net.set_user_prefix(format!("u{}x", cfg.seed));
     }
@@ -176,7 +176,7 @@ fn ramp(cfg: &HoldConfig, net: &mut Net, app: &mut Idle, should_stop: &impl Fn()
                 eprintln!(
                     "wshub-load: the first {REFUSED_ABORT_AFTER} connections to {} were all refused; \
                      is the server listening there? Not trying the other {rest}.",
-                    cfg.url.addr
+                    cfg.urls[0].addr
                 );
                 return Ok(());
             }

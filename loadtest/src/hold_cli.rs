@@ -52,7 +52,7 @@ pub fn main(args: &HoldArgs) -> Result<ExitCode, String> {
     if common.json {
         opts::emit_line(&serde_json::to_string(&report.summary()).expect("summaries serialize"));
     } else {
-        opts::emit_line(report.to_text(&common.url.original).trim_end());
+        opts::emit_line(report.to_text(&common.urls_text()).trim_end());
     }
     if report.established == 0 {
         common.nothing_connected("connection", "could be established", &report.failures);
@@ -74,7 +74,7 @@ fn worker_main(args: &HoldArgs, tls: Option<TlsClient>, index: u64) -> Result<Ex
 fn config(args: &HoldArgs, tls: Option<TlsClient>, share: &Share, worker: Option<u64>) -> HoldConfig {
     let common = &args.common;
     HoldConfig {
-        url: common.url.clone(),
+        urls: common.urls.clone(),
         tls,
         connections: share.connections,
         connect_rate: common.connect_rate,

@@ -10,6 +10,9 @@ pub struct Share {
     pub connections: u64,
     /// Round-robin source addresses; empty lets the kernel choose.
     pub source_ips: Vec<Ipv4Addr>,
+    /// The run-wide index of its first connection: where it starts in the round-robin
+    /// over the target URLs (`CommonArgs::worker_args`).
+    pub first: u64,
 }
 
 /// Splits `connections` into `processes` nearly equal shares and gives each its own
@@ -23,6 +26,7 @@ pub fn plan(
 ) -> Result<Vec<Share>, String> {
     let mut shares = Vec::new();
     let mut next_block = 0usize;
+    let mut first = 0;
     for i in 0..processes {
         let share = connections / processes + u64::from(i < connections % processes);
         let source_ips = match given_ips {
@@ -43,7 +47,8 @@ pub fn plan(
             }
             None => Vec::new(),
         };
-        shares.push(Share { connections: share, source_ips });
+        shares.push(Share { connections: share, source_ips, first });
+        first += share;
     }
     Ok(shares)
 }
@@ -57,6 +62,7 @@ mod tests {
         let shares = plan(45_000, 2, None, true, 20_000).unwrap();
         assert_eq!(shares[0].connections, 22_500);
         assert_eq!(shares[1].connections, 22_500);
+        assert_eq!((shares[0].first, shares[1].first), (0, 22_500));
         let ip = |d| Ipv4Addr::new(127, 0, 0, d);
         assert_eq!(shares[0].source_ips, vec![ip(2), ip(3)]);
         assert_eq!(shares[1].source_ips, vec![ip(4), ip(5)]);

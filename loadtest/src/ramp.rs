@@ -8,12 +8,18 @@ use std::time::Instant;
 
 /// Opens `total` connections at `rate` per second, at most `max_inflight` upgrading at
 /// once. The caller polls between steps.
+///
+/// It also spreads them: the n-th connection started comes from source address n mod
+/// (addresses given) and goes to target URL n mod (the `Net`'s URLs), unless
+/// [`Ramp::first_target_only`]. In a worker process the URLs arrive rotated to where its
+/// share begins (`CommonArgs::worker_args`), so the round-robin is run-wide.
 pub struct Ramp {
     start: Instant,
     total: u64,
     next: u64,
     rate: f64,
     max_inflight: usize,
+    spread: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -28,7 +34,13 @@ pub enum RampStep {
 
 impl Ramp {
     pub fn new(total: u64, rate: f64, max_inflight: usize) -> Ramp {
-        Ramp { start: Instant::now(), total, next: 0, rate, max_inflight }
+        Ramp { start: Instant::now(), total, next: 0, rate, max_inflight, spread: true }
+    }
+
+    /// Every connection to the first URL (fanout's publishers).
+    pub fn first_target_only(mut self) -> Ramp {
+        self.spread = false;
+        self
     }
 
     /// Starts the connections that are due, from `source_ips` in turn (none given: the
@@ -42,8 +54,8 @@ impl Ramp {
         }
         let due = ((self.start.elapsed().as_secs_f64() * self.rate) as u64 + 1).min(self.total);
         while self.next < due && net.handshaking() < self.max_inflight {
-            let src = (!source_ips.is_empty()).then(|| source_ips[self.next as usize % source_ips.len()]);
-            net.connect(app, src);
+            let (src, target) = spread(self.next, source_ips, if self.spread { net.targets() } else { 1 });
+            net.connect(app, src, target);
             self.next += 1;
         }
         if self.next == self.total {
@@ -52,4 +64,11 @@ impl Ramp {
             RampStep::Going
         }
     }
+}
+
+/// The source address (none given: the kernel's choice) and the target URL of the n-th
+/// connection: both round-robin.
+pub fn spread(n: u64, source_ips: &[Ipv4Addr], targets: usize) -> (Option<Ipv4Addr>, usize) {
+    let src = (!source_ips.is_empty()).then(|| source_ips[n as usize % source_ips.len()]);
+    (src, n as usize % targets)
 }

@@ -88,21 +88,29 @@ pub fn raw_sample(payload: &[u8]) -> Option<Sample> {
 
 /// Builds the frames publishers send, reusing one buffer.
 pub struct Publisher {
-    topic_json: String,
+    /// The hub frame up to its `data`.
+    head: String,
     size: usize,
 }
 
 impl Publisher {
     pub fn new(topic: &str, size: usize) -> Publisher {
-        Publisher { topic_json: serde_json::to_string(topic).expect("a string serializes"), size }
+        let topic = serde_json::to_string(topic).expect("a string serializes");
+        Publisher { head: format!(r#"{{"type":"publish","topic":{topic},"data":"#), size }
     }
 
-    /// `{"type":"publish","topic":T,"data":{"t":..,"p":..,"s":..,"x":"xx.."},"id":s}` with
-    /// the padding chosen so that `data` is `size` bytes (or as small as it can be).
+    /// Hub frames that broadcast (to every connection) instead of publishing to a topic.
+    pub fn broadcasting(size: usize) -> Publisher {
+        Publisher { head: r#"{"type":"broadcast","data":"#.to_string(), size }
+    }
+
+    /// `{"type":"publish","topic":T,"data":{"t":..,"p":..,"s":..,"x":"xx.."},"id":s}` (or
+    /// `{"type":"broadcast","data":...,"id":s}`) with the padding chosen so that `data` is
+    /// `size` bytes (or as small as it can be).
     pub fn hub(&self, out: &mut String, sample: Sample) {
         out.clear();
         let Sample { t, p, s } = sample;
-        let _ = write!(out, r#"{{"type":"publish","topic":{},"data":"#, self.topic_json);
+        out.push_str(&self.head);
         let data_start = out.len();
         let _ = write!(out, r#"{{"t":{t},"p":{p},"s":{s},"x":""#);
         let unpadded = out.len() - data_start + 2; // plus the closing `"}`
@@ -204,6 +212,20 @@ mod tests {
         got.clear();
         assert_eq!(hub_samples(batch.as_bytes(), |s| got.push(s)), 1, "the last item has no p and s");
         assert_eq!(got, vec![Sample { t: 1, p: 0, s: 0 }, Sample { t: 2, p: 3, s: 1 }]);
+    }
+
+    #[test]
+    fn broadcast_frames() {
+        let mut frame = String::new();
+        Publisher::broadcasting(64).hub(&mut frame, Sample { t: 5, p: 0, s: 2 });
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!((v["type"].as_str(), v.get("topic"), &v["id"]), (Some("broadcast"), None, &serde_json::json!(2)));
+        let data = &frame[frame.find(r#""data":"#).unwrap() + 7..frame.find(r#","id":"#).unwrap()];
+        assert_eq!(data.len(), 64);
+        let message = format!(r#"{{"type":"message","from":"t","data":{data},"ts":1}}"#);
+        let mut got = Vec::new();
+        assert_eq!(hub_samples(message.as_bytes(), |s| got.push(s)), 0);
+        assert_eq!(got, vec![Sample { t: 5, p: 0, s: 2 }]);
     }
 
     #[test]
