@@ -10,6 +10,7 @@ mod use_case;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
+use common::postgres_server::PostgresServer;
 use common::*;
 use serde_json::{json, Value};
 use use_case::Database;
@@ -57,6 +58,24 @@ fn use_case_on_sqlite() {
         Behind::Postgres(_) => unreachable!(),
     };
     assert_eq!(mode, "wal", "the app puts the file in WAL mode");
+    refused_without_its_table(server, &mut client, &mut behind);
+}
+
+/// The same on a private PostgreSQL; and a server that goes away and comes back: requests
+/// meanwhile are `unavailable`, and the next one after it is back succeeds.
+#[test]
+fn use_case_on_postgres() {
+    let Some(mut postgres) = PostgresServer::start() else { return };
+    let database = Database::Postgres(postgres.url());
+    let mut behind = Behind::Postgres(postgres.client());
+    let (server, mut client) = scenario(&database, &mut behind);
+    postgres.stop();
+    assert_eq!(client.call(create("Gus", "gus@example.com"), 40)["error"]["code"], "unavailable");
+    postgres.restart();
+    let gus = client.call(create("Gus", "gus@example.com"), 41);
+    assert_eq!(gus["result"]["email"], "gus@example.com", "a new connection once the server is back: {gus}");
+    let mut behind = Behind::Postgres(postgres.client());
+    assert_eq!(behind.count(), 14);
     refused_without_its_table(server, &mut client, &mut behind);
 }
 
