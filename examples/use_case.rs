@@ -141,9 +141,24 @@ impl<C> Pool<C> {
 
 /// A database failure that is not the client's: logged in full, answered in general terms
 /// (the client learns nothing of the schema or the server).
-fn unavailable(what: &str, error: &dyn std::fmt::Display) -> AppError {
-    log::error!("use case: {what}: {error}");
+fn unavailable(what: &str, error: &dyn Error) -> AppError {
+    log::error!("use case: {what}: {}", causes(error));
     AppError::new("unavailable", "the user store is unavailable, try again later")
+}
+
+/// An error with its causes: the postgres client's says "error connecting to server" and
+/// keeps the reason (refused, timed out, authentication) in its source.
+fn causes(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn conflict(email: &str) -> AppError {
@@ -156,7 +171,7 @@ struct SqliteUsers {
 
 impl SqliteUsers {
     fn open(path: PathBuf) -> Result<Self, Box<dyn Error>> {
-        let first = Self::connect(&path).map_err(|e| format!("SQLite database {}: {e}", path.display()))?;
+        let first = Self::connect(&path).map_err(|e| format!("SQLite database {}: {}", path.display(), causes(&e)))?;
         first.execute_batch(
             "CREATE TABLE IF NOT EXISTS users (
                  id INTEGER PRIMARY KEY,
@@ -207,13 +222,14 @@ struct PostgresUsers {
 
 impl PostgresUsers {
     fn open(url: &str) -> Result<Self, Box<dyn Error>> {
-        let mut config: postgres::Config = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
+        let mut config: postgres::Config = url.parse().map_err(|e| format!("DATABASE_URL: {}", causes(&e)))?;
         // Without a bound, a request could wait on an unreachable server for as long as
         // the OS keeps trying to connect.
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        let mut first = config.connect(postgres::NoTls).map_err(|e| format!("PostgreSQL at DATABASE_URL: {e}"))?;
+        let mut first =
+            config.connect(postgres::NoTls).map_err(|e| format!("PostgreSQL at DATABASE_URL: {}", causes(&e)))?;
         first.batch_execute(
             "CREATE TABLE IF NOT EXISTS users (
                  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -246,8 +262,19 @@ impl Users for PostgresUsers {
 }
 
 #[allow(dead_code)] // the tests include this file for `app()`
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> std::process::ExitCode {
     let _ = simple_logger::init_with_level(log::Level::Info);
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("use case: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn run() -> Result<(), Box<dyn Error>> {
     let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen = listen.parse().map_err(|e| format!("listen address {listen:?} (like 127.0.0.1:8080): {e}"))?;
     let database = Database::from_env()?;
