@@ -637,3 +637,23 @@ fn an_instance_whose_node_number_is_taken_moves_new_connections_to_a_free_one() 
     assert_eq!(redis.get(&format!("wshub:nodeid:{provisional}")).as_deref(), Some("another instance"));
     stop(server);
 }
+
+/// A `subscribe` ack in a cluster comes once this instance's Redis subscription to the
+/// topic is in place, so a publication made on another instance right after the ack
+/// reaches the subscriber (each topic is new, so each subscription starts from nothing).
+#[test]
+fn a_subscribe_ack_means_publications_from_other_instances_arrive() {
+    let Some(redis) = RedisServer::start() else { return };
+    let (a, b) = (member(&redis, 1), member(&redis, 2));
+    let mut subscriber = JsonClient::connect(b.local_addr(), "/?user=sub");
+    for n in 0..20 {
+        let topic = format!("fresh-{n}");
+        subscribe(&mut subscriber, &topic);
+        let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
+        a.hub().publish(&topic, "a", &data).unwrap();
+        assert_eq!(next_data(&mut subscriber), json!(n), "published on A right after the ack on B");
+    }
+    nothing_before_a_marker(&b, &mut [&mut subscriber]);
+    stop(a);
+    stop(b);
+}

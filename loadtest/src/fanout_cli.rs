@@ -28,11 +28,6 @@ const RAW_DEFAULT_RATE: f64 = 20_000.0;
 /// Publishes in flight per publisher in the hub protocol, unless --window says otherwise.
 const HUB_DEFAULT_WINDOW: u64 = 64;
 
-/// --settle with several --url's: a cluster instance subscribes its Redis channel up to
-/// ~20 ms after its first subscriber's ack (its bus looks every 20 ms), longer when the
-/// machine is busy; publications made on another instance meanwhile miss its subscribers.
-const CLUSTER_DEFAULT_SETTLE: Duration = Duration::from_millis(250);
-
 /// How long after the run's deadline the parent still waits for worker reports.
 const REPORT_GRACE: Duration = Duration::from_secs(15);
 
@@ -73,12 +68,11 @@ pub struct FanoutArgs {
     /// yet (a relay sends the sender its message too, as wshub --relay and the peers do)
     #[arg(long)]
     pub window: Option<u64>,
-    /// Once every subscriber is in, wait this long before publishing [default: 0 with one
-    /// --url; 250ms with several: a wshub instance subscribes its topic's Redis channel up
-    /// to ~20 ms after its clients' acks (more on a busy machine), and what is published on
-    /// another instance before that does not reach it]
-    #[arg(long, value_parser = parse_duration)]
-    pub settle: Option<Duration>,
+    /// Once every subscriber is in, wait this long before publishing: for a cluster of
+    /// servers that acknowledge a subscription before it reaches their other instances
+    /// (wshub before its acks waited for the Redis SUBSCRIBE did; BENCHMARKS.md)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub settle: Duration,
     /// Give up on the whole run (connect, subscribe, deliver) after this long; a run
     /// that delivers everything ends sooner
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
@@ -193,7 +187,7 @@ fn config(
         max_inflight: common.max_inflight,
         handshake_timeout: common.handshake_timeout,
         source_ips: share.source_ips.clone(),
-        settle: args.settle.unwrap_or(if common.urls.len() > 1 { CLUSTER_DEFAULT_SETTLE } else { Duration::ZERO }),
+        settle: args.settle,
         deadline,
         seed,
         stop,

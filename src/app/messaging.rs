@@ -78,7 +78,7 @@ impl Handler for Messaging {
             Err(refusal) => return Answer::Error(refusal.code, refusal.message).send(cx, refusal.id.as_deref()),
         };
         let answer = match op {
-            ClientOp::Subscribe { topic } => subscribe(cx, &topic),
+            ClientOp::Subscribe { topic } => subscribe(cx, topic),
             ClientOp::Unsubscribe { topic } => {
                 cx.unsubscribe(&topic);
                 Answer::Ack
@@ -104,12 +104,12 @@ impl Handler for Messaging {
     }
 }
 
-fn subscribe(cx: &mut Context<'_>, topic: &str) -> Answer {
-    if let Err(denied) = cx.check_topic(topic, TopicAction::Subscribe) {
+fn subscribe(cx: &mut Context<'_>, topic: String) -> Answer {
+    if let Err(denied) = cx.check_topic(&topic, TopicAction::Subscribe) {
         return Answer::Error(ErrorCode::Forbidden, denied.to_string());
     }
-    match cx.subscribe(topic) {
-        Ok(_) => Answer::Ack,
+    match cx.subscribe(&topic) {
+        Ok(_) => Answer::Subscribed(topic),
         Err(SubscribeError::TooMany) => Answer::Error(
             ErrorCode::TooManySubscriptions,
             format!("at most {} subscriptions per connection", cx.max_subscriptions()),
@@ -157,6 +157,9 @@ fn refresh(cx: &mut Context<'_>, token: &str) -> Answer {
 enum Answer {
     /// `ack` if the frame had an id, nothing otherwise.
     Ack,
+    /// The `ack` of a subscription to this topic (if the frame had an id): sent once
+    /// publications from every instance of a cluster reach the connection.
+    Subscribed(String),
     Pong,
     Error(ErrorCode, String),
 }
@@ -168,6 +171,12 @@ impl Answer {
                 Some(id) => protocol::ack(id),
                 None => return,
             },
+            Answer::Subscribed(topic) => {
+                if let Some(id) = id {
+                    cx.reply_once_subscribed(&topic, Message::text(protocol::ack(id)));
+                }
+                return;
+            }
             Answer::Pong => protocol::pong(id),
             Answer::Error(code, message) => protocol::error(code.as_str(), &message, id),
         };

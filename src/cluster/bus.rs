@@ -17,6 +17,7 @@ use super::envelope;
 use super::health::Link;
 use super::members::{self, HEARTBEAT};
 use super::presence::Writer;
+use super::reach::Waiter;
 use super::{nodeid, Cluster, Outbound};
 use crate::hub::{Hub, Origin, Target, Want};
 use crate::sync::lock;
@@ -208,6 +209,7 @@ pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: R
             Err(e) => e,
         };
         cluster.health.down(Link::Subscribe, &lost.to_string());
+        answer(&hub, cluster.reach.down());
         if !backoff.wait(&stop) {
             return;
         }
@@ -234,6 +236,7 @@ impl Listener<'_> {
         let mut channels = vec![self.cluster.channels.everyone(), self.cluster.channels.node(self.number)];
         channels.extend(everything.iter().map(|want| self.cluster.channels.of_want(want)));
         command(&mut pubsub, Command::Subscribe, &channels)?;
+        answer(self.hub, self.cluster.reach.up(&everything));
         self.subscribed.extend(everything);
         self.cluster.health.channels.store(self.subscribed.len() + ALWAYS, Ordering::Relaxed);
         self.cluster.health.up(Link::Subscribe);
@@ -280,7 +283,9 @@ impl Listener<'_> {
         }
         pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         command(pubsub, Command::Subscribe, &gained)?;
+        answer(self.hub, self.cluster.reach.held(&changes.gained));
         command(pubsub, Command::Unsubscribe, &lost)?;
+        answer(self.hub, self.cluster.reach.released(&changes.lost));
         pubsub.set_read_timeout(Some(POLL))?;
         self.subscribed.extend(changes.gained);
         for want in &changes.lost {
@@ -318,6 +323,14 @@ impl Listener<'_> {
         self.cluster.health.received.fetch_add(1, Ordering::Relaxed);
         // A full inbox is counted by that shard; the other shards still get it.
         let _ = self.hub.route_from(Origin::Cluster, &target, &received.frame());
+    }
+}
+
+/// Sends the answers that waited for a channel (`reach`) to their connections, here.
+fn answer(hub: &Hub, waiters: Vec<Waiter>) {
+    for Waiter { conn, frame } in waiters {
+        // Only a full inbox refuses, and that shard counts it.
+        let _ = hub.route_from(Origin::Cluster, &Target::Conn(conn), &frame);
     }
 }
 

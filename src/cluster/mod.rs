@@ -47,6 +47,7 @@ mod health;
 mod members;
 mod nodeid;
 mod presence;
+mod reach;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::ClusterSettings;
 use crate::error::Error;
 use crate::frame::SharedFrame;
-use crate::hub::{ConnId, Hub, InboxFull, NodeNumber, PresenceAnswer, Remote, Target, Wanted};
+use crate::hub::{ConnId, Hub, InboxFull, NodeNumber, PresenceAnswer, Remote, Target, Want, Wanted};
 use crate::metrics::{ClusterStats, InstanceStats};
 use crate::sync::lock;
 use channels::Channels;
@@ -87,6 +88,9 @@ pub(crate) struct Cluster {
     stop: Mutex<Option<Sender<()>>>,
     /// The cluster's members as of the last heartbeat.
     roster: Mutex<members::Roster>,
+    /// The topics whose channel the subscribed connection holds, and the `subscribe`
+    /// acks waiting for theirs ([`reach`]).
+    reach: reach::Reach,
     /// Questions for the ask thread ([`ask`]).
     asks: Sender<ask::Job>,
 }
@@ -121,6 +125,7 @@ impl Cluster {
             health: Health::default(),
             stop: Mutex::new(Some(stop)),
             roster: Mutex::default(),
+            reach: reach::Reach::default(),
             asks,
         };
         Ok((Arc::new(cluster), Parts { client, queue: outbound, asks: questions, stop: stopped }))
@@ -179,6 +184,10 @@ impl Remote for Cluster {
 
     fn wanted(&self) -> &Arc<Wanted> {
         &self.wanted
+    }
+
+    fn when_reachable(&self, topic: &str, conn: ConnId, frame: SharedFrame) -> Option<SharedFrame> {
+        self.reach.when_held(Want::Topic(topic.into()), conn, frame)
     }
 
     fn presence(&self, hub: Hub, topic: Arc<str>, answer: PresenceAnswer) {

@@ -218,6 +218,18 @@ impl<'a> Context<'a> {
         self.effects.push(Effect::Reply(SharedFrame::encode(message)));
     }
 
+    /// Sends `message` back on this connection once this connection, subscribed to
+    /// `topic`, receives what any instance publishes there next: at once on a single
+    /// instance (or while the cluster is unreachable), later in a cluster while this
+    /// instance's Redis subscription to the topic is under way (then after replies
+    /// queued meanwhile). For a `subscribe` ack that keeps its promise.
+    pub fn reply_once_subscribed(&mut self, topic: &str, message: Message) {
+        let frame = SharedFrame::encode(message);
+        if let Some(now) = self.routing.hub.once_reachable(topic, self.conn, frame) {
+            self.effects.push(Effect::Reply(now));
+        }
+    }
+
     /// Sends `message` to another connection, on any shard.
     pub fn send_to(&mut self, conn: ConnId, message: Message) -> Result<(), InboxFull> {
         self.route(Target::Conn(conn), message)

@@ -177,6 +177,15 @@ impl Hub {
         }
     }
 
+    /// `frame` back if publications to `topic` from every instance reach `conn` now;
+    /// `None` if the cluster sends it to `conn` once they do (see [`Remote`]).
+    pub(crate) fn once_reachable(&self, topic: &str, conn: ConnId, frame: SharedFrame) -> Option<SharedFrame> {
+        match &self.remote {
+            Some(remote) => remote.when_reachable(topic, conn, frame),
+            None => Some(frame),
+        }
+    }
+
     /// The cluster bus's state, when the server is part of a cluster.
     pub(crate) fn cluster_stats(&self) -> Option<crate::metrics::ClusterStats> {
         self.remote.as_ref().map(|remote| remote.stats())

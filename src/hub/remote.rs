@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::wanted::Wanted;
-use super::{Hub, InboxFull, NodeNumber, PresenceAnswer, Target};
+use super::{ConnId, Hub, InboxFull, NodeNumber, PresenceAnswer, Target};
 use crate::frame::SharedFrame;
 use crate::metrics::ClusterStats;
 
@@ -24,6 +24,11 @@ pub(crate) trait Remote: Send + Sync {
 
     /// The topics and users local connections want from the other instances.
     fn wanted(&self) -> &Arc<Wanted>;
+
+    /// `frame` back (to send now) once publications to `topic` made on other instances
+    /// reach this one, or `None` when the implementation sends it to `conn` itself as
+    /// soon as they do (its subscription to the topic is under way).
+    fn when_reachable(&self, topic: &str, conn: ConnId, frame: SharedFrame) -> Option<SharedFrame>;
 
     /// Asks who is subscribed to `topic` on every live instance (this one read from
     /// `hub`), without waiting: calls `answer` exactly once, later or (refused) at once.
