@@ -10,7 +10,9 @@
 //! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
 //!   the responses written back.
 //! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
-//!   what an identity may do with topics and broadcasts.
+//!   what an identity may do with topics and broadcasts. One-time tickets live in a local
+//!   table, or in a cluster in Redis, where the gate's verdict waits for the ticket to be
+//!   taken.
 //! - `config`: every setting ([`Config`]), the command line that fills them ([`Cli`]),
 //!   durations and sizes, the TLS certificate.
 //! - `hub`: where a message goes. The [`Hub`] handle routes a delivery (a topic, everyone,
@@ -22,8 +24,9 @@
 //!   broadcasts, sends to a user); bus threads, each with one Redis connection,
 //!   publish those (already-encoded frame plus a small envelope) and subscribe the
 //!   channels that local connections want, handing what arrives to the local shards'
-//!   inboxes; a third runs the questions whose answer comes back later. Shards never
-//!   wait on Redis. Each instance also renews an entry among the
+//!   inboxes; a third runs the questions whose answer comes back later (one-time
+//!   tickets: stored when issued, taken atomically when redeemed), handing each answer to
+//!   the asking connection through its shard's inbox. Shards never wait on Redis. Each instance also renews an entry among the
 //!   cluster's members (a heartbeat with a TTL), which `/stats` counts.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
@@ -31,7 +34,9 @@
 //!   thread each; a shard accepts, reads frames, calls the handler, applies what it asked
 //!   for through the hub, fires timers, and flushes output once per loop pass. Inside it,
 //!   `wire` is the bytes (socket, TLS, the shard's inbound buffer) and `conn` the
-//!   connection core (phases, outbound queue, deadlines), which runs without a socket.
+//!   connection core (phases, outbound queue, deadlines), which runs without a socket. A
+//!   handshaking connection may wait for the cluster (a ticket to take or to store),
+//!   reading nothing, until the answer resumes it through the shard's inbox.
 //! - `app`: the hub protocol as a handler, and the [`App`] API that runs the application's
 //!   own event and request handlers on a worker pool.
 //!

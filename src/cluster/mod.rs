@@ -20,15 +20,23 @@
 //!
 //! - The members ([`members`]): each instance renews a summary of itself in Redis every
 //!   second with a TTL, so `/stats` counts the live instances and their connections.
+//! - One-time tickets ([`tickets`]): stored in Redis with their lifetime when issued and
+//!   taken atomically (`GETDEL`) when redeemed, so a ticket from any instance opens one
+//!   connection on any instance. Both are ask jobs; the connection waits for the answer
+//!   (the engine parks it), the shard thread does not.
 //!
 //! Connection ids and filtered sends stay local for now: a connection id is only unique
-//! within its instance, and a filter is code. So do presence and one-time tickets.
+//! within its instance, and a filter is code. So does presence.
 
 mod ask;
 mod bus;
 mod envelope;
 mod health;
 mod members;
+mod tickets;
+
+pub(crate) use ask::Busy;
+pub(crate) use tickets::Unreachable;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
