@@ -372,6 +372,27 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_a_ticket_is_answered_once_stored() {
+        let auth = crate::auth::AuthSettings { tickets: true, ..Default::default() };
+        let config = Config { auth, ..with_key() };
+        let gate = Gate::new(&config.auth).in_cluster();
+        let post = request("POST", "/api/ticket", Some("Bearer s3cret"), r#"{"user":"cy","admin":true}"#);
+        let reply = serve(&post, &Hub::detached(1), &config, &gate, &mut Counters::default());
+        let Some(Reply::StoreTicket(new)) = reply else { panic!("answered before it is stored: {reply:?}") };
+        assert!(new.record.contains(r#""user":"cy""#) && new.record.contains(r#""admin":true"#), "{}", new.record);
+        let issued = issued(&new.ticket, new.ttl);
+        let body: serde_json::Value = serde_json::from_slice(&issued.body).unwrap();
+        assert_eq!(
+            (issued.status, body["ticket"].as_str(), body["expires_in"].as_u64()),
+            (201, Some(&*new.ticket), Some(30))
+        );
+        assert_eq!(unavailable().status, 503);
+        let bad = request("POST", "/api/ticket", Some("Bearer s3cret"), r#"{"user":""}"#);
+        let reply = serve(&bad, &Hub::detached(1), &config, &gate, &mut Counters::default());
+        assert!(matches!(reply, Some(Reply::Now(HttpResponse { status: 400, .. }))), "checked before storing");
+    }
+
+    #[test]
     fn a_full_shard_inbox_is_answered_503() {
         let (hub, _receivers) = Hub::undrained(2, 1);
         let config = with_key();

@@ -7,9 +7,10 @@
 //! Both run as [`ask`](super::ask) jobs: the shard thread queues one and goes on, and the
 //! job hands its result to `done` (which routes it back to the waiting connection).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::Connection;
+use redis::{Connection, RedisError};
 
 use super::ask::Busy;
 use super::Cluster;
@@ -42,6 +43,9 @@ impl Cluster {
                 return Ok(());
             };
             let stored = redis::cmd("SET").arg(&key).arg(record).arg("PX").arg(ttl_ms).exec(connection);
+            if let Err(e) = &stored {
+                explain("storing", e);
+            }
             done(stored.as_ref().map_err(|_| Unreachable).copied());
             stored
         }))
@@ -67,11 +71,23 @@ impl Cluster {
                 }
                 Err(e) => {
                     // Whether Redis took it is unknown: the ticket counts as spent.
-                    log::debug!("cluster: taking a ticket failed: {e}");
+                    explain("taking", &e);
                     done(Err(Unreachable));
                     Err(e)
                 }
             }
         }))
+    }
+}
+
+/// Logs why a ticket could not be stored or taken. A lost connection is the outage the
+/// bus already reports; Redis answering with an error (no `GETDEL` before Redis 6.2, a
+/// read-only replica, out of memory) is a setup to fix, said once at warning level.
+fn explain(doing: &str, e: &RedisError) {
+    static TOLD: AtomicBool = AtomicBool::new(false);
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        log::debug!("cluster: {doing} a ticket failed: {e}");
+    } else if !TOLD.swap(true, Ordering::Relaxed) {
+        log::warn!("cluster: Redis refused {doing} a ticket ({e}); tickets need Redis 6.2 or later, writable");
     }
 }

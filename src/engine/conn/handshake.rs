@@ -156,7 +156,6 @@ impl<T: Transport> Connection<T> {
                     Decision::Admit(admitted) => Some(self.handshake_admit(Ok(admitted), upgrade.response(), cx)),
                     Decision::Refuse(refusal) => Some(self.handshake_admit(Err(refusal), Vec::new(), cx)),
                     Decision::TakeTicket(ticket) => {
-                        let Phase::Handshaking(handshake) = &mut self.phase else { unreachable!() };
                         handshake.request = Vec::new();
                         handshake.accept = upgrade.response();
                         handshake.stage = HandshakeStage::Admitting;
