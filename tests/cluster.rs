@@ -436,3 +436,29 @@ fn a_client_gone_while_its_ticket_is_taken_leaves_nothing_behind() {
     stop(a);
     stop(b);
 }
+
+/// A verdict that comes after its connection is gone matches nothing, even when another
+/// connection waiting for its own verdict holds that slot now (the connection id's
+/// generation tells them apart).
+#[test]
+fn a_late_verdict_does_not_reach_the_connection_that_took_its_slot() {
+    let Some(redis) = RedisServer::start() else { return };
+    let a = ticket_member(&redis, Duration::from_secs(30));
+    let mut config = member_config(&redis.url(), 1);
+    config.auth = AuthSettings { tickets: true, ..AuthSettings::default() };
+    config.handshake_timeout = Duration::from_millis(1200);
+    let b = App::new().start(config).expect("instance starts");
+    await_health(&b, "ok");
+    let (cy, dee) = (ticket_for(&a, "cy"), ticket_for(&a, "dee"));
+    // Redis holds writes for 1.9 s (under the bus's 2 s command timeout): cy's verdict
+    // comes after its wait on B ended (1.2 s), while dee's, in the slot cy's left, waits.
+    redis.run(::redis::cmd("CLIENT").arg("PAUSE").arg(1900).arg("WRITE"));
+    let mut first = TcpStream::connect(b.local_addr()).unwrap();
+    first.write_all(ticket_upgrade(&b, &cy).as_bytes()).unwrap();
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert!(wait_for_eof(&mut first), "dropped at its deadline");
+    let second = JsonClient::connect(b.local_addr(), &format!("/?ticket={dee}"));
+    assert_eq!(second.user(), "dee", "cy's late verdict went to the wrong connection");
+    stop(a);
+    stop(b);
+}
