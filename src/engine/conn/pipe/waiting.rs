@@ -69,7 +69,8 @@ fn an_upgrade_waits_for_its_ticket_reading_nothing_then_opens_as_the_ticket_says
 
 #[test]
 fn a_refused_or_unavailable_ticket_is_answered_and_the_connection_closed() {
-    for (verdict, status) in [(shard_refusal(None), 401), (Err(Gate::unavailable()), 503)] {
+    let unknown = clustered().gate.admit_taken(None);
+    for (verdict, status) in [(unknown, 401), (Err(Gate::unavailable()), 503)] {
         let mut shard = clustered();
         let mut conn = admitting(&mut shard);
         conn.resume(Resumption::Admission(verdict), &mut shard.cx(7));
@@ -84,10 +85,6 @@ fn a_refused_or_unavailable_ticket_is_answered_and_the_connection_closed() {
         conn.wire.peer_closed = true;
         assert_eq!(conn.ready(true, false, &mut shard.cx(8)), Outcome::Remove, "lingers until EOF");
     }
-}
-
-fn shard_refusal(record: Option<&str>) -> Result<crate::auth::Admitted, HttpResponse> {
-    clustered().gate.admit_taken(record)
 }
 
 #[test]
