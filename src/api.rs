@@ -4,7 +4,7 @@
 //! [`PlainRequest`]) and before the handler's own `on_http` hook, which gets every path
 //! not served here. Free of sockets: a request goes in, a response comes out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -13,7 +13,7 @@ use tungstenite::Message;
 use crate::auth::ApiKey;
 use crate::auth::Gate;
 use crate::auth::IssueError;
-use crate::auth::{Grants, Identity};
+use crate::auth::{Grants, Identity, NewTicket, TicketStore};
 use crate::config::Config;
 use crate::http::{bearer_token, is_valid_user, HttpResponse, PlainRequest};
 use crate::hub::{Hub, InboxFull};
@@ -26,6 +26,17 @@ const APP_JS: &str = include_str!("../web/app.js");
 /// The sender named in messages published through the API when the body names none.
 pub const API_SENDER: &str = "api";
 
+/// How a built-in endpoint answers.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// With this, now.
+    Now(HttpResponse),
+    /// Once the cluster has stored this ticket (`POST /api/ticket` with `--redis`): then
+    /// with [`issued`], or [`unavailable`] if it could not be stored. The connection
+    /// waits for it; the shard thread does not.
+    StoreTicket(NewTicket),
+}
+
 /// Answers `request` if it is for a built-in endpoint; `None` passes it on to the handler.
 pub(crate) fn serve(
     request: &PlainRequest,
@@ -33,7 +44,18 @@ pub(crate) fn serve(
     config: &Config,
     gate: &Gate,
     counters: &mut Counters,
-) -> Option<HttpResponse> {
+) -> Option<Reply> {
+    serve_now(request, hub, config, gate, counters).map(|answer| answer.unwrap_or_else(Reply::Now))
+}
+
+/// `Err` is an answer ready now, `Ok` one that waits for the cluster.
+fn serve_now(
+    request: &PlainRequest,
+    hub: &Hub,
+    config: &Config,
+    gate: &Gate,
+    counters: &mut Counters,
+) -> Option<Result<Reply, HttpResponse>> {
     let path = request.path();
     let response = match path {
         "/" | "/index.html" if config.serve_demo => get(request, || asset("text/html; charset=utf-8", INDEX_HTML)),
@@ -51,26 +73,26 @@ pub(crate) fn serve(
         }),
         "/api/publish" | "/api/broadcast" | "/api/send" | "/api/ticket" => {
             if request.method != "POST" {
-                return Some(not_allowed("POST"));
+                return Some(Err(not_allowed("POST")));
             }
             if let Err(refusal) = authorize(request, &config.api_keys) {
                 if refusal.status == 401 {
                     counters.auth_failures += 1;
                 }
-                return Some(refusal);
+                return Some(Err(refusal));
             }
-            match path {
+            let answer = match path {
                 "/api/publish" => publish(&request.body, hub),
                 "/api/broadcast" => broadcast(&request.body, hub),
-                "/api/ticket" => ticket(&request.body, gate),
+                "/api/ticket" => return Some(ticket(&request.body, gate)),
                 _ => send(&request.body, hub),
-            }
-            .unwrap_or_else(|refusal| refusal)
+            };
+            answer.unwrap_or_else(|refusal| refusal)
         }
         _ if path.starts_with("/api/") => error(404, "not_found", &format!("no API endpoint {path}")),
         _ => return None,
     };
-    Some(response)
+    Some(Err(response))
 }
 
 /// Alive: 200 `{"ok":true}`. In a cluster it adds `"status"`: `"ok"`, or `"degraded"`
@@ -194,9 +216,10 @@ struct TicketBody {
     admin: bool,
 }
 
-/// A one-time ticket for a browser to connect as `user` (with the grants given).
-fn ticket(body: &[u8], gate: &Gate) -> Result<HttpResponse, HttpResponse> {
-    let Some(tickets) = &gate.tickets else {
+/// A one-time ticket for a browser to connect as `user` (with the grants given): issued
+/// now from the local table, or once stored in the cluster's.
+fn ticket(body: &[u8], gate: &Gate) -> Result<Reply, HttpResponse> {
+    let Some(store) = &gate.tickets else {
         return Err(error(403, "tickets_disabled", "start the server with --auth ticket to issue tickets"));
     };
     let body: TicketBody = parse(body)?;
@@ -205,14 +228,29 @@ fn ticket(body: &[u8], gate: &Gate) -> Result<HttpResponse, HttpResponse> {
     }
     let grants = Grants { subscribe: body.subs, publish: body.pubs, admin: body.admin };
     let identity = Identity { user: body.user, grants, expires_at: None };
-    match tickets.issue(identity, Instant::now()) {
-        Ok(ticket) => {
-            let answer = serde_json::json!({ "ticket": ticket, "expires_in": tickets.ttl().as_secs() });
-            Ok(HttpResponse::json(201, answer.to_string()).with_header("Cache-Control", "no-store"))
+    let issued = match store {
+        TicketStore::Local(tickets) => {
+            tickets.issue(identity, Instant::now()).map(|t| Reply::Now(issued(&t, store.ttl())))
         }
-        Err(e @ IssueError::TooMany) => Err(error(503, "too_many_tickets", &e.to_string())),
-        Err(e @ IssueError::NoRandomness) => Err(error(500, "no_randomness", &e.to_string())),
-    }
+        TicketStore::Cluster(tickets) => tickets.issue(identity).map(Reply::StoreTicket),
+    };
+    issued.map_err(|e| match e {
+        IssueError::TooMany => error(503, "too_many_tickets", &e.to_string()),
+        IssueError::NoRandomness => error(500, "no_randomness", &e.to_string()),
+    })
+}
+
+/// The answer to `POST /api/ticket` once `ticket` can be redeemed, for `ttl`.
+pub(crate) fn issued(ticket: &str, ttl: Duration) -> HttpResponse {
+    let answer = serde_json::json!({ "ticket": ticket, "expires_in": ttl.as_secs() });
+    HttpResponse::json(201, answer.to_string()).with_header("Cache-Control", "no-store")
+}
+
+/// The answer to a request that needed the cluster while it could not be reached (or
+/// had too many questions waiting): nothing was done; try again shortly.
+pub(crate) fn unavailable() -> HttpResponse {
+    error(503, "cluster_unavailable", "the cluster's Redis is unreachable or busy; nothing was done, try again")
+        .with_header("Retry-After", "1")
 }
 
 /// Parses a JSON body; a syntax error is `bad_json`, a missing or mistyped field `bad_field`.
@@ -250,8 +288,15 @@ mod tests {
         let hub = Hub::detached(2);
         let mut counters = Counters::default();
         let gate = Gate::new(&config.auth);
-        let response = serve(request, &hub, config, &gate, &mut counters).expect("a built-in endpoint");
+        let response = now(serve(request, &hub, config, &gate, &mut counters));
         (response.status, String::from_utf8(response.body).unwrap(), counters)
+    }
+
+    fn now(reply: Option<Reply>) -> HttpResponse {
+        match reply {
+            Some(Reply::Now(response)) => response,
+            other => panic!("not answered now: {other:?}"),
+        }
     }
 
     fn with_key() -> Config {
@@ -327,12 +372,33 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_a_ticket_is_answered_once_stored() {
+        let auth = crate::auth::AuthSettings { tickets: true, ..Default::default() };
+        let config = Config { auth, ..with_key() };
+        let gate = Gate::new(&config.auth).in_cluster();
+        let post = request("POST", "/api/ticket", Some("Bearer s3cret"), r#"{"user":"cy","admin":true}"#);
+        let reply = serve(&post, &Hub::detached(1), &config, &gate, &mut Counters::default());
+        let Some(Reply::StoreTicket(new)) = reply else { panic!("answered before it is stored: {reply:?}") };
+        assert!(new.record.contains(r#""user":"cy""#) && new.record.contains(r#""admin":true"#), "{}", new.record);
+        let issued = issued(&new.ticket, new.ttl);
+        let body: serde_json::Value = serde_json::from_slice(&issued.body).unwrap();
+        assert_eq!(
+            (issued.status, body["ticket"].as_str(), body["expires_in"].as_u64()),
+            (201, Some(&*new.ticket), Some(30))
+        );
+        assert_eq!(unavailable().status, 503);
+        let bad = request("POST", "/api/ticket", Some("Bearer s3cret"), r#"{"user":""}"#);
+        let reply = serve(&bad, &Hub::detached(1), &config, &gate, &mut Counters::default());
+        assert!(matches!(reply, Some(Reply::Now(HttpResponse { status: 400, .. }))), "checked before storing");
+    }
+
+    #[test]
     fn a_full_shard_inbox_is_answered_503() {
         let (hub, _receivers) = Hub::undrained(2, 1);
         let config = with_key();
         let gate = Gate::new(&config.auth);
         let broadcast = request("POST", "/api/broadcast", Some("Bearer s3cret"), r#"{"data":1}"#);
-        let post = || serve(&broadcast, &hub, &config, &gate, &mut Counters::default()).unwrap();
+        let post = || now(serve(&broadcast, &hub, &config, &gate, &mut Counters::default()));
         assert_eq!(post().status, 202);
         let refused = post();
         let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();

@@ -10,7 +10,9 @@
 //! - `http`: what a connection's first bytes ask for (upgrade, plain request, refusal) and
 //!   the responses written back.
 //! - `auth`: the gate an upgrade passes (origin, token, JWT, ticket) and the policy on
-//!   what an identity may do with topics and broadcasts.
+//!   what an identity may do with topics and broadcasts. One-time tickets live in a local
+//!   table, or in a cluster in Redis, where the gate's verdict waits for the ticket to be
+//!   taken.
 //! - `config`: every setting ([`Config`]), the command line that fills them ([`Cli`]),
 //!   durations and sizes, the TLS certificate.
 //! - `hub`: where a message goes. The [`Hub`] handle routes a delivery (a topic, everyone,
@@ -26,19 +28,22 @@
 //!   plus a small envelope) and subscribe the channels that local connections want (and
 //!   always everyone's and the instance's own), handing what arrives to the local
 //!   shards' inboxes; a third runs the questions whose answer comes back later (a
-//!   cluster-wide `presence`, routed back to the connection that asked). Shards never
-//!   wait on Redis. Each instance claims a node number, which its connection ids carry
-//!   so they are unique across the cluster, and renews it with an entry among the
-//!   cluster's members (a heartbeat with a TTL, a summary that `/stats` sums); it keeps
-//!   its topics' local subscribers in Redis (only what changed, from the publisher
-//!   thread), which presence reads for the live instances only.
+//!   cluster-wide `presence`; one-time tickets, stored when issued and taken atomically
+//!   when redeemed), each answer handed to the asking connection through its shard's
+//!   inbox. Shards never wait on Redis. Each instance claims a node number, which its
+//!   connection ids carry so they are unique across the cluster, and renews it with an
+//!   entry among the cluster's members (a heartbeat with a TTL, a summary that `/stats`
+//!   sums); it keeps its topics' local subscribers in Redis (only what changed, from the
+//!   publisher thread), which presence reads for the live instances only.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
 //!   thread each; a shard accepts, reads frames, calls the handler, applies what it asked
 //!   for through the hub, fires timers, and flushes output once per loop pass. Inside it,
 //!   `wire` is the bytes (socket, TLS, the shard's inbound buffer) and `conn` the
-//!   connection core (phases, outbound queue, deadlines), which runs without a socket.
+//!   connection core (phases, outbound queue, deadlines), which runs without a socket. A
+//!   handshaking connection may wait for the cluster (a ticket to take or to store),
+//!   reading nothing, until the answer resumes it through the shard's inbox.
 //! - `app`: the hub protocol as a handler, and the [`App`] API that runs the application's
 //!   own event and request handlers on a worker pool.
 //!

@@ -1,7 +1,8 @@
 //! Who a connection is and what it may do. The request parser (`http`) takes a credential off the
 //! upgrade request; the [`gate`] checks it (static token, [`jwt`], or one-time
-//! [`tickets`]) and the browser's origin before the 101; [`policy`] then decides, frame by
-//! frame, which topics and broadcasts the identity may use.
+//! [`tickets`], kept here or in the cluster's Redis: [`ticket_store`]) and the browser's
+//! origin before the 101; [`policy`] then decides, frame by frame, which topics and
+//! broadcasts the identity may use.
 
 use std::fmt;
 
@@ -9,13 +10,15 @@ mod gate;
 mod jwt;
 mod policy;
 mod settings;
+mod ticket_store;
 mod tickets;
 
 pub use gate::unix_now;
-pub(crate) use gate::{Admitted, Gate};
+pub(crate) use gate::{Admitted, Decision, Gate};
 pub use jwt::{sign as sign_jwt, JwtVerifier};
 pub use policy::{Policy, TopicAction, TopicDenied, TopicRule};
 pub use settings::{ApiKey, AuthSettings, Secret, StaticToken};
+pub(crate) use ticket_store::{NewTicket, TicketStore};
 pub(crate) use tickets::IssueError;
 
 /// What a credential allows beyond connecting. `None` lists mean no limit from the

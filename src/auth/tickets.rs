@@ -71,6 +71,19 @@ impl Outstanding {
     }
 }
 
+/// 256 bits from the OS's CSPRNG, base64url: what every ticket is, local or in a cluster.
+pub(crate) fn fresh_ticket() -> Result<String, IssueError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| IssueError::NoRandomness)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Whether `ticket` has the shape [`fresh_ticket`] gives: anything else was never issued,
+/// and is refused without asking the cluster.
+pub(crate) fn is_well_formed(ticket: &str) -> bool {
+    ticket.len() == 43 && ticket.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
 impl fmt::Debug for Tickets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tickets {{ ttl: {:?}, outstanding: {} }}", self.ttl, self.outstanding())
@@ -88,9 +101,7 @@ impl Tickets {
 
     /// A fresh ticket for `identity`, redeemable once until `now + ttl`.
     pub fn issue(&self, identity: Identity, now: Instant) -> Result<String, IssueError> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|_| IssueError::NoRandomness)?;
-        let ticket = URL_SAFE_NO_PAD.encode(bytes);
+        let ticket = fresh_ticket()?;
         let expires = now.checked_add(self.ttl).unwrap_or(now);
         let mut outstanding = lock(&self.outstanding);
         outstanding.purge_expired(now);
@@ -158,7 +169,8 @@ mod tests {
         let b = tickets.issue(ann(), now).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43, "32 bytes, base64url without padding");
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(is_well_formed(&a) && is_well_formed(&fresh_ticket().unwrap()));
+        assert!(!is_well_formed(&a[1..]) && !is_well_formed(&format!("{}+", &a[1..])));
         assert!(!format!("{tickets:?}").contains(&a));
     }
 

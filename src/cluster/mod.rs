@@ -36,8 +36,13 @@
 //!   Redis (written by the publisher thread, only what changed, every 100 ms at most); a
 //!   `presence` question reads the live instances' entries on the ask thread, and an
 //!   instance whose heartbeat expired is left out, then pruned with its entries.
-//!
-//! One-time tickets stay local for now.
+//! - One-time tickets ([`tickets`]): stored in Redis with their lifetime when issued and
+//!   taken atomically (`GETDEL`) when redeemed, so a ticket from any instance opens one
+//!   connection on any instance. Both are ask jobs; the connection waits for the answer
+//!   (the engine parks it), the shard thread does not.
+//! - A `subscribe` ack waits, when the topic is new to the instance, until Redis has
+//!   confirmed its SUBSCRIBE ([`reach`]), so what another instance publishes after the ack
+//!   arrives.
 
 mod ask;
 mod bus;
@@ -48,6 +53,10 @@ mod members;
 mod nodeid;
 mod presence;
 mod reach;
+mod tickets;
+
+pub(crate) use ask::Busy;
+pub(crate) use tickets::Unreachable;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

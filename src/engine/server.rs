@@ -86,9 +86,13 @@ where
     };
     let remote = cluster.as_ref().map(|(cluster, _)| cluster.clone() as Arc<dyn Remote>);
     let hub = Hub::new(inboxes, remote, filters);
-    let gate = Arc::new(Gate::new(&config.auth));
+    let gate = match &cluster {
+        Some(_) => Gate::new(&config.auth).in_cluster(),
+        None => Gate::new(&config.auth),
+    };
     let per_ip = (config.max_connections_per_ip > 0).then(|| PerIp::new(config.max_connections_per_ip));
-    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate, per_ip });
+    let member = cluster.as_ref().map(|(cluster, _)| cluster.clone());
+    let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate: Arc::new(gate), per_ip, cluster: member });
 
     let mut threads = Vec::new();
     let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();

@@ -1,6 +1,7 @@
 //! Each shard's inbox: a crossbeam channel plus a mio `Waker`, through which other
 //! threads (other shards, the worker pool, the HTTP API, an embedding application) hand
-//! a shard deliveries for its connections.
+//! a shard deliveries for its connections, and the cluster's ask thread the answers its
+//! connections wait for ([`Answer`]).
 //!
 //! A sender wakes a shard at most once per batch: the first send after the shard last
 //! drained its inbox sets `wake_pending` and calls the waker; later sends only enqueue. The
@@ -13,21 +14,39 @@
 //! for that shard's receivers only; the sender is told (`Err(InboxFull)`), so the HTTP API
 //! answers 503 and a worker's call fails, and `/stats` and `/metrics` count it. Shutdown
 //! is a flag beside the channel, so a full inbox cannot hold it up. The bound is a soft
-//! one: senders racing past the check may overshoot it by one delivery each.
+//! one: senders racing past the check may overshoot it by one delivery each. Answers are
+//! not bounded by it: each is owed to one waiting connection, which asks nothing more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::frame::SharedFrame;
+use crate::http::HttpResponse;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use super::Target;
+use super::{ConnId, Target};
 
-/// A delivery handed to a shard: the frame, for its connections that `Target` names.
-pub(crate) struct Command {
-    pub target: Target,
-    pub frame: SharedFrame,
+/// What a shard is handed.
+pub(crate) enum Command {
+    /// A delivery: the frame, for its connections that `target` names.
+    Deliver { target: Target, frame: SharedFrame },
+    /// The answer the cluster gives a connection waiting for it (a ticket taken, a
+    /// ticket stored). A connection that is gone, or no longer waiting, matches nothing.
+    Resume(ConnId, Answer),
+}
+
+/// What a connection waiting on the cluster gets back.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Its ticket, taken from Redis: the record stored under it, or `None` when there
+    /// was none (never issued, expired, or already taken).
+    Ticket(Option<String>),
+    /// The response to its HTTP request.
+    Http(HttpResponse),
+    /// The cluster could not be asked (Redis unreachable, or too many questions
+    /// waiting): nothing was done, it is answered 503.
+    Unavailable,
 }
 
 /// A delivery did not reach all its receivers: a shard's inbox was full (that shard's
@@ -98,6 +117,16 @@ impl ShardInbox {
         Ok(())
     }
 
+    /// Hands a waiting connection its answer. Not bounded by the capacity: at most one
+    /// is ever owed per connection (it asks nothing more until answered), and refusing
+    /// one would leave its connection hanging with its ticket spent.
+    pub fn resume(&self, conn: ConnId, answer: Answer) {
+        // A closed inbox means the shard has exited: the connection is gone too.
+        if self.commands.send(Command::Resume(conn, answer)).is_ok() {
+            self.wake();
+        }
+    }
+
     /// Asks the shard to stop accepting, close every connection with 1001 and exit.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
@@ -146,7 +175,7 @@ mod tests {
     use std::time::Duration;
 
     fn everyone(text: &str) -> Command {
-        Command { target: Target::Everyone, frame: SharedFrame::text(text) }
+        Command::Deliver { target: Target::Everyone, frame: SharedFrame::text(text) }
     }
 
     #[test]
@@ -181,9 +210,16 @@ mod tests {
         assert_eq!((sender.depth(), sender.refused()), (3, 2));
         sender.shutdown();
         assert!(receiver.shutdown_requested());
-        let kept: Vec<String> =
-            std::iter::from_fn(|| receiver.next()).map(|c| c.frame.to_text().unwrap().to_owned()).collect();
-        assert_eq!(kept, ["0", "1", "2"], "the first three, in order");
+        sender.resume(ConnId::new(0, 0, 1, 2), Answer::Unavailable);
+        let kept: Vec<String> = std::iter::from_fn(|| receiver.next())
+            .map(|command| match command {
+                Command::Deliver { frame, .. } => frame.to_text().unwrap().to_owned(),
+                Command::Resume(id, Answer::Unavailable) => format!("resume {id}"),
+                Command::Resume(..) => "another answer".into(),
+            })
+            .collect();
+        let resume = format!("resume {}", ConnId::new(0, 0, 1, 2));
+        assert_eq!(kept, ["0", "1", "2", resume.as_str()], "the first three, in order; an answer is never refused");
         sender.send(everyone("room again")).unwrap();
         assert_eq!(sender.refused(), 2);
     }

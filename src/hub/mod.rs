@@ -29,7 +29,7 @@ pub(crate) use filter::Filters;
 pub use filter::{Filter, UnknownFilter};
 pub use id::ConnId;
 pub use inbox::InboxFull;
-pub(crate) use inbox::{inbox, Command, InboxReceiver, ShardInbox};
+pub(crate) use inbox::{inbox, Answer, Command, InboxReceiver, ShardInbox};
 pub(crate) use node::NodeNumber;
 pub(crate) use presence::PresenceAnswer;
 pub use presence::{Presence, PresenceError};
@@ -166,7 +166,7 @@ impl Hub {
             if origin == Origin::Shard(index) || !self.may_hold(index, target) {
                 continue;
             }
-            let command = Command { target: target.clone(), frame: frame.clone() };
+            let command = Command::Deliver { target: target.clone(), frame: frame.clone() };
             if let Err(full) = inbox.send(command) {
                 result = Err(full);
             }
@@ -238,6 +238,14 @@ impl Hub {
     /// a closure ([`Filter::local`]).
     pub fn send_filtered(&self, filter: Filter, message: Message) -> Result<(), InboxFull> {
         self.route(Target::Filtered(filter), message)
+    }
+
+    /// Hands connection `conn` the cluster's answer it waits for, through its shard's
+    /// inbox (see [`Answer`]).
+    pub(crate) fn resume(&self, conn: ConnId, answer: Answer) {
+        if let Some(inbox) = self.shards.get(conn.shard()) {
+            inbox.resume(conn, answer);
+        }
     }
 
     /// Deliveries waiting in each shard's inbox.

@@ -98,7 +98,8 @@ impl RedisServer {
         self.query(::redis::cmd("GET").arg(key)).expect("GET")
     }
 
-    fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> ::redis::RedisResult<T> {
+    /// Runs one command and reads its answer as `T`.
+    pub fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> ::redis::RedisResult<T> {
         let client = ::redis::Client::open(self.url())?;
         let mut connection = client.get_connection_with_timeout(PATIENCE)?;
         cmd.query(&mut connection)

@@ -1,12 +1,15 @@
 //! The handshaking phase of a connection: reading a request (head, and body for plain
 //! HTTP), writing our answer (a 101, an HTTP response, or a refusal), then upgrading,
-//! reading the next request on a kept-alive connection, or lingering until EOF.
+//! reading the next request on a kept-alive connection, or lingering until EOF. Between
+//! request and answer the connection may wait, reading nothing, for the shard (an HTTP
+//! answer) or for the cluster through the shard (a ticket taken from Redis: see
+//! `waiting`).
 
 use std::io;
 
 use super::output::Drained;
 use super::{Admission, ConnEnv, Connection, Incoming, Outcome, Phase, RESCHEDULE};
-use crate::auth::Admitted;
+use crate::auth::{Admitted, Decision};
 use crate::engine::wire::Transport;
 use crate::frame::SharedFrame;
 use crate::http::{self, HttpResponse, Verdict, MAX_REQUEST_BYTES};
@@ -32,13 +35,20 @@ pub(crate) struct Handshake {
     pub(super) served: u16,
     /// Who the gate let in, between its decision and the upgrade.
     pub(super) admitted: Option<Admitted>,
+    /// The 101 to send if the ticket being taken from the cluster admits the connection;
+    /// empty outside `Admitting`.
+    pub(super) accept: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HandshakeStage {
     Reading,
-    /// The HTTP endpoints are deciding (the shard calls `respond`).
+    /// The HTTP endpoints are deciding (the shard calls `respond`), or, in a cluster,
+    /// the answer waits for Redis (the shard calls `resume`).
     AwaitingHttpResponse,
+    /// An upgrade whose ticket is being taken from the cluster's Redis: nothing more is
+    /// read until the verdict comes (the shard calls `resume`) or the deadline passes.
+    Admitting,
     ReplyingThenUpgrade,
     /// Kept alive: after the reply, read the next request.
     ReplyingThenNext,
@@ -58,6 +68,7 @@ impl Handshake {
             continued: false,
             served: 0,
             admitted: None,
+            accept: Vec::new(),
         }
     }
 
@@ -86,6 +97,7 @@ impl<T: Transport> Connection<T> {
                 // the socket until the upgrade (or the reply) is done.
                 HandshakeStage::ReplyingThenUpgrade
                 | HandshakeStage::AwaitingHttpResponse
+                | HandshakeStage::Admitting
                 | HandshakeStage::ReplyingThenNext => return Outcome::Keep,
                 HandshakeStage::Reading => MAX_REQUEST_BYTES + cx.limits.max_http_body + 1 - handshake.request.len(),
                 // Answered for good; later bytes are read only to notice EOF.
@@ -133,29 +145,28 @@ impl<T: Transport> Connection<T> {
                 }
                 None
             }
-            Verdict::Upgrade(upgrade) => match cx.gate.admit(&upgrade, cx.wall) {
-                Ok(admitted) => {
+            Verdict::Upgrade(upgrade) => {
+                let decision = cx.gate.admit(&upgrade, cx.wall);
+                if let Decision::Admit(_) | Decision::TakeTicket(_) = decision {
+                    // Frames sent right behind the request wait for the upgrade.
                     let rest = handshake.request.split_off(upgrade.head_len);
                     self.stash = (!rest.is_empty()).then(|| Box::new(rest));
-                    handshake.request = Vec::new();
-                    handshake.stage = HandshakeStage::ReplyingThenUpgrade;
-                    self.user = admitted.user.as_deref().map(Into::into);
-                    handshake.admitted = Some(admitted);
-                    self.queue(SharedFrame::raw(upgrade.response()));
-                    Some(self.handshake_write(cx))
                 }
-                Err(refusal) => {
-                    log::debug!(
-                        "upgrade refused: {} {}",
-                        refusal.status,
-                        String::from_utf8_lossy(&refusal.body).trim()
-                    );
-                    if refusal.status == 401 {
-                        cx.counters.auth_failures += 1;
+                match decision {
+                    Decision::Admit(admitted) => Some(self.handshake_admit(Ok(admitted), upgrade.response(), cx)),
+                    Decision::Refuse(refusal) => Some(self.handshake_admit(Err(refusal), Vec::new(), cx)),
+                    Decision::TakeTicket(ticket) => {
+                        handshake.request = Vec::new();
+                        handshake.accept = upgrade.response();
+                        handshake.stage = HandshakeStage::Admitting;
+                        // The handshake timeout again, from now: it bounds the wait.
+                        self.since = cx.now;
+                        self.flags |= RESCHEDULE;
+                        cx.incoming.push(Incoming::TakeTicket(ticket));
+                        Some(Outcome::Keep)
                     }
-                    Some(self.handshake_refuse(&refusal, true, cx))
                 }
-            },
+            }
             Verdict::Plain { request, len } => {
                 handshake.request.drain(..len);
                 handshake.keep_alive = request.keep_alive && handshake.served + 1 < MAX_REQUESTS_PER_CONNECTION;
@@ -167,6 +178,36 @@ impl<T: Transport> Connection<T> {
                 Some(Outcome::Keep)
             }
             Verdict::Refuse { response, upgrade } => Some(self.handshake_refuse(&response, upgrade, cx)),
+        }
+    }
+
+    /// Acts on the gate's verdict on an upgrade: the 101 (`accept`), or the refusal.
+    pub(super) fn handshake_admit(
+        &mut self,
+        verdict: Result<Admitted, HttpResponse>,
+        accept: Vec<u8>,
+        cx: &mut ConnEnv<'_>,
+    ) -> Outcome {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
+            return Outcome::Keep;
+        };
+        match verdict {
+            Ok(admitted) => {
+                handshake.request = Vec::new();
+                handshake.stage = HandshakeStage::ReplyingThenUpgrade;
+                self.user = admitted.user.as_deref().map(Into::into);
+                handshake.admitted = Some(admitted);
+                self.queue(SharedFrame::raw(accept));
+                self.handshake_write(cx)
+            }
+            Err(refusal) => {
+                log::debug!("upgrade refused: {} {}", refusal.status, String::from_utf8_lossy(&refusal.body).trim());
+                if refusal.status == 401 {
+                    cx.counters.auth_failures += 1;
+                }
+                self.stash = None;
+                self.handshake_refuse(&refusal, true, cx)
+            }
         }
     }
 
@@ -239,7 +280,14 @@ impl<T: Transport> Connection<T> {
     /// True while the connection is part-way through its first request: if its deadline
     /// passes now, that is a failed handshake (a socket that never sent a byte is not).
     pub(super) fn handshake_first_request_pending(&self) -> bool {
-        matches!(&self.phase, Phase::Handshaking(handshake) if handshake.served == 0 && handshake.stage == HandshakeStage::Reading && !handshake.request.is_empty())
+        let Phase::Handshaking(handshake) = &self.phase else { return false };
+        handshake.served == 0
+            && match handshake.stage {
+                HandshakeStage::Reading => !handshake.request.is_empty(),
+                // Its verdict never came in time.
+                HandshakeStage::Admitting => true,
+                _ => false,
+            }
     }
 
     fn upgrade(&mut self, cx: &mut ConnEnv<'_>) -> Outcome {

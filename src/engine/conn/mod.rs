@@ -15,7 +15,10 @@
 //! ```
 //! - `Handshaking`: reading the request (a head of at most 8 KiB, and a plain request's
 //!   body), then writing our answer; a kept-alive plain HTTP connection goes back to
-//!   reading its next request and stays in this phase.
+//!   reading its next request and stays in this phase. In a cluster, between request and
+//!   answer it may wait for Redis ([`waiting`]: a ticket to take before the 101, a ticket
+//!   to store before the HTTP answer), reading nothing, until the shard resumes it or its
+//!   deadline passes.
 //! - `Open`: messages flow both ways; silent peers get pings, then an idle close.
 //! - `Closing`: our close frame is queued or sent; we wait for the peer's reply or EOF
 //!   until the close deadline. Incoming data is no longer delivered.
@@ -44,10 +47,12 @@ mod outbound;
 mod output;
 #[cfg(test)]
 mod pipe;
+mod waiting;
 
 use handshake::Handshake;
 use outbound::{FrameIo, Outbound};
 pub(crate) use output::Delivery;
+pub(crate) use waiting::{Resumption, Waiting};
 
 /// Recv calls one readiness event may make before the connection yields to others.
 const READ_BUDGET: usize = 16;
@@ -102,6 +107,9 @@ pub(crate) enum Incoming {
     Opened(Option<Admission>),
     Message(Message),
     Http(PlainRequest),
+    /// An upgrade presented this ticket, kept in the cluster: the shard asks for it to
+    /// be taken and resumes the connection, which waits, with the verdict.
+    TakeTicket(String),
     /// The peer broke the protocol after the messages before this one: the shard closes
     /// the connection with this code once the handler has seen them (so replies to them
     /// still go out, ahead of the close frame).

@@ -385,3 +385,5 @@ fn a_paced_delivery_leaves_nothing_to_sweep() {
     }
     assert_eq!(conn.wire.to_peer.len(), frames(3).iter().map(SharedFrame::len).sum::<usize>());
 }
+
+mod waiting;

@@ -20,9 +20,9 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::api;
 use crate::auth::{unix_now, Gate};
 use crate::clock::{self, Clock, Tick};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::conn::{Connection, Incoming, Limits, Outcome};
 use crate::engine::limits::PerIp;
@@ -37,6 +37,7 @@ use crate::protocol;
 use crate::sync::lock;
 
 mod accept;
+mod asking;
 mod delivery;
 mod expiry;
 mod ledger;
@@ -59,6 +60,9 @@ pub(crate) struct Shared {
     pub gate: Arc<Gate>,
     /// Connections per source address, with `--max-connections-per-ip`.
     pub per_ip: Option<PerIp>,
+    /// This instance's membership of a cluster (`--redis`): where tickets are stored and
+    /// taken (see `asking`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 pub(crate) struct Shard<H> {
@@ -302,21 +306,8 @@ impl<H: Handler> Shard<H> {
                         self.remove(key, now);
                     }
                 }
-                Incoming::Http(request) => {
-                    let response = api::serve(
-                        &request,
-                        &self.routing.hub,
-                        &self.shared.config,
-                        &self.shared.gate,
-                        &mut self.io.counters,
-                    )
-                    .unwrap_or_else(|| self.handler.on_http(&request));
-                    let mut cx = self.io.cx(key, now);
-                    let outcome = conn.respond(&response, &mut cx);
-                    if outcome == Outcome::Remove || !self.io.sync_interest(key, conn) {
-                        self.remove(key, now);
-                    }
-                }
+                Incoming::Http(request) => self.serve_http(key, &request, now),
+                Incoming::TakeTicket(ticket) => self.take_ticket(key, &ticket, now),
             }
             self.apply_effects(key, now);
         }
@@ -345,8 +336,11 @@ impl<H: Handler> Shard<H> {
 
     fn drain_inbox(&mut self, now: Tick) {
         self.inbox.woken();
-        while let Some(Command { target, frame }) = self.inbox.next() {
-            self.deliver_local(&target, &frame, now);
+        while let Some(command) = self.inbox.next() {
+            match command {
+                Command::Deliver { target, frame } => self.deliver_local(&target, &frame, now),
+                Command::Resume(id, answer) => self.resume(id, answer, now),
+            }
         }
         // After the drain, so what was sent before the shutdown goes out before the 1001.
         if self.inbox.shutdown_requested() {
