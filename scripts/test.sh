@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
 #   1. unit and integration tests of every workspace crate (real sockets on 127.0.0.1;
-#      tests/cluster.rs starts private redis-servers, and tests/examples.rs private
+#      tests/cluster*.rs start private redis-servers, and tests/examples.rs private
 #      PostgreSQL clusters for the use case: Debian's redis-server and postgresql,
 #      installed here when missing, since under CI=true those tests fail without them);
 #   2. RFC 6455 conformance with the Autobahn|Testsuite (installs itself on first use);
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib.sh
-# Debian's redis-server for tests/cluster.rs (under CI=true those tests fail without it).
+# Debian's redis-server for tests/cluster*.rs (under CI=true those tests fail without it).
 need_apt_package redis-server redis-server
 # The package's own service is not needed (the tests start private servers on free
 # ports); it is left as the package set it up.
