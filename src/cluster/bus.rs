@@ -4,7 +4,6 @@
 //! Neither is ever waited on by a shard. Each reconnects on its own with exponential
 //! back-off and jitter; the subscriber resubscribes everything still wanted.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,7 +199,7 @@ pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: R
         let lost = match connect(&client) {
             Ok(mut connection) => {
                 let mut listener =
-                    Listener { cluster: &cluster, hub: &hub, subscribed: HashSet::new(), number: cluster.number.get() };
+                    Listener { cluster: &cluster, hub: &hub, number: cluster.number.get() };
                 match listener.serve(&mut connection, &stop, &mut backoff) {
                     Ok(()) => return,
                     Err(e) => e,
@@ -219,7 +218,6 @@ pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: R
 struct Listener<'a> {
     cluster: &'a Cluster,
     hub: &'a Hub,
-    subscribed: HashSet<Want>,
     /// The node number whose channel is subscribed (it follows the instance's).
     number: u16,
 }
@@ -236,9 +234,8 @@ impl Listener<'_> {
         let mut channels = vec![self.cluster.channels.everyone(), self.cluster.channels.node(self.number)];
         channels.extend(everything.iter().map(|want| self.cluster.channels.of_want(want)));
         command(&mut pubsub, Command::Subscribe, &channels)?;
-        answer(self.hub, self.cluster.reach.up(&everything));
-        self.subscribed.extend(everything);
-        self.cluster.health.channels.store(self.subscribed.len() + ALWAYS, Ordering::Relaxed);
+        answer(self.hub, self.cluster.reach.up(everything));
+        self.cluster.health.channels.store(self.cluster.reach.len() + ALWAYS, Ordering::Relaxed);
         self.cluster.health.up(Link::Subscribe);
         backoff.reset();
         pubsub.set_read_timeout(Some(POLL))?;
@@ -269,7 +266,7 @@ impl Listener<'_> {
     /// longer wanted: one command per kind for all changes since the last look. The node
     /// channel follows the instance's node number when the publisher had to move it.
     fn apply_changes(&mut self, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
-        let changes = self.cluster.wanted.changes(&self.subscribed);
+        let changes = self.cluster.reach.changes(&self.cluster.wanted);
         let number = self.cluster.number.get();
         if changes.gained.is_empty() && changes.lost.is_empty() && number == self.number {
             return Ok(());
@@ -287,11 +284,7 @@ impl Listener<'_> {
         command(pubsub, Command::Unsubscribe, &lost)?;
         answer(self.hub, self.cluster.reach.released(&changes.lost));
         pubsub.set_read_timeout(Some(POLL))?;
-        self.subscribed.extend(changes.gained);
-        for want in &changes.lost {
-            self.subscribed.remove(want);
-        }
-        self.cluster.health.channels.store(self.subscribed.len() + ALWAYS, Ordering::Relaxed);
+        self.cluster.health.channels.store(self.cluster.reach.len() + ALWAYS, Ordering::Relaxed);
         Ok(())
     }
 

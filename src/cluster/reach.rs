@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::frame::SharedFrame;
-use crate::hub::{ConnId, Want};
+use crate::hub::{Changes, ConnId, Want, Wanted};
 use crate::sync::lock;
 
 /// An answer for a connection, sent once its topic is reachable.
@@ -28,7 +28,8 @@ pub(crate) struct Waiter {
 struct State {
     /// The subscribed connection is up and has subscribed everything wanted.
     up: bool,
-    /// Wants whose channel is subscribed in Redis (while `up`).
+    /// Wants whose channel is subscribed in Redis (while `up`): the subscriber thread's
+    /// record of what it holds, which it diffs against what is wanted.
     held: HashSet<Want>,
     /// Answers for wants not held yet.
     waiting: HashMap<Want, Vec<Waiter>>,
@@ -54,11 +55,25 @@ impl Reach {
 
     /// The subscribed connection (re)subscribed `wants`, everything wanted: what waited
     /// for them is due. Others keep waiting for their SUBSCRIBE.
-    pub fn up(&self, wants: &[Want]) -> Vec<Waiter> {
+    pub fn up(&self, wants: Vec<Want>) -> Vec<Waiter> {
         let mut state = lock(&self.state);
         state.up = true;
         state.held.clear();
-        Self::hold(&mut state, wants)
+        let mut due = Self::hold(&mut state, &wants);
+        // Nothing that waited can be wanted and not held now (`wants` is all of them);
+        // what waited for a name no longer wanted is answered too.
+        due.extend(state.waiting.drain().flat_map(|(_, waiters)| waiters));
+        due
+    }
+
+    /// What the subscriber thread must subscribe and unsubscribe to hold what is wanted.
+    pub fn changes(&self, wanted: &Wanted) -> Changes {
+        wanted.changes(&lock(&self.state).held)
+    }
+
+    /// Channels held (besides the ones always held).
+    pub fn len(&self) -> usize {
+        lock(&self.state).held.len()
     }
 
     /// Redis confirmed the SUBSCRIBE of `wants`.
@@ -113,7 +128,7 @@ mod tests {
         let reach = Reach::default();
         let ack = || SharedFrame::text("ack");
         assert!(reach.when_held(room(), ConnId::from_u64(1), ack()).is_some(), "down: at once");
-        assert!(conns(reach.up(&[])).is_empty());
+        assert!(conns(reach.up(Vec::new())).is_empty());
         assert!(reach.when_held(room(), ConnId::from_u64(2), ack()).is_none());
         assert!(reach.when_held(room(), ConnId::from_u64(3), ack()).is_none());
         assert!(reach.held(&[Want::Topic("other".into())]).is_empty());
@@ -126,7 +141,7 @@ mod tests {
         assert_eq!(conns(reach.down()), [6], "a lost connection answers everything");
         assert!(reach.when_held(room(), ConnId::from_u64(7), ack()).is_some());
         assert!(reach.when_held(room(), ConnId::from_u64(8), ack()).is_some());
-        assert_eq!(conns(reach.up(&[room()])), Vec::<u64>::new());
+        assert_eq!(conns(reach.up(vec![room()])), Vec::<u64>::new());
         assert!(reach.when_held(room(), ConnId::from_u64(9), ack()).is_some(), "resubscribed");
     }
 }

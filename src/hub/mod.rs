@@ -35,7 +35,7 @@ pub(crate) use presence::PresenceAnswer;
 pub use presence::{Presence, PresenceError};
 pub(crate) use remote::Remote;
 pub(crate) use shared::ShardShared;
-pub(crate) use wanted::{Want, Wanted};
+pub(crate) use wanted::{Changes, Want, Wanted};
 
 use std::sync::Arc;
 use std::time::Instant;
