@@ -209,6 +209,10 @@ pub fn prometheus(stats: &Stats) -> String {
         );
         let connections = "Connections held by all instances of the cluster.";
         out.single("wshub_cluster_connections", connections, cluster.connections as u64);
+        let topics = "Topics with a subscriber, summed over the instances (one on two counts twice).";
+        out.single("wshub_cluster_topics", topics, cluster.topics as u64);
+        let users = "Named users with a connection, summed over the instances (one on two counts twice).";
+        out.single("wshub_cluster_users", users, cluster.users as u64);
     }
     out.0
 }
@@ -283,9 +287,11 @@ mod tests {
         assert!(text.contains("wshub_topics 4\n"));
         assert!(text.contains("wshub_expiry_entries 2\n"));
         assert!(!text.contains("wshub_redis"), "no cluster, no Redis metrics");
-        let cluster = ClusterStats { redis_up: true, dropped: 4, ..ClusterStats::default() };
+        let cluster = ClusterStats { redis_up: true, dropped: 4, topics: 9, users: 5, ..ClusterStats::default() };
         let text = prometheus(&Stats { cluster: Some(cluster), ..stats });
         assert!(text.contains("# TYPE wshub_redis_up gauge\nwshub_redis_up 1\n"));
+        assert!(text.contains("# TYPE wshub_cluster_topics gauge\nwshub_cluster_topics 9\n"));
+        assert!(text.contains("wshub_cluster_users 5\n"));
         assert!(text.contains("# TYPE wshub_redis_dropped_total counter\nwshub_redis_dropped_total 4\n"));
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
