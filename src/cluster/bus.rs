@@ -198,8 +198,7 @@ pub(super) fn subscribe(cluster: Arc<Cluster>, client: Client, hub: Hub, stop: R
     loop {
         let lost = match connect(&client) {
             Ok(mut connection) => {
-                let mut listener =
-                    Listener { cluster: &cluster, hub: &hub, number: cluster.number.get() };
+                let mut listener = Listener { cluster: &cluster, hub: &hub, number: cluster.number.get() };
                 match listener.serve(&mut connection, &stop, &mut backoff) {
                     Ok(()) => return,
                     Err(e) => e,
