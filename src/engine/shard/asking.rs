@@ -89,18 +89,9 @@ impl<H: Handler> Shard<H> {
             _ => return,
         };
         let mut cx = self.io.cx(key, now);
-        let mut outcome = conn.resume(resumption, &mut cx);
-        if !self.io.sync_interest(key, conn) {
-            outcome = Outcome::Remove;
-        }
-        // The upgrade (the handler's `on_open`), or a pipelined request now surfaced.
-        self.dispatch_incoming(key, now);
-        match outcome {
-            Outcome::Remove => self.remove(key, now),
-            Outcome::ReadAgain => self.read_again.push(key),
-            Outcome::Keep => {}
-        }
-        self.settle(key);
+        let outcome = conn.resume(resumption, &mut cx);
+        // Dispatches the upgrade (the handler's `on_open`), or a pipelined request now surfaced.
+        self.conclude(key, outcome, now);
     }
 
     /// Ends a wait at once, from inside the dispatch that began it (which dispatches

@@ -229,12 +229,19 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let mut cx = self.io.cx(key, now);
-        let mut outcome = conn.ready(readable, writable, &mut cx);
-        if !self.io.sync_interest(key, conn) {
-            outcome = Outcome::Remove;
-        }
+        let outcome = conn.ready(readable, writable, &mut cx);
+        self.conclude(key, outcome, now);
+    }
+
+    /// After a call into a connection: its interest synced with its state, what it
+    /// surfaced (messages, a request, an upgrade) dispatched, then its outcome applied.
+    pub(super) fn conclude(&mut self, key: usize, outcome: Outcome, now: Tick) {
+        let synced = match self.conns.get_mut(key) {
+            Some(conn) => self.io.sync_interest(key, conn),
+            None => false,
+        };
         self.dispatch_incoming(key, now);
-        match outcome {
+        match if synced { outcome } else { Outcome::Remove } {
             Outcome::Remove => self.remove(key, now),
             Outcome::ReadAgain => self.read_again.push(key),
             Outcome::Keep => {}
