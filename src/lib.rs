@@ -62,6 +62,7 @@ mod config;
 mod engine;
 mod error;
 mod frame;
+mod history;
 mod http;
 mod hub;
 mod metrics;
@@ -73,7 +74,7 @@ pub use auth::{
     sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, Grants, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
     TopicDenied, TopicRule,
 };
-pub use config::{BatchRule, Cli, ClusterSettings, Config, Mode, RedisUrl, TlsSettings};
+pub use config::{BatchRule, Cli, ClusterSettings, Config, HistoryRule, Mode, RedisUrl, Store, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};
