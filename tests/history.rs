@@ -298,3 +298,20 @@ fn without_history_messages_carry_no_offset() {
     assert_eq!(none["code"], "no_history", "{none}");
     stop(server);
 }
+
+#[test]
+fn the_http_publish_api_writes_through_history() {
+    let config = Config { api_keys: vec![wshub::ApiKey::new("k")], ..history_config(&["t=100"], Store::Memory) };
+    let server = start(config);
+    let addr = server.local_addr();
+    let mut sub = JsonClient::connect(addr, "/");
+    sub.call(json!({"type": "subscribe", "topic": "t"}), 1);
+    for n in 1..=2 {
+        let reply = http_once(addr, "POST", "/api/publish", Some("k"), &format!(r#"{{"topic":"t","data":{n}}}"#));
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    assert_eq!(next_kept(&mut sub).0, 1);
+    let (offset, _, frame) = next_kept(&mut sub);
+    assert_eq!((offset, &frame["data"]), (2, &json!(2)));
+    stop(server);
+}
