@@ -380,3 +380,96 @@ struct Kept<'a> {
     from: &'a str,
     data: &'a RawValue,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Command, ConnId, InboxReceiver};
+    use crate::sync::lock;
+
+    /// A keeper on a memory store whose hub has one undrained shard, where connection
+    /// slot 1 is subscribed to `t`.
+    fn keeper(rule: &str) -> (Keeper, InboxReceiver) {
+        let (hub, mut receivers) = Hub::undrained(1, 1024);
+        lock(&hub.shared(0).topics).subscribe(1, || "sub".into(), "t", 8).unwrap();
+        let config = Config { history: vec![rule.parse().unwrap()], ..Config::default() };
+        let store = Store::open(&crate::config::Store::Memory).unwrap();
+        let keeper = Keeper {
+            store,
+            hub,
+            rules: config.history,
+            max_replay: 100,
+            topics: HashMap::new(),
+            dirty: HashSet::new(),
+            batch: Vec::new(),
+            commit_at: None,
+            sweep_at: Instant::now() + SWEEP_EVERY,
+        };
+        (keeper, receivers.remove(0))
+    }
+
+    fn publish(keeper: &mut Keeper, n: u64, ts: u64, ack: bool) {
+        let data = RawValue::from_string(n.to_string()).unwrap();
+        let ack = ack.then(|| Asker { conn: ConnId::new(0, 0, 2, 1), id: RawValue::from_string("9".into()).unwrap() });
+        keeper.handle(Job::Publish { topic: "t".into(), from: "ann".into(), data, ts, ack });
+    }
+
+    /// Every frame the shard was handed, as JSON.
+    fn handed(receiver: &InboxReceiver) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| receiver.next())
+            .flat_map(|command| match command {
+                Command::Deliver { frame, .. } => vec![frame],
+                Command::Replay { frames, .. } => frames,
+                Command::Resume(..) => vec![],
+            })
+            .map(|frame| serde_json::from_str(frame.to_text().unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_delivered_before_its_batch_is_committed() {
+        let (mut keeper, receiver) = keeper("t=10");
+        let now = protocol::now_millis();
+        publish(&mut keeper, 1, now, true);
+        publish(&mut keeper, 2, now, false);
+        assert!(handed(&receiver).is_empty(), "still in the open batch");
+        keeper.commit();
+        let frames = handed(&receiver);
+        let seen: Vec<_> = frames.iter().map(|f| (f["type"].clone(), f["offset"].clone())).collect();
+        let (message, ack) = (serde_json::Value::from("message"), serde_json::Value::from("ack"));
+        assert_eq!(seen, [(message.clone(), 1.into()), (ack, serde_json::Value::Null), (message, 2.into())]);
+    }
+
+    #[test]
+    fn publications_older_than_the_age_limit_are_neither_kept_nor_replayed() {
+        let (mut keeper, receiver) = keeper("t=100/1h");
+        let now = protocol::now_millis();
+        publish(&mut keeper, 1, now - 2 * 3_600_000, false);
+        publish(&mut keeper, 2, now, false);
+        keeper.commit();
+        let epoch = handed(&receiver)[0]["epoch"].as_str().unwrap().to_string();
+        let recover = |keeper: &mut Keeper, offset| {
+            let asker =
+                Recovery { conn: ConnId::new(0, 0, 1, 1), request: 1, id: RawValue::from_string("5".into()).ok() };
+            keeper.handle(Job::Recover { topic: "t".into(), since: Since { offset, epoch: epoch.clone() }, asker });
+            handed(&receiver)
+        };
+        let frames = recover(&mut keeper, 0);
+        assert_eq!((frames.len(), &frames[0]["recovered"]), (1, &false.into()), "offset 1 expired: {frames:?}");
+        let frames = recover(&mut keeper, 1);
+        assert_eq!(frames[0]["offset"], 2);
+        assert_eq!(frames[1]["recovered"], true);
+    }
+
+    #[test]
+    fn a_failing_store_still_delivers_live_without_offsets_and_tells_the_publisher() {
+        let (mut keeper, receiver) = keeper("t=10");
+        keeper.store.break_writes();
+        publish(&mut keeper, 1, protocol::now_millis(), true);
+        keeper.commit();
+        let frames = handed(&receiver);
+        assert_eq!(frames[0]["data"], 1);
+        assert!(frames[0].get("offset").is_none(), "{:?}", frames[0]);
+        assert_eq!(frames[1]["code"], "unavailable");
+    }
+}

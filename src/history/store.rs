@@ -153,6 +153,14 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Makes every later commit fail, as a full disk or a read-only file would.
+    pub(super) fn break_writes(&self) {
+        self.db.execute_batch("DROP TABLE messages").expect("drop");
+    }
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`], each step in its own transaction.
 fn migrate(db: &mut Connection) -> Result<(), String> {
     let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| e.to_string())?;
