@@ -138,7 +138,10 @@ fn recover(cx: &mut Context<'_>, topic: &str, since: Since, id: Option<Box<RawVa
     }
     let refused = match cx.subscribe_since(topic, since, id.clone()) {
         Ok(()) => return,
-        Err(RecoverError::Subscribe(SubscribeError::TooMany)) => subscribe(cx, topic.into()),
+        Err(RecoverError::Subscribe(SubscribeError::TooMany)) => Answer::Error(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {} subscriptions per connection", cx.max_subscriptions()),
+        ),
         Err(why @ RecoverError::NoHistory) => Answer::Error(ErrorCode::NoHistory, why.to_string()),
         Err(why @ RecoverError::AlreadySubscribed) => Answer::Error(ErrorCode::AlreadySubscribed, why.to_string()),
         Err(why @ RecoverError::Busy) => Answer::Error(ErrorCode::Overloaded, why.to_string()),

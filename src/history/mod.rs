@@ -66,6 +66,7 @@ pub(crate) fn spawn(
         topics: HashMap::new(),
         dirty: HashSet::new(),
         batch: Vec::new(),
+        acks: Vec::new(),
         commit_at: None,
         sweep_at: Instant::now() + SWEEP_EVERY,
     };
@@ -83,8 +84,10 @@ struct Keeper {
     topics: HashMap<Arc<str>, TopicRow>,
     /// Topics whose row must be written with the open batch.
     dirty: HashSet<Arc<str>>,
-    /// Publications with offsets, not yet committed, with whom to ack.
-    batch: Vec<(Row, Option<Asker>)>,
+    /// Publications with offsets, not yet committed.
+    batch: Vec<Row>,
+    /// Whom to ack for each publication in `batch`, at the same index.
+    acks: Vec<Option<Asker>>,
     /// When the open batch is committed; `None` while there is nothing to commit.
     commit_at: Option<Instant>,
     sweep_at: Instant,
@@ -175,7 +178,8 @@ impl Keeper {
             state.last = row.offset;
         }
         self.dirty.insert(row.topic.clone());
-        self.batch.push((row, ack));
+        self.batch.push(row);
+        self.acks.push(ack);
         self.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
         if self.batch.len() >= MAX_BATCH {
             self.commit();
@@ -188,7 +192,8 @@ impl Keeper {
         if self.dirty.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let rows = std::mem::take(&mut self.batch);
+        let acks = std::mem::take(&mut self.acks);
         let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
         let now = protocol::now_millis();
         let states: Vec<(&str, &TopicRow)> =
@@ -202,13 +207,12 @@ impl Keeper {
                 Some(Trim { topic, through, before_ts })
             })
             .collect();
-        let rows: Vec<Row> = batch.iter().map(|(row, _)| row.clone()).collect();
         match self.store.commit(&states, &rows, &trims) {
             Ok(()) => {
-                for (row, ack) in batch {
+                for (row, ack) in rows.iter().zip(acks) {
                     let epoch = self.topics.get(&row.topic).map(|state| state.epoch.clone());
                     let position = epoch.as_deref().map(|epoch| Position { offset: row.offset, epoch });
-                    self.route(&row, position, ack);
+                    self.route(row, position, ack);
                 }
             }
             Err(e) => {
@@ -217,8 +221,8 @@ impl Keeper {
                 for topic in &dirty {
                     self.topics.remove(topic);
                 }
-                for (row, ack) in batch {
-                    self.deliver_unkept(&row, ack, &e);
+                for (row, ack) in rows.iter().zip(acks) {
+                    self.deliver_unkept(row, ack, &e);
                 }
             }
         }
@@ -402,6 +406,7 @@ mod tests {
             topics: HashMap::new(),
             dirty: HashSet::new(),
             batch: Vec::new(),
+            acks: Vec::new(),
             commit_at: None,
             sweep_at: Instant::now() + SWEEP_EVERY,
         };
