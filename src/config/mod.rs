@@ -259,6 +259,17 @@ mod tests {
     }
 
     #[test]
+    fn history_is_for_one_instance_and_replays_at_least_one_message() {
+        let history = vec!["chat.*=10".parse().unwrap()];
+        assert_eq!(Config { history: history.clone(), ..Config::default() }.validate(), Ok(()));
+        let redis = "redis://127.0.0.1:6379".parse().unwrap();
+        let cluster = Some(ClusterSettings { redis, prefix: "wshub".into() });
+        let error = Config { history, cluster, ..Config::default() }.validate().unwrap_err();
+        assert!(error.contains("--history"), "{error}");
+        assert!(Config { max_replay: 0, ..Config::default() }.validate().is_err());
+    }
+
+    #[test]
     fn pending_limit_must_hold_a_full_message() {
         let config = Config { max_message_size: 1 << 20, max_pending_bytes: 1 << 20, ..Config::default() };
         assert!(config.validate().unwrap_err().contains("--max-pending-bytes"));
