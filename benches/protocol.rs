@@ -43,6 +43,7 @@ fn encode(c: &mut Criterion) {
                 black_box("ann"),
                 black_box(&data),
                 black_box(1_700_000_000_000),
+                None,
             )
         })
     });

@@ -194,7 +194,7 @@ fn publish(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
 fn broadcast(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
     let body: BroadcastBody<'_> = parse(body)?;
     let from = sender(body.from.as_deref())?;
-    accepted(hub.broadcast(Message::text(protocol::message(None, from, body.data, protocol::now_millis()))))
+    accepted(hub.broadcast(Message::text(protocol::message(None, from, body.data, protocol::now_millis(), None))))
 }
 
 fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
@@ -203,7 +203,7 @@ fn send(body: &[u8], hub: &Hub) -> Result<HttpResponse, HttpResponse> {
         return Err(error(400, "bad_field", "user must not be empty"));
     }
     let from = sender(body.from.as_deref())?;
-    let frame = protocol::message(None, from, body.data, protocol::now_millis());
+    let frame = protocol::message(None, from, body.data, protocol::now_millis(), None);
     accepted(hub.send_to_user(&body.user, Message::text(frame)))
 }
 

@@ -20,6 +20,12 @@ pub enum Error {
     ShardPanicked(usize),
     /// A cluster bus thread (`--redis`) panicked: a bug in wshub; report it with the log.
     BusPanicked,
+    /// The history store (`--store`) could not be opened or migrated: the message names
+    /// the file and the reason (permissions, a full disk, a newer schema); fix it or
+    /// point `--store` elsewhere.
+    Store(String),
+    /// The history thread (`--history`) panicked: a bug in wshub; report it with the log.
+    HistoryPanicked,
 }
 
 impl fmt::Display for Error {
@@ -30,6 +36,8 @@ impl fmt::Display for Error {
             Error::Startup(source) => write!(f, "cannot start: {source}"),
             Error::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
             Error::BusPanicked => f.write_str("a cluster bus thread panicked"),
+            Error::Store(why) => write!(f, "cannot open the {why}"),
+            Error::HistoryPanicked => f.write_str("the history thread panicked"),
         }
     }
 }

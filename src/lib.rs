@@ -20,7 +20,8 @@
 //!   shard's inbox; connection ids ([`ConnId`]: node number, shard, slot, generation);
 //!   filters (closures, or named ones an [`App`] registers, which cross instances); a
 //!   shard's topic tables and batches; the [`Handler`] hook and the [`Context`] it acts
-//!   through.
+//!   through; which topics keep history, the queue to the history thread, and each
+//!   shard's subscriptions waiting for their replay.
 //! - `cluster`: several instances acting as one over Redis (`--redis`). The hub's routing
 //!   seam hands it what other instances may hold receivers of (topic publications,
 //!   broadcasts, sends to a user or to another instance's connection id, named filters);
@@ -35,6 +36,14 @@
 //!   entry among the cluster's members (a heartbeat with a TTL, a summary that `/stats`
 //!   sums); it keeps its topics' local subscribers in Redis (only what changed, from the
 //!   publisher thread), which presence reads for the live instances only.
+//! - `history`: topic history (`--history`). One thread owns the store (an embedded
+//!   SQLite database, `--store`) and orders every kept topic: a publication on such a
+//!   topic is queued to it by the hub, given the topic's next offset, committed with its
+//!   batch (group commit), and only then routed through the hub's seam and acked. A
+//!   `subscribe` with `since` is queued the same way; the thread replays what was missed
+//!   through the subscriber's shard inbox, which holds back the topic's live deliveries
+//!   to it until then, so the switch to live has no gap and no repeat. Shards never wait
+//!   on the store. Without `--history` there is no thread and no store.
 //! - `api`: the plain HTTP endpoints (web demo, publish API, tickets, health, stats,
 //!   metrics).
 //! - `engine`: sockets, threads and time. [`start`] binds the listeners and runs one shard
@@ -62,6 +71,7 @@ mod config;
 mod engine;
 mod error;
 mod frame;
+mod history;
 mod http;
 mod hub;
 mod metrics;
@@ -73,7 +83,7 @@ pub use auth::{
     sign_jwt, unix_now, ApiKey, AuthError, AuthSettings, Grants, JwtVerifier, Policy, Secret, StaticToken, TopicAction,
     TopicDenied, TopicRule,
 };
-pub use config::{BatchRule, Cli, ClusterSettings, Config, Mode, RedisUrl, TlsSettings};
+pub use config::{BatchRule, Cli, ClusterSettings, Config, HistoryRule, Mode, RedisUrl, Store, TlsSettings};
 pub use engine::{run, start, Server};
 pub use error::Error;
 pub use http::{HttpResponse, PlainRequest};

@@ -6,11 +6,17 @@
 //! Client `data`, `params` and `id` stay raw JSON (`RawValue`): the server never re-encodes
 //! what a client sent, it copies it once into the outbound frame.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
+mod server;
+mod since;
 mod topic;
 
+pub use server::{
+    ack, batch, error, message, pong, recovered_ack, response_err, response_ok, token_expiring, welcome, Position,
+};
+pub use since::Since;
 pub use topic::{check_topic, glob_match, MAX_TOPIC_LEN};
 
 /// How long before a connection's credential expires it is sent `token_expiring`, in
@@ -87,6 +93,8 @@ wire_names! {
         Presence = "presence",
         /// The server's counters.
         Stats = "stats",
+        /// A page of a topic's kept messages.
+        History = "history",
     }
 }
 
@@ -102,6 +110,8 @@ pub struct ClientFrame {
 pub enum ClientOp {
     Subscribe {
         topic: String,
+        /// Recover what was missed after this position first (topics with history).
+        since: Option<Since>,
     },
     Unsubscribe {
         topic: String,
@@ -162,8 +172,16 @@ pub enum ErrorCode {
     /// A shard's inbox was full: some receivers missed what the handler sent; or, for a
     /// cluster-wide `presence`, too many questions were already waiting for Redis.
     Overloaded,
-    /// A cluster-wide answer (`presence`) needs Redis, which cannot be reached now.
+    /// A cluster-wide answer (`presence`) needs Redis, which cannot be reached now; or the
+    /// history store failed.
     Unavailable,
+    /// `since` is not `{offset, epoch}`, or names an offset the topic never reached.
+    BadSince,
+    /// The topic keeps no history (no `--history` rule matches it).
+    NoHistory,
+    /// A `subscribe` with `since` on a topic the connection is already subscribed to
+    /// (the replay would repeat what it received live): unsubscribe first.
+    AlreadySubscribed,
 }
 
 impl ErrorCode {
@@ -182,6 +200,9 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadSince => "bad_since",
+            ErrorCode::NoHistory => "no_history",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
         }
     }
 }
@@ -206,6 +227,7 @@ struct Envelope {
     method: Option<Box<RawValue>>,
     params: Option<Box<RawValue>>,
     token: Option<Box<RawValue>>,
+    since: Option<Box<RawValue>>,
 }
 
 /// Decodes one client text frame.
@@ -223,14 +245,17 @@ pub fn decode(text: &str) -> Result<ClientFrame, Refusal> {
         message: format!("expected a JSON object with a string \"type\": {e}"),
         id: None,
     })?;
-    let Envelope { kind, id, topic, data, to, method, params, token } = envelope;
+    let Envelope { kind, id, topic, data, to, method, params, token, since } = envelope;
     let refuse = |code, message: String, id| Refusal { code, message, id };
     let op = (|| {
         let Some(built_in) = BuiltInType::from_name(&kind) else {
             return Ok(ClientOp::Event { name: kind.clone(), data: data.unwrap_or_else(null) });
         };
         Ok(match built_in {
-            BuiltInType::Subscribe | BuiltInType::Join => ClientOp::Subscribe { topic: topic_field(topic)? },
+            BuiltInType::Subscribe | BuiltInType::Join => ClientOp::Subscribe {
+                topic: topic_field(topic)?,
+                since: since.as_deref().map(Since::parse).transpose().map_err(|why| (ErrorCode::BadSince, why))?,
+            },
             BuiltInType::Unsubscribe | BuiltInType::Leave => ClientOp::Unsubscribe { topic: topic_field(topic)? },
             BuiltInType::Publish | BuiltInType::Message => {
                 ClientOp::Publish { topic: topic_field(topic)?, data: required(data, "data")? }
@@ -272,107 +297,6 @@ fn topic_field(value: Option<Box<RawValue>>) -> Result<String, FieldError> {
     Ok(topic)
 }
 
-// Server frames. Each is serialized once; deliveries share the resulting bytes.
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum ServerFrame<'a> {
-    Welcome {
-        conn: u64,
-        user: &'a str,
-    },
-    Message {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        topic: Option<&'a str>,
-        from: &'a str,
-        data: &'a RawValue,
-        ts: u64,
-    },
-    Ack {
-        id: &'a RawValue,
-    },
-    Pong {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    Error {
-        code: &'a str,
-        message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    #[serde(rename = "token_expiring")]
-    TokenExpiring {
-        expires_at: u64,
-    },
-    Response {
-        id: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        result: Option<&'a serde_json::Value>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<ErrorBody<'a>>,
-    },
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
-fn encode(frame: &ServerFrame<'_>) -> String {
-    serde_json::to_string(frame).expect("server frames always serialize")
-}
-
-pub fn welcome(conn: u64, user: &str) -> String {
-    encode(&ServerFrame::Welcome { conn, user })
-}
-
-/// A delivery: `topic` is `None` for broadcasts and direct sends.
-pub fn message(topic: Option<&str>, from: &str, data: &RawValue, ts: u64) -> String {
-    encode(&ServerFrame::Message { topic, from, data, ts })
-}
-
-pub fn ack(id: &RawValue) -> String {
-    encode(&ServerFrame::Ack { id })
-}
-
-/// Tells a client its credential expires at `expires_at` (Unix seconds): send `refresh`.
-pub fn token_expiring(expires_at: u64) -> String {
-    encode(&ServerFrame::TokenExpiring { expires_at })
-}
-
-pub fn pong(id: Option<&RawValue>) -> String {
-    encode(&ServerFrame::Pong { id })
-}
-
-pub fn error(code: &str, message: &str, id: Option<&RawValue>) -> String {
-    encode(&ServerFrame::Error { code, message, id })
-}
-
-pub fn response_ok(id: &RawValue, result: &serde_json::Value) -> String {
-    encode(&ServerFrame::Response { id, result: Some(result), error: None })
-}
-
-pub fn response_err(id: &RawValue, code: &str, message: &str) -> String {
-    encode(&ServerFrame::Response { id, result: None, error: Some(ErrorBody { code, message }) })
-}
-
-/// `{"type":"batch","topic":..,"d":[..]}` from the raw JSON of each held `data`.
-pub fn batch<'a>(topic: &str, items: impl Iterator<Item = &'a str>) -> String {
-    let mut frame = String::from(r#"{"type":"batch","topic":"#);
-    frame.push_str(&serde_json::to_string(topic).expect("strings serialize"));
-    frame.push_str(r#","d":["#);
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            frame.push(',');
-        }
-        frame.push_str(item);
-    }
-    frame.push_str("]}");
-    frame
-}
-
 /// Milliseconds since the Unix epoch, for `ts`.
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -395,7 +319,7 @@ mod tests {
     #[test]
     fn decodes_every_client_type_and_alias() {
         assert!(
-            matches!(decoded(r#"{"type":"subscribe","topic":"a"}"#), ClientOp::Subscribe { topic } if topic == "a")
+            matches!(decoded(r#"{"type":"subscribe","topic":"a"}"#), ClientOp::Subscribe { topic, since: None } if topic == "a")
         );
         assert!(matches!(decoded(r#"{"type":"join","topic":"a"}"#), ClientOp::Subscribe { .. }));
         assert!(matches!(decoded(r#"{"type":"leave","topic":"a"}"#), ClientOp::Unsubscribe { .. }));
@@ -450,6 +374,14 @@ mod tests {
         assert_eq!(refused(r#"{"type":"publish","topic":"a"}"#), ErrorCode::BadField);
         assert_eq!(refused(r#"{"type":"send","data":1}"#), ErrorCode::BadField);
         assert_eq!(refused(r#"{"type":"request","method":"m"}"#), ErrorCode::BadField, "requests need an id");
+        assert_eq!(
+            refused(r#"{"type":"subscribe","topic":"a","since":{"offset":-2,"epoch":"e"}}"#),
+            ErrorCode::BadSince
+        );
+        assert_eq!(refused(r#"{"type":"subscribe","topic":"a","since":5}"#), ErrorCode::BadSince);
+        let since = Some(Since { offset: 2, epoch: "e".into() });
+        let op = decoded(r#"{"type":"subscribe","topic":"a","since":{"offset":2,"epoch":"e"}}"#);
+        assert!(matches!(op, ClientOp::Subscribe { since: s, .. } if s == since));
     }
 
     #[test]
@@ -461,9 +393,9 @@ mod tests {
     #[test]
     fn encodes_server_frames() {
         let data = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
-        let frame: Value = serde_json::from_str(&message(Some("t"), "ann", &data, 5)).unwrap();
+        let frame: Value = serde_json::from_str(&message(Some("t"), "ann", &data, 5, None)).unwrap();
         assert_eq!(frame, json!({"type":"message","topic":"t","from":"ann","data":{"n":1},"ts":5}));
-        let frame: Value = serde_json::from_str(&message(None, "ann", &data, 5)).unwrap();
+        let frame: Value = serde_json::from_str(&message(None, "ann", &data, 5, None)).unwrap();
         assert!(frame.get("topic").is_none());
         let id = RawValue::from_string("3".into()).unwrap();
         assert_eq!(ack(&id), r#"{"type":"ack","id":3}"#);

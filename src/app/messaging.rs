@@ -14,9 +14,9 @@ use tungstenite::Message;
 use crate::app::{AppCore, Job, JobKind};
 use crate::auth::TopicAction;
 use crate::engine::{RateLimiter, RateVerdict};
-use crate::hub::handler::{Context, Handler};
-use crate::hub::{InboxFull, Presence, PresenceError, SubscribeError};
-use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode};
+use crate::hub::handler::{Context, Handler, RecoverError};
+use crate::hub::{Asker, InboxFull, Job as HistoryJob, Presence, PresenceError, SubscribeError};
+use crate::protocol::{self, BuiltInMethod, ClientFrame, ClientOp, ErrorCode, Since};
 
 /// One per shard; shares the application's registered handlers.
 pub struct Messaging {
@@ -50,6 +50,15 @@ struct PresenceParams {
     topic: String,
 }
 
+/// `request history`: `{topic, since?, limit?}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    topic: String,
+    since: Option<Box<RawValue>>,
+    limit: Option<usize>,
+}
+
 impl Handler for Messaging {
     fn on_open(&mut self, cx: &mut Context<'_>) {
         if self.app.has_worker_handlers() {
@@ -78,12 +87,17 @@ impl Handler for Messaging {
             Err(refusal) => return Answer::Error(refusal.code, refusal.message).send(cx, refusal.id.as_deref()),
         };
         let answer = match op {
-            ClientOp::Subscribe { topic } => subscribe(cx, topic),
+            ClientOp::Subscribe { topic, since: None } => subscribe(cx, topic),
+            ClientOp::Subscribe { topic, since: Some(since) } => return recover(cx, &topic, since, id),
             ClientOp::Unsubscribe { topic } => {
                 cx.unsubscribe(&topic);
                 Answer::Ack
             }
-            ClientOp::Publish { topic, data } => publish(cx, &topic, &data),
+            ClientOp::Publish { topic, data } => match id {
+                // Acked by the history thread once stored.
+                Some(id) if cx.hub().keeps(&topic) => return publish_kept(cx, &topic, &data, id),
+                _ => publish(cx, &topic, &data),
+            },
             ClientOp::Broadcast { data } => broadcast(cx, &data),
             ClientOp::Send { to, data } => send(cx, &to, &data),
             ClientOp::Ping => Answer::Pong,
@@ -117,6 +131,36 @@ fn subscribe(cx: &mut Context<'_>, topic: String) -> Answer {
     }
 }
 
+/// A `subscribe` with `since`: the replay and the ack come from the history thread.
+fn recover(cx: &mut Context<'_>, topic: &str, since: Since, id: Option<Box<RawValue>>) {
+    if let Err(denied) = cx.check_topic(topic, TopicAction::Subscribe) {
+        return Answer::Error(ErrorCode::Forbidden, denied.to_string()).send(cx, id.as_deref());
+    }
+    let refused = match cx.subscribe_since(topic, since, id.clone()) {
+        Ok(()) => return,
+        Err(RecoverError::Subscribe(SubscribeError::TooMany)) => Answer::Error(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {} subscriptions per connection", cx.max_subscriptions()),
+        ),
+        Err(why @ RecoverError::NoHistory) => Answer::Error(ErrorCode::NoHistory, why.to_string()),
+        Err(why @ RecoverError::AlreadySubscribed) => Answer::Error(ErrorCode::AlreadySubscribed, why.to_string()),
+        Err(why @ RecoverError::Busy) => Answer::Error(ErrorCode::Overloaded, why.to_string()),
+    };
+    refused.send(cx, id.as_deref());
+}
+
+/// A publish with an id on a topic with history: stored, delivered, then acked.
+fn publish_kept(cx: &mut Context<'_>, topic: &str, data: &RawValue, id: Box<RawValue>) {
+    if let Err(denied) = cx.check_topic(topic, TopicAction::Publish) {
+        return Answer::Error(ErrorCode::Forbidden, denied.to_string()).send(cx, Some(&id));
+    }
+    let asker = Asker { conn: cx.conn(), id: id.clone() };
+    if cx.hub().publish_kept(topic, &cx.identity(), data, Some(asker)).is_err() {
+        let why = "the history store is overloaded; the message was not published";
+        Answer::Error(ErrorCode::Overloaded, why.into()).send(cx, Some(&id));
+    }
+}
+
 fn publish(cx: &mut Context<'_>, topic: &str, data: &RawValue) -> Answer {
     if let Err(denied) = cx.check_topic(topic, TopicAction::Publish) {
         return Answer::Error(ErrorCode::Forbidden, denied.to_string());
@@ -128,12 +172,12 @@ fn broadcast(cx: &mut Context<'_>, data: &RawValue) -> Answer {
     if !cx.may_broadcast() {
         return Answer::Error(ErrorCode::Forbidden, "you may not broadcast on this server".into());
     }
-    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
+    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis(), None);
     routed(cx.broadcast(Message::text(frame)))
 }
 
 fn send(cx: &mut Context<'_>, to: &str, data: &RawValue) -> Answer {
-    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis());
+    let frame = protocol::message(None, &cx.identity(), data, protocol::now_millis(), None);
     routed(cx.send_to_user(to, Message::text(frame)))
 }
 
@@ -195,6 +239,10 @@ impl Messaging {
                 },
                 Err(e) => protocol::response_err(&id, ErrorCode::BadField.as_str(), &format!("presence: {e}")),
             },
+            Some(BuiltInMethod::History) => match history(cx, params.get(), &id) {
+                Ok(()) => return,
+                Err((code, why)) => protocol::response_err(&id, code.as_str(), &why),
+            },
             Some(BuiltInMethod::Stats) => {
                 let stats = cx.hub().stats();
                 protocol::response_ok(&id, &serde_json::to_value(stats).expect("stats serialize"))
@@ -229,4 +277,21 @@ fn presence_response(id: &RawValue, result: Result<Presence, PresenceError>) -> 
         Ok(presence) => protocol::response_ok(id, &serde_json::to_value(presence).expect("presence serializes")),
         Err(e) => protocol::response_err(id, e.code(), &e.to_string()),
     }
+}
+
+/// `request history`: queued for the history thread, which answers the connection.
+fn history(cx: &mut Context<'_>, params: &str, id: &RawValue) -> Result<(), (ErrorCode, String)> {
+    let params: HistoryParams = serde_json::from_str(params)
+        .map_err(|e| (ErrorCode::BadField, format!("history takes {{topic, since?, limit?}}: {e}")))?;
+    protocol::check_topic(&params.topic).map_err(|why| (ErrorCode::BadTopic, why))?;
+    cx.check_topic(&params.topic, TopicAction::Subscribe)
+        .map_err(|denied| (ErrorCode::Forbidden, denied.to_string()))?;
+    let since = params.since.as_deref().map(Since::parse).transpose().map_err(|why| (ErrorCode::BadSince, why))?;
+    let Some(history) = cx.hub().history().filter(|history| history.rule(&params.topic).is_some()) else {
+        return Err((ErrorCode::NoHistory, "this topic keeps no history".into()));
+    };
+    let limit = params.limit.unwrap_or(usize::MAX);
+    let asker = Asker { conn: cx.conn(), id: id.to_owned() };
+    let job = HistoryJob::Page { topic: params.topic.into(), since, limit, asker };
+    history.queue(job).map_err(|_| (ErrorCode::Overloaded, "the history store is overloaded; try again shortly".into()))
 }

@@ -325,7 +325,7 @@ impl AppContext<'_> {
     }
 
     fn delivery(&self, data: &impl Serialize) -> Result<Message, AppError> {
-        Ok(Message::text(protocol::message(None, self.user, &raw(data)?, protocol::now_millis())))
+        Ok(Message::text(protocol::message(None, self.user, &raw(data)?, protocol::now_millis(), None)))
     }
 }
 

@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn a_message_frame_crosses_with_its_payload_inside_it() {
         let data = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
-        let frame = SharedFrame::text(protocol::message(Some("room"), "ann", &data, 1_733_241_600_000));
+        let frame = SharedFrame::text(protocol::message(Some("room"), "ann", &data, 1_733_241_600_000, None));
         let bytes = encode(7, &topic(data.get()), &frame);
         assert_eq!(bytes.len(), HEADER + frame.len(), "the payload is not sent twice");
         let received = decode(&bytes).unwrap();

@@ -10,7 +10,9 @@ use clap::Parser;
 use crate::auth::JwtVerifier;
 use crate::auth::{ApiKey, AuthSettings, Secret, StaticToken};
 use crate::auth::{Policy, TopicRule};
-use crate::config::{defaults, parse_duration, parse_size, BatchRule, ClusterSettings, Config, RedisUrl};
+use crate::config::{
+    defaults, parse_duration, parse_size, BatchRule, ClusterSettings, Config, HistoryRule, RedisUrl, Store,
+};
 
 /// A WebSocket hub that holds very many connections on a few threads.
 #[derive(Debug, Parser)]
@@ -81,6 +83,19 @@ pub struct Cli {
     /// (repeatable; comma-separated in the environment variable).
     #[arg(long, env = "WSHUB_BATCH", value_delimiter = ',')]
     pub batch: Vec<BatchRule>,
+    /// Keep the publications of topics matching PATTERN, with offsets clients recover
+    /// from: 'PATTERN=N/AGE' (the last N, none older than AGE), 'PATTERN=N' or
+    /// 'PATTERN=AGE', e.g. 'chat.*=1000/24h' (repeatable; comma-separated in the
+    /// environment variable; the first matching rule decides).
+    #[arg(long, env = "WSHUB_HISTORY", value_delimiter = ',')]
+    pub history: Vec<HistoryRule>,
+    /// Where history is kept: an SQLite file (created if missing), or 'memory'.
+    #[arg(long, env = "WSHUB_STORE", default_value = defaults::STORE)]
+    pub store: Store,
+    /// Messages a `subscribe` with `since` replays at most (further behind: `recovered:
+    /// false`), and the largest `history` page.
+    #[arg(long, env = "WSHUB_MAX_REPLAY", default_value_t = defaults::MAX_REPLAY)]
+    pub max_replay: usize,
     /// Key a backend must present (`Authorization: Bearer KEY`) to use the HTTP publish
     /// API (repeatable; comma-separated in the environment variable, which keeps it out
     /// of `ps`). Without one the API answers 403.
@@ -211,6 +226,9 @@ impl Cli {
                 _ => return Err("--tls-cert and --tls-key go together: give both, or neither".into()),
             },
             cluster: self.redis.clone().map(|redis| ClusterSettings { redis, prefix: self.cluster_prefix.clone() }),
+            history: self.history.clone(),
+            store: self.store.clone(),
+            max_replay: self.max_replay,
         })
     }
 
@@ -312,6 +330,10 @@ mod tests {
         let cli = Cli::try_parse_from(["wshub", "--batch", "ticker.*=100ms", "--batch", "news=1s"]).unwrap();
         assert_eq!(cli.config().unwrap().batch.len(), 2);
         assert!(Cli::try_parse_from(["wshub", "--batch", "nonsense"]).is_err());
+        let cli = Cli::try_parse_from(["wshub", "--history", "chat.*=10/1h", "--store", "memory"]).unwrap();
+        let config = cli.config().unwrap();
+        assert_eq!((config.history.len(), config.store, config.max_replay), (1, Store::Memory, 1_000));
+        assert!(Cli::try_parse_from(["wshub", "--history", "chat"]).is_err());
         let cli =
             Cli::try_parse_from(["wshub", "--topic-rule", "publish:news.*=ops,ed", "--broadcasters", "a,b"]).unwrap();
         let policy = cli.config().unwrap().auth.policy;

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 pub(crate) mod cli;
 mod cluster;
+mod history;
 mod tls;
 mod units;
 
 pub use cli::{Cli, Mode};
 pub use cluster::{ClusterSettings, RedisUrl};
+pub use history::{HistoryRule, Store};
 pub use tls::TlsSettings;
 pub(crate) use units::{parse_duration, parse_size};
 
@@ -70,6 +72,15 @@ pub struct Config {
     /// Join a cluster over Redis (`--redis`); `None`: a single instance, nothing
     /// Redis-related runs.
     pub cluster: Option<ClusterSettings>,
+    /// Topics that keep their publications, with offsets (`--history`); empty: no
+    /// history, no store is opened and no history thread runs.
+    pub history: Vec<HistoryRule>,
+    /// Where history is kept (`--store`); unused without `history`.
+    pub store: Store,
+    /// Messages one `subscribe` with `since` replays at most (`--max-replay`); a client
+    /// further behind is told `recovered: false` and pages with `history` requests. Also
+    /// the largest page a `history` request gets.
+    pub max_replay: usize,
 }
 
 /// `PATTERN=INTERVAL`: topics matching the glob are delivered in batches.
@@ -114,6 +125,8 @@ pub mod defaults {
     pub const MAX_SUBSCRIPTIONS: usize = 100;
     pub const INBOX_CAPACITY: usize = 65_536;
     pub const CLUSTER_PREFIX: &str = "wshub";
+    pub const STORE: &str = "wshub.db";
+    pub const MAX_REPLAY: usize = 1_000;
 }
 
 impl Default for Config {
@@ -141,6 +154,9 @@ impl Default for Config {
             auth: AuthSettings::default(),
             tls: None,
             cluster: None,
+            history: Vec::new(),
+            store: Store::File(defaults::STORE.into()),
+            max_replay: defaults::MAX_REPLAY,
         }
     }
 }
@@ -194,6 +210,14 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+            if !self.history.is_empty() {
+                return Err("--history is for a single instance so far; drop --redis or --history \
+                     (history shared across a cluster is not implemented yet)"
+                    .into());
+            }
+        }
+        if self.max_replay == 0 {
+            return Err("--max-replay must be at least 1".into());
         }
         Ok(())
     }
@@ -232,6 +256,17 @@ mod tests {
         let error = Config { shards: MAX_SHARDS + 1, ..Config::default() }.validate().unwrap_err();
         assert!(error.starts_with("--shards must be 1..=64"), "{error}");
         assert!(Config { shards: 0, ..Config::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn history_is_for_one_instance_and_replays_at_least_one_message() {
+        let history = vec!["chat.*=10".parse().unwrap()];
+        assert_eq!(Config { history: history.clone(), ..Config::default() }.validate(), Ok(()));
+        let redis = "redis://127.0.0.1:6379".parse().unwrap();
+        let cluster = Some(ClusterSettings { redis, prefix: "wshub".into() });
+        let error = Config { history, cluster, ..Config::default() }.validate().unwrap_err();
+        assert!(error.contains("--history"), "{error}");
+        assert!(Config { max_replay: 0, ..Config::default() }.validate().is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `250ms`, `10s`, `2m`, `1h`, `7d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -13,6 +13,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value.saturating_mul(1_000),
         "m" => value.saturating_mul(60_000),
         "h" => value.saturating_mul(3_600_000),
+        "d" => value.saturating_mul(86_400_000),
         other => return Err(format!("unknown duration unit '{other}' in '{text}'")),
     };
     Ok(Duration::from_millis(millis))

@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::engine::limits::PerIp;
 use crate::engine::shard::{Shard, Shared, WAKER};
 use crate::error::Error;
+use crate::history;
 use crate::hub::handler::Handler;
-use crate::hub::{inbox, Filters, Hub, Remote};
+use crate::hub::{inbox, Filters, HistoryQueue, Hub, Remote, HISTORY_QUEUE};
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -35,6 +36,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// The cluster bus's threads (none without `--redis`); they end after shutdown.
     bus: Vec<JoinHandle<()>>,
+    /// The history thread (`--history`); it commits what it holds and ends after shutdown.
+    history: Option<JoinHandle<()>>,
 }
 
 /// Starts a server in the background: binds, spawns the shards and returns at once.
@@ -85,7 +88,16 @@ where
         None => None,
     };
     let remote = cluster.as_ref().map(|(cluster, _)| cluster.clone() as Arc<dyn Remote>);
-    let hub = Hub::new(inboxes, remote, filters);
+    let mut hub = Hub::new(inboxes, remote, filters);
+    // Opened before any thread starts, so a bad `--store` fails the start.
+    let mut history_parts = None;
+    if !config.history.is_empty() {
+        let store = history::Store::open(&config.store).map_err(Error::Store)?;
+        let (jobs, queue) = crossbeam_channel::bounded(HISTORY_QUEUE);
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        hub = hub.with_history(HistoryQueue::new(config.history.clone(), jobs, stop));
+        history_parts = Some((store, queue, stopped));
+    }
     let gate = match &cluster {
         Some(_) => Gate::new(&config.auth).in_cluster(),
         None => Gate::new(&config.auth),
@@ -94,6 +106,10 @@ where
     let member = cluster.as_ref().map(|(cluster, _)| cluster.clone());
     let shared = Arc::new(Shared { config, live: AtomicUsize::new(0), gate: Arc::new(gate), per_ip, cluster: member });
 
+    let history = match history_parts {
+        Some((store, queue, stopped)) => Some(history::spawn(&shared.config, store, hub.clone(), queue, stopped)?),
+        None => None,
+    };
     let mut threads = Vec::new();
     let parts = polls.into_iter().zip(listeners).zip(receivers).enumerate();
     for (index, ((poll, listener), receiver)) in parts {
@@ -109,7 +125,7 @@ where
         Some((cluster, parts)) => cluster.spawn(parts, hub.clone())?,
         None => Vec::new(),
     };
-    Ok(Server { local_addr, hub, shared, threads, bus })
+    Ok(Server { local_addr, hub, shared, threads, bus, history })
 }
 
 /// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully: stop accepting,
@@ -183,6 +199,9 @@ impl Server {
             if thread.join().is_err() {
                 result = Err(Error::BusPanicked);
             }
+        }
+        if self.history.is_some_and(|thread| thread.join().is_err()) {
+            result = Err(Error::HistoryPanicked);
         }
         result
     }

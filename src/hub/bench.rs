@@ -29,6 +29,7 @@ impl Tables {
         // Nothing is sent through it: only the shard's shared tables are used.
         let hub = Hub::undrained(1, 1).0;
         let routing = ShardRouting {
+            recovering: Default::default(),
             index: 0,
             hub: hub.clone(),
             max_subscriptions: usize::MAX,

@@ -21,8 +21,8 @@ use crate::auth::{AuthError, Gate, Grants, TopicAction, TopicDenied};
 use crate::frame::SharedFrame;
 use crate::http::{HttpResponse, PlainRequest};
 use crate::hub::SubscribeError;
-use crate::hub::{ConnId, Filter, Hub, InboxFull, Origin, Target};
-use crate::protocol;
+use crate::hub::{ConnId, Filter, Hub, InboxFull, Job, Origin, Recovering, Recovery, Target};
+use crate::protocol::{self, Since};
 use crate::sync::lock;
 
 /// One instance per shard, called on that shard's thread only, so it may keep
@@ -65,6 +65,9 @@ pub(crate) struct ShardRouting {
     pub grants: HashMap<usize, Arc<Grants>>,
     /// Verifies `refresh` tokens.
     pub gate: Arc<Gate>,
+    /// Subscriptions waiting for their replay (`subscribe` with `since`), whose live
+    /// deliveries are held back until it arrives; empty without `--history`.
+    pub recovering: Recovering,
 }
 
 impl ShardRouting {
@@ -166,9 +169,46 @@ impl<'a> Context<'a> {
     }
 
     /// Unsubscribes this connection from `topic` now; `false` if it was not subscribed.
+    /// A replay on its way for it is dropped.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        let routing = &*self.routing;
+        let routing = &mut *self.routing;
+        routing.recovering.abandon(self.conn.slot() as u32, topic);
         lock(&routing.hub.shared(routing.index).topics).unsubscribe(self.conn.slot() as u32, topic)
+    }
+
+    /// Subscribes this connection to `topic`, which keeps history, recovering first what
+    /// it missed after `since`: the history thread sends the replay, then the ack
+    /// (answering `id`), and live deliveries follow with no gap and no repeat. Until the
+    /// replay arrives the topic's live deliveries to this connection are held back (they
+    /// are in the replay).
+    pub(crate) fn subscribe_since(
+        &mut self,
+        topic: &str,
+        since: Since,
+        id: Option<Box<RawValue>>,
+    ) -> Result<(), RecoverError> {
+        let slot = self.conn.slot() as u32;
+        if !self.routing.hub.keeps(topic) {
+            return Err(RecoverError::NoHistory);
+        }
+        match self.subscribe(topic) {
+            Ok(true) => {}
+            Ok(false) => return Err(RecoverError::AlreadySubscribed),
+            Err(too_many) => return Err(RecoverError::Subscribe(too_many)),
+        }
+        let topic: Arc<str> = topic.into();
+        let request = self.routing.recovering.begin(slot, &topic);
+        let asker = Recovery { conn: self.conn, request, id };
+        let queued = self
+            .routing
+            .hub
+            .history()
+            .map(|history| history.queue(Job::Recover { topic: topic.clone(), since, asker }));
+        if !matches!(queued, Some(Ok(()))) {
+            self.unsubscribe(&topic);
+            return Err(RecoverError::Busy);
+        }
+        Ok(())
     }
 
     /// Sends `frame` to the connections `target` names, on every shard and (in a
@@ -183,9 +223,13 @@ impl<'a> Context<'a> {
         routed
     }
 
-    /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
+    /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame. On a
+    /// topic with history it is stored first and delivered by the history thread.
     pub fn publish(&mut self, topic: &str, from: &str, data: &RawValue) -> Result<(), InboxFull> {
-        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
+        if self.routing.hub.keeps(topic) {
+            return Ok(self.routing.hub.publish_kept(topic, from, data, None)?);
+        }
+        let frame = protocol::message(Some(topic), from, data, protocol::now_millis(), None);
         self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame))
     }
 
@@ -276,6 +320,29 @@ impl fmt::Display for RefreshError {
 
 impl std::error::Error for RefreshError {}
 
+/// Why [`Context::subscribe_since`] did not subscribe. The text is what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecoverError {
+    /// No `--history` rule matches the topic: subscribe without `since`.
+    NoHistory,
+    /// Already subscribed: unsubscribe first, then subscribe with `since`.
+    AlreadySubscribed,
+    Subscribe(SubscribeError),
+    /// The history thread has too much queued: try again shortly.
+    Busy,
+}
+
+impl fmt::Display for RecoverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecoverError::NoHistory => "this topic keeps no history; subscribe without \"since\"",
+            RecoverError::AlreadySubscribed => "already subscribed; unsubscribe first to recover with \"since\"",
+            RecoverError::Subscribe(SubscribeError::TooMany) => "too many subscriptions",
+            RecoverError::Busy => "the history store is overloaded; try again shortly",
+        })
+    }
+}
+
 /// Sends every message back to its sender (`wshub --echo`): for conformance tests and
 /// benchmarks.
 #[derive(Debug, Default, Clone, Copy)]
@@ -313,6 +380,7 @@ mod tests {
             max_subscriptions: 8,
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
+            recovering: Recovering::default(),
         };
         let mut cx = Context::new(ConnId::new(0, 0, 2, 3), Some(&user), &mut effects, &mut routing);
         Echo.on_message(&mut cx, Message::text("hi"));
@@ -332,6 +400,7 @@ mod tests {
             max_subscriptions: 1,
             grants: Default::default(),
             gate: Arc::new(Gate::new(&Default::default())),
+            recovering: Recovering::default(),
         };
         let mut cx = Context::new(ConnId::new(0, 0, 5, 1), None, &mut effects, &mut routing);
         assert_eq!(cx.subscribe("room"), Ok(true));

@@ -34,6 +34,11 @@ pub(crate) enum Command {
     /// The answer the cluster gives a connection waiting for it (a ticket taken, a
     /// ticket stored). A connection that is gone, or no longer waiting, matches nothing.
     Resume(ConnId, Answer),
+    /// A recovering subscription's replay (the missed messages, then the ack), from the
+    /// history thread: delivered if recovery `request` of `conn` is still waiting, after
+    /// which the topic's live deliveries reach it again; or, `subscribed` false, the
+    /// refusal, after which it is no longer subscribed to `topic`.
+    Replay { conn: ConnId, request: u64, topic: Arc<str>, frames: Vec<SharedFrame>, subscribed: bool },
 }
 
 /// What a connection waiting on the cluster gets back.
@@ -127,6 +132,15 @@ impl ShardInbox {
         }
     }
 
+    /// Hands a recovering subscription its replay. Not bounded by the capacity, like an
+    /// answer: one is owed per recovering subscription (the history thread's queue bounds
+    /// those), and refusing it would leave the subscription held back for good.
+    pub fn send_replay(&self, replay: Command) {
+        if self.commands.send(replay).is_ok() {
+            self.wake();
+        }
+    }
+
     /// Asks the shard to stop accepting, close every connection with 1001 and exit.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
@@ -215,7 +229,7 @@ mod tests {
             .map(|command| match command {
                 Command::Deliver { frame, .. } => frame.to_text().unwrap().to_owned(),
                 Command::Resume(id, Answer::Unavailable) => format!("resume {id}"),
-                Command::Resume(..) => "another answer".into(),
+                Command::Resume(..) | Command::Replay { .. } => "another answer".into(),
             })
             .collect();
         let resume = format!("resume {}", ConnId::new(0, 0, 1, 2));

@@ -13,6 +13,7 @@ pub(crate) mod batch;
 pub mod bench;
 mod filter;
 pub(crate) mod handler;
+mod history;
 mod id;
 pub(crate) mod inbox;
 mod keys;
@@ -27,6 +28,7 @@ mod shared;
 
 pub(crate) use filter::Filters;
 pub use filter::{Filter, UnknownFilter};
+pub(crate) use history::{Asker, HistoryBusy, HistoryQueue, Job, Recovering, Recovery, HISTORY_QUEUE};
 pub use id::ConnId;
 pub use inbox::InboxFull;
 pub(crate) use inbox::{inbox, Answer, Command, InboxReceiver, ShardInbox};
@@ -96,6 +98,9 @@ pub struct Hub {
     node: Arc<NodeNumber>,
     /// The application's named filters, which deliveries from other instances name.
     filters: Arc<Filters>,
+    /// The history thread's queue, with `--history`; publications on the topics it keeps
+    /// go through it.
+    history: Option<Arc<HistoryQueue>>,
 }
 
 impl Hub {
@@ -103,7 +108,46 @@ impl Hub {
         let wanted = remote.as_ref().map(|remote| remote.wanted().clone());
         let node = remote.as_ref().map_or_else(Arc::default, |remote| remote.node().clone());
         let shared = (0..shards.len()).map(|_| ShardShared::new(wanted.clone())).collect();
-        Hub { shards: shards.into(), shared, started: Instant::now(), remote, node, filters: Arc::new(filters) }
+        Hub {
+            shards: shards.into(),
+            shared,
+            started: Instant::now(),
+            remote,
+            node,
+            filters: Arc::new(filters),
+            history: None,
+        }
+    }
+
+    /// The same hub with publications on the topics `history` keeps going through it.
+    pub(crate) fn with_history(mut self, history: HistoryQueue) -> Self {
+        self.history = Some(Arc::new(history));
+        self
+    }
+
+    /// The history thread's queue, with `--history`.
+    pub(crate) fn history(&self) -> Option<&HistoryQueue> {
+        self.history.as_deref()
+    }
+
+    /// Whether publications on `topic` are kept (and carry offsets).
+    pub(crate) fn keeps(&self, topic: &str) -> bool {
+        self.history.as_ref().is_some_and(|history| history.rule(topic).is_some())
+    }
+
+    /// Hands a publication on a topic with history to the history thread, which stores
+    /// it, routes it with its offset, then acks `ack` (if any).
+    pub(crate) fn publish_kept(
+        &self,
+        topic: &str,
+        from: &str,
+        data: &RawValue,
+        ack: Option<Asker>,
+    ) -> Result<(), HistoryBusy> {
+        let history = self.history.as_ref().ok_or(HistoryBusy)?;
+        let data = data.to_owned();
+        let (topic, from, ts) = (topic.into(), from.into(), protocol::now_millis());
+        history.queue(Job::Publish { topic, from, data, ts, ack })
     }
 
     /// A hub with `shards` inboxes that no shard drains: for unit tests of code that
@@ -212,8 +256,12 @@ impl Hub {
     }
 
     /// Publishes `data` to `topic` as `from`, in the hub protocol's `message` frame.
+    /// On a topic with history it is stored first (see `--history`).
     pub fn publish(&self, topic: &str, from: &str, data: &RawValue) -> Result<(), InboxFull> {
-        let frame = protocol::message(Some(topic), from, data, protocol::now_millis());
+        if self.keeps(topic) {
+            return Ok(self.publish_kept(topic, from, data, None)?);
+        }
+        let frame = protocol::message(Some(topic), from, data, protocol::now_millis(), None);
         self.route(Target::Topic { topic: topic.into(), data: data.get().into() }, Message::text(frame))
     }
 
@@ -248,6 +296,21 @@ impl Hub {
         }
     }
 
+    /// Hands connection `conn`, recovering `topic`, its replay (see [`Recovering`]);
+    /// `subscribed: false` when the recovery was refused (the frames say why).
+    pub(crate) fn replay(
+        &self,
+        conn: ConnId,
+        request: u64,
+        topic: &Arc<str>,
+        frames: Vec<SharedFrame>,
+        subscribed: bool,
+    ) {
+        if let Some(inbox) = self.shards.get(conn.shard()) {
+            inbox.send_replay(Command::Replay { conn, request, topic: topic.clone(), frames, subscribed });
+        }
+    }
+
     /// Deliveries waiting in each shard's inbox.
     pub fn inbox_depths(&self) -> Vec<usize> {
         self.shards.iter().map(ShardInbox::depth).collect()
@@ -260,6 +323,9 @@ impl Hub {
         }
         if let Some(remote) = &self.remote {
             remote.shutdown();
+        }
+        if let Some(history) = &self.history {
+            history.shutdown();
         }
     }
 }

@@ -18,6 +18,8 @@ impl<H: Handler> Shard<H> {
     /// Delivers `frame` to this shard's connections that `target` names.
     pub(super) fn deliver_local(&mut self, target: &Target, frame: &SharedFrame, now: Tick) {
         match target {
+            // A topic with history is never batched: each message carries its own offset.
+            Target::Topic { topic, .. } if self.routing.hub.keeps(topic) => self.deliver_to_topic(topic, frame, now),
             Target::Topic { topic, data } => match self.batcher.hold(topic, data, now) {
                 Hold::NotBatched => self.deliver_to_topic(topic, frame, now),
                 Hold::Full(batch) => self.deliver_to_topic(topic, &batch, now),
@@ -96,8 +98,35 @@ impl<H: Handler> Shard<H> {
         keys.extend(
             lock(&self.routing.hub.shared(self.index).topics).subscribers(topic).iter().map(|&key| key as usize),
         );
+        // A subscriber recovering this topic gets these in its replay instead.
+        let recovering = &self.routing.recovering;
+        if !recovering.is_empty() {
+            keys.retain(|&key| !recovering.holds_back(key as u32, topic));
+        }
         self.deliver_to_all(&mut keys, frame, now);
         self.targets = keys;
+    }
+
+    /// A recovering subscription's replay and ack, if it still waits for them; from then
+    /// on the topic's live deliveries reach it (or, refused, it is unsubscribed).
+    pub(super) fn replay(
+        &mut self,
+        id: ConnId,
+        request: u64,
+        topic: &str,
+        frames: &[SharedFrame],
+        subscribed: bool,
+        now: Tick,
+    ) {
+        if self.holds(id).is_none() || !self.routing.recovering.finish(id.slot() as u32, request) {
+            return;
+        }
+        if !subscribed {
+            lock(&self.routing.hub.shared(self.index).topics).unsubscribe(id.slot() as u32, topic);
+        }
+        for frame in frames {
+            self.deliver(id.slot(), frame, now);
+        }
     }
 
     /// Sends the batches whose interval has ended to their topics' local subscribers.

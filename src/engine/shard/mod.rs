@@ -127,6 +127,7 @@ impl<H: Handler> Shard<H> {
             max_subscriptions: shared.config.max_subscriptions,
             grants: HashMap::new(),
             gate: shared.gate.clone(),
+            recovering: Default::default(),
         };
         Ok(Shard {
             index,
@@ -347,6 +348,9 @@ impl<H: Handler> Shard<H> {
             match command {
                 Command::Deliver { target, frame } => self.deliver_local(&target, &frame, now),
                 Command::Resume(id, answer) => self.resume(id, answer, now),
+                Command::Replay { conn, request, topic, frames, subscribed } => {
+                    self.replay(conn, request, &topic, &frames, subscribed, now)
+                }
             }
         }
         // After the drain, so what was sent before the shutdown goes out before the 1001.
@@ -466,6 +470,7 @@ impl<H: Handler> Shard<H> {
         }
         // After on_close, which may still read the session or the subscriptions.
         self.forget(key, &conn);
+        self.routing.recovering.forget(key as u32);
         // A descriptor is free again: an accept paused on the fd limit may resume (at the
         // end of this pass, not here, so no key freed in this pass is reused within it).
         if self.accept_paused_until.is_some() {
