@@ -58,18 +58,7 @@ pub(crate) fn spawn(
     jobs: Receiver<Job>,
     stop: Receiver<()>,
 ) -> Result<JoinHandle<()>, Error> {
-    let keeper = Keeper {
-        store,
-        hub,
-        rules: config.history.clone(),
-        max_replay: config.max_replay,
-        topics: HashMap::new(),
-        dirty: HashSet::new(),
-        batch: Vec::new(),
-        acks: Vec::new(),
-        commit_at: None,
-        sweep_at: Instant::now() + SWEEP_EVERY,
-    };
+    let keeper = Keeper::new(store, hub, config.history.clone(), config.max_replay);
     thread::Builder::new().name("wshub-history".into()).spawn(move || keeper.run(jobs, stop)).map_err(Error::Startup)
 }
 
@@ -94,6 +83,21 @@ struct Keeper {
 }
 
 impl Keeper {
+    fn new(store: Store, hub: Hub, rules: Vec<HistoryRule>, max_replay: usize) -> Self {
+        Keeper {
+            store,
+            hub,
+            rules,
+            max_replay,
+            topics: HashMap::new(),
+            dirty: HashSet::new(),
+            batch: Vec::new(),
+            acks: Vec::new(),
+            commit_at: None,
+            sweep_at: Instant::now() + SWEEP_EVERY,
+        }
+    }
+
     fn run(mut self, jobs: Receiver<Job>, stop: Receiver<()>) {
         loop {
             let wake = self.commit_at.unwrap_or(self.sweep_at).min(self.sweep_at);
@@ -398,18 +402,7 @@ mod tests {
         lock(&hub.shared(0).topics).subscribe(1, || "sub".into(), "t", 8).unwrap();
         let config = Config { history: vec![rule.parse().unwrap()], ..Config::default() };
         let store = Store::open(&crate::config::Store::Memory).unwrap();
-        let keeper = Keeper {
-            store,
-            hub,
-            rules: config.history,
-            max_replay: 100,
-            topics: HashMap::new(),
-            dirty: HashSet::new(),
-            batch: Vec::new(),
-            acks: Vec::new(),
-            commit_at: None,
-            sweep_at: Instant::now() + SWEEP_EVERY,
-        };
+        let keeper = Keeper::new(store, hub, config.history, 100);
         (keeper, receivers.remove(0))
     }
 
