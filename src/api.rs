@@ -100,10 +100,16 @@ fn serve_now(
 /// connections, and taking every instance out of a load balancer over a Redis outage
 /// would stop the service that local delivery keeps going.
 fn health(hub: &Hub) -> HttpResponse {
-    let body = match hub.cluster_stats().map(|cluster| cluster.down_reason) {
-        None => r#"{"ok":true}"#.to_string(),
-        Some(None) => r#"{"ok":true,"status":"ok"}"#.to_string(),
-        Some(Some(reason)) => serde_json::json!({ "ok": true, "status": "degraded", "reason": reason }).to_string(),
+    let cluster = hub.cluster_stats().map(|cluster| cluster.down_reason);
+    let store = hub.history().map(|history| history.health.stats().reason.map(|why| format!("history store: {why}")));
+    let body = match (cluster, store) {
+        (None, None) => r#"{"ok":true}"#.to_string(),
+        (cluster, store) => match cluster.flatten().into_iter().chain(store.flatten()).collect::<Vec<_>>() {
+            reasons if reasons.is_empty() => r#"{"ok":true,"status":"ok"}"#.to_string(),
+            reasons => {
+                serde_json::json!({ "ok": true, "status": "degraded", "reason": reasons.join("; ") }).to_string()
+            }
+        },
     };
     HttpResponse::json(200, body).with_header("Cache-Control", "no-store")
 }

@@ -94,6 +94,6 @@ pub use hub::handler::{Context, Echo, Handler, RefreshError, Relay};
 pub use hub::{
     ConnId, Filter, Hub, InboxFull, Presence, PresenceError, Session, SubscribeError, Target, UnknownFilter,
 };
-pub use metrics::{ClusterStats, Counters, InstanceStats, Stats};
+pub use metrics::{ClusterStats, Counters, HistoryStats, InstanceStats, Stats};
 pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::Message;

@@ -38,6 +38,21 @@ pub struct Stats {
     /// The cluster bus, when the server runs with `--redis`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStats>,
+    /// The history store, with `--history`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryStats>,
+}
+
+/// The history store (`--history`) as its thread last found it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// The last write to the store succeeded (or none failed yet).
+    pub store_up: bool,
+    /// Why the last write failed, while the store is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Failed writes since the start (their publications went out live, without offsets).
+    pub failures: u64,
 }
 
 /// One live instance of the cluster, as its last heartbeat told it.
@@ -189,6 +204,11 @@ pub fn prometheus(stats: &Stats) -> String {
     for (i, (name, help, _)) in Counters::default().named().into_iter().enumerate() {
         out.per_shard(name, "counter", help, named.iter().map(|counters| counters[i].2));
     }
+    if let Some(history) = &stats.history {
+        out.single("wshub_history_store_up", "1 while the history store takes writes.", history.store_up as u64);
+        let failures = "Writes to the history store that failed (publications sent live, without offsets).";
+        out.counter("wshub_history_store_failures_total", failures, history.failures);
+    }
     if let Some(cluster) = &stats.cluster {
         out.single("wshub_redis_up", "1 while both Redis connections are up.", cluster.redis_up as u64);
         out.counter("wshub_redis_reconnects_total", "Redis connections made again after a loss.", cluster.reconnects);
@@ -275,8 +295,14 @@ mod tests {
                 Counters { messages_in: 3, ..Counters::default() },
             ],
             cluster: None,
+            history: None,
         };
         let text = prometheus(&stats);
+        assert!(!text.contains("wshub_history"), "no history, no store metrics");
+        let history = HistoryStats { store_up: false, reason: Some("disk full".into()), failures: 2 };
+        let with_history = prometheus(&Stats { history: Some(history), ..stats.clone() });
+        assert!(with_history.contains("# TYPE wshub_history_store_up gauge\nwshub_history_store_up 0\n"));
+        assert!(with_history.contains("wshub_history_store_failures_total 2\n"));
         assert!(text.contains(
             "# TYPE wshub_connections gauge\nwshub_connections{shard=\"0\"} 1\nwshub_connections{shard=\"1\"} 2\n"
         ));

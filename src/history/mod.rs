@@ -174,6 +174,7 @@ impl Keeper {
             Ok(state) => state.last,
             Err(e) => {
                 log::error!("history: cannot read topic {:?} from the store: {e}", row.topic);
+                self.report(Err(&e));
                 return self.deliver_unkept(&row, ack, &e);
             }
         };
@@ -211,7 +212,9 @@ impl Keeper {
                 Some(Trim { topic, through, before_ts })
             })
             .collect();
-        match self.store.commit(&states, &rows, &trims) {
+        let committed = self.store.commit(&states, &rows, &trims);
+        self.report(committed.as_ref().map(|_| ()));
+        match committed {
             Ok(()) => {
                 for (row, ack) in rows.iter().zip(acks) {
                     let epoch = self.topics.get(&row.topic).map(|state| state.epoch.clone());
@@ -229,6 +232,15 @@ impl Keeper {
                     self.deliver_unkept(row, ack, &e);
                 }
             }
+        }
+    }
+
+    /// Tells the hub's side (for `/health`, `/stats`, `/metrics`) how the last write went.
+    fn report(&self, write: Result<(), &rusqlite::Error>) {
+        let Some(history) = self.hub.history() else { return };
+        match write {
+            Ok(()) => history.health.ok(),
+            Err(e) => history.health.failed(&e.to_string()),
         }
     }
 
@@ -392,7 +404,7 @@ struct Kept<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Command, ConnId, InboxReceiver};
+    use crate::hub::{Command, ConnId, HistoryQueue, InboxReceiver};
     use crate::sync::lock;
 
     /// A keeper on a memory store whose hub has one undrained shard, where connection
@@ -401,9 +413,17 @@ mod tests {
         let (hub, mut receivers) = Hub::undrained(1, 1024);
         lock(&hub.shared(0).topics).subscribe(1, || "sub".into(), "t", 8).unwrap();
         let config = Config { history: vec![rule.parse().unwrap()], ..Config::default() };
+        // The hub's side of history, for the store's health; nothing is queued to it here.
+        let (jobs, _) = crossbeam_channel::bounded(1);
+        let (stop, _) = crossbeam_channel::bounded(1);
+        let hub = hub.with_history(HistoryQueue::new(config.history.clone(), jobs, stop));
         let store = Store::open(&crate::config::Store::Memory).unwrap();
         let keeper = Keeper::new(store, hub, config.history, 100);
         (keeper, receivers.remove(0))
+    }
+
+    fn keeper_health(keeper: &Keeper) -> crate::metrics::HistoryStats {
+        keeper.hub.history().expect("the test hub has history").health.stats()
     }
 
     fn publish(keeper: &mut Keeper, n: u64, ts: u64, ack: bool) {
@@ -462,12 +482,18 @@ mod tests {
     #[test]
     fn a_failing_store_still_delivers_live_without_offsets_and_tells_the_publisher() {
         let (mut keeper, receiver) = keeper("t=10");
+        publish(&mut keeper, 0, protocol::now_millis(), false);
+        keeper.commit();
+        let up = keeper_health(&keeper);
+        assert!(up.store_up && up.failures == 0, "{up:?}");
         keeper.store.break_writes();
         publish(&mut keeper, 1, protocol::now_millis(), true);
         keeper.commit();
         let frames = handed(&receiver);
-        assert_eq!(frames[0]["data"], 1);
-        assert!(frames[0].get("offset").is_none(), "{:?}", frames[0]);
-        assert_eq!(frames[1]["code"], "unavailable");
+        assert_eq!(frames[1]["data"], 1);
+        assert!(frames[1].get("offset").is_none(), "{:?}", frames[1]);
+        assert_eq!(frames[2]["code"], "unavailable");
+        let down = keeper_health(&keeper);
+        assert!(!down.store_up && down.failures == 1 && down.reason.is_some(), "/health and /metrics see it: {down:?}");
     }
 }

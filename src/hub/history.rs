@@ -7,14 +7,17 @@
 //! hub only queues what it must do, so a shard never waits on storage.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Sender, TrySendError};
 use serde_json::value::RawValue;
 
 use super::{ConnId, InboxFull};
 use crate::config::HistoryRule;
+use crate::metrics::HistoryStats;
 use crate::protocol::{glob_match, Since};
+use crate::sync::lock;
 
 /// Jobs the history thread may have waiting; past that, publications on topics with
 /// history are refused (`overloaded`) rather than queued without bound.
@@ -60,6 +63,33 @@ pub(crate) struct HistoryQueue {
     jobs: Sender<Job>,
     /// Tells the thread to commit what it holds and end (the server is stopping).
     stop: Sender<()>,
+    /// Whether the store took the last write; the thread reports, `/health` reads.
+    pub health: StoreHealth,
+}
+
+/// The store as the history thread last found it, for `/health`, `/stats` and `/metrics`.
+#[derive(Default)]
+pub(crate) struct StoreHealth {
+    /// Why the last write failed, until one succeeds again.
+    failing: Mutex<Option<String>>,
+    /// Writes (batch commits, topic reads before an offset) that failed since the start.
+    failures: AtomicU64,
+}
+
+impl StoreHealth {
+    pub fn ok(&self) {
+        lock(&self.failing).take();
+    }
+
+    pub fn failed(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.failing) = Some(reason.to_string());
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        let reason = lock(&self.failing).clone();
+        HistoryStats { store_up: reason.is_none(), reason, failures: self.failures.load(Ordering::Relaxed) }
+    }
 }
 
 /// The history thread's queue is full (or the thread has stopped): tell the client
@@ -75,7 +105,7 @@ impl From<HistoryBusy> for InboxFull {
 
 impl HistoryQueue {
     pub fn new(rules: Vec<HistoryRule>, jobs: Sender<Job>, stop: Sender<()>) -> Self {
-        HistoryQueue { rules, jobs, stop }
+        HistoryQueue { rules, jobs, stop, health: StoreHealth::default() }
     }
 
     /// Asks the thread to commit what it holds and end.

@@ -86,6 +86,7 @@ impl Hub {
             totals,
             per_shard,
             cluster: self.cluster_stats(),
+            history: self.history().map(|history| history.health.stats()),
         }
     }
 
