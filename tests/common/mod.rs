@@ -344,3 +344,21 @@ pub fn http_request(method: &str, path: &str, key: Option<&str>, body: &str) -> 
 pub fn http_once(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> HttpReply {
     HttpConn::connect(addr).request(method, path, key, body)
 }
+
+/// A real component a test needs is not installed: under `CI=true` that fails the test
+/// (CI must run it: scripts/test.sh installs it); elsewhere the test is skipped with a
+/// notice naming `what` and how to install it.
+pub fn not_installed(tests: &str, what: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}: the {tests} tests must run in CI");
+    // Straight to stderr: the test harness keeps `eprintln!` of a passing test to itself.
+    let _ = writeln!(io::stderr(), "SKIPPED ({tests} test): {what}");
+}
+
+/// A fresh temporary directory for one private server (`kind`), unique in this process.
+pub fn private_dir(kind: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wshub-{kind}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

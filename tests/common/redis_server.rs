@@ -4,13 +4,11 @@
 //! under `CI=true` (CI must run them: scripts/test.sh installs it) and is skipped with a
 //! notice otherwise.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{eventually, PATIENCE};
+use super::{eventually, not_installed, private_dir, PATIENCE};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -23,18 +21,10 @@ impl RedisServer {
     pub fn start() -> Option<Self> {
         if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
             let what = "redis-server is not installed (Debian: apt-get install redis-server; scripts/test.sh does it)";
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}: the cluster tests must run in CI");
-            // Straight to stderr: the test harness keeps `eprintln!` of a passing test to itself.
-            let _ = writeln!(std::io::stderr(), "SKIPPED (cluster test): {what}");
+            not_installed("cluster", what);
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wshub-redis-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = private_dir("redis");
         // A port the OS says is free now; it stays this server's across a restart.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = RedisServer { child: None, port, dir };
